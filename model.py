@@ -1,0 +1,53 @@
+"""The networks. Nothing else lives here: data, training and files are elsewhere.
+
+A model file names its architecture by a key of ARCHITECTURES and stores the
+constructor's keyword arguments, so `build_model(name, **model_args)` rebuilds
+it without any other configuration.
+"""
+
+from torch import Tensor, nn
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as in LeCun et al. (1998), with ReLU: 61,706 parameters for 10 classes.
+
+    Input (N, 1, 28, 28); the 2-pixel padding of the first convolution stands in
+    for the original 32x32 input. Returns logits; apply softmax for probabilities.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5, padding=2),  # 6 x 28 x 28
+            nn.ReLU(),
+            nn.AvgPool2d(2),  # 6 x 14 x 14
+            nn.Conv2d(6, 16, kernel_size=5),  # 16 x 10 x 10
+            nn.ReLU(),
+            nn.AvgPool2d(2),  # 16 x 5 x 5
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"lenet": LeNet}
+
+
+def build_model(arch: str, **model_args) -> nn.Module:
+    """The network registered as `arch`, built with `model_args`."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](**model_args)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

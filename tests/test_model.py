@@ -1,0 +1,36 @@
+"""model.py: the LeNet and the registry that model files name."""
+
+import pytest
+import torch
+
+from model import ARCHITECTURES, LeNet, build_model, count_parameters
+
+
+def test_lenet_maps_a_batch_of_28x28_images_to_10_logits():
+    logits = LeNet()(torch.randn(7, 1, 28, 28))
+    assert logits.shape == (7, 10)
+
+
+def test_lenet_has_the_61706_parameters_of_lenet5():
+    assert count_parameters(LeNet()) == 61_706
+
+
+def test_lenet_layers_are_two_convolutions_with_average_pooling_then_three_linear_layers():
+    layers = [type(layer).__name__ for layer in LeNet().modules() if not list(layer.children())]
+    assert layers == ["Conv2d", "ReLU", "AvgPool2d", "Conv2d", "ReLU", "AvgPool2d",
+                      "Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+
+
+def test_the_number_of_classes_is_a_constructor_argument():
+    assert LeNet(num_classes=3)(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+
+def test_build_model_rebuilds_a_registered_architecture_from_its_name_and_arguments():
+    assert "lenet" in ARCHITECTURES
+    model = build_model("lenet", num_classes=10)
+    assert isinstance(model, LeNet)
+
+
+def test_build_model_rejects_an_unknown_architecture_by_name():
+    with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):
+        build_model("resnet9000")
