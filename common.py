@@ -1,0 +1,151 @@
+"""What every script shares: the dataset in memory, the device, evaluation, CLI errors.
+
+The whole dataset is held as one tensor on the device and batches are taken by
+indexing a shuffled permutation: no Dataset objects, no per-sample transforms.
+"""
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_DATA_DIR = PROJECT_DIR / "data"
+DEFAULT_MODEL_PATH = PROJECT_DIR / "mnist_model.pth"
+
+# Mean and standard deviation of the 60,000 MNIST training pixels, scaled to [0, 1].
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+# The validation split is fixed (not tied to --seed) so that every run, whatever
+# its seed, is judged on the same 5,000 images.
+SPLIT_SEED = 0
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a missing file, a bad argument): shown as one line, no traceback."""
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Runs a script's main(); a UserError becomes `error: ...` on stderr and exit status 1."""
+    try:
+        main()
+    except UserError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` takes CUDA, then Apple's MPS, then the CPU; a named device must be available."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if name == "auto":
+        name = next(device for device, ok in available.items() if ok)
+    if not available.get(name, False):
+        raise UserError(f"device {name!r} is not available here; use one of: auto, "
+                        + ", ".join(device for device, ok in available.items() if ok))
+    return torch.device(name)
+
+
+def mnist_files(train: bool) -> tuple[str, str]:
+    """The uncompressed (images, labels) file names of one MNIST split."""
+    prefix = "train" if train else "t10k"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tuple[Tensor, Tensor]:
+    """The uint8 images (N, 28, 28) and int64 labels (N,) of one MNIST split.
+
+    Reads torchvision's layout, `data_dir/MNIST/raw/`. When files are missing and
+    `download` is set, torchvision fetches them; when that fails (offline), the
+    error names the files and the folder to put them in.
+    """
+    raw_dir = Path(data_dir) / "MNIST" / "raw"
+    names = mnist_files(train)
+    if download and not all((raw_dir / name).is_file() for name in names):
+        try:
+            MNIST(str(data_dir), train=train, download=True)
+        except Exception:  # torchvision raises RuntimeError, URLError or OSError; all mean "not here"
+            pass
+    missing = [name for name in names if not (raw_dir / name).is_file()]
+    if missing:
+        wanted = ", ".join(f"{gz}" for gz, _ in MNIST.resources)
+        raise UserError(f"MNIST files missing in {raw_dir} ({', '.join(missing)}); "
+                        f"put the four files {wanted} there (gunzipped or not), "
+                        f"or run once with a network connection to download them")
+    images = _read_idx(raw_dir / names[0], read_image_file)
+    labels = _read_idx(raw_dir / names[1], read_label_file).long()
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise UserError(f"MNIST files in {raw_dir} disagree: {tuple(images.shape)} images "
+                        f"but {len(labels)} labels; expected N x 28 x 28 images and N labels")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(MNIST_CLASSES):
+        raise UserError(f"{raw_dir / names[1]} holds labels outside 0..9: the file is corrupt")
+    return images, labels
+
+
+def _read_idx(path: Path, reader: Callable[[str], Tensor]) -> Tensor:
+    try:
+        return reader(str(path))
+    except Exception as error:  # torchvision's reader fails with bare asserts, ValueError or RuntimeError
+        raise UserError(f"{path} is truncated or corrupt ({type(error).__name__}: {error}); "
+                        "delete it and fetch it again") from None
+
+
+def normalize(images: Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> Tensor:
+    """uint8 images (N, 28, 28) to float32 (N, 1, 28, 28), standardized with the training set's statistics."""
+    return ((images.float() / 255 - mean) / std).unsqueeze(1)
+
+
+def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:
+    """A seeded random split of range(n) into (train, validation) indices."""
+    if not 0 < val_size < n:
+        raise UserError(f"validation size must be between 1 and {n - 1} for {n} training images, got {val_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:], order[:val_size]
+
+
+@dataclass
+class Evaluation:
+    loss: float  # mean cross-entropy
+    accuracy: float  # fraction correct, 0..1
+    probabilities: Tensor  # (N, classes), on the CPU
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000) -> Evaluation:
+    """Loss, accuracy and class probabilities of `model` on normalized images; leaves the model's mode as it was."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    loss = F.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return Evaluation(loss, accuracy, logits.softmax(1).cpu())

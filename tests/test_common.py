@@ -1,0 +1,135 @@
+"""common.py: reading MNIST files, normalization, the validation split, evaluation, device choice."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.datasets import MNIST
+
+from common import (MNIST_MEAN, MNIST_STD, UserError, evaluate, load_mnist, normalize, pick_device,
+                    split_indices)
+from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
+
+
+def test_load_mnist_reads_idx_files_through_torchvision(tmp_path):
+    write_mnist(tmp_path, train_count=30, test_count=20)
+    expected_images, expected_labels = synthetic_digits(30, seed=0)
+    images, labels = load_mnist(tmp_path, train=True, download=False)
+    assert images.dtype == torch.uint8 and images.shape == (30, 28, 28)
+    assert labels.dtype == torch.int64 and labels.shape == (30,)
+    assert np.array_equal(images.numpy(), expected_images)
+    assert np.array_equal(labels.numpy(), expected_labels)
+    assert load_mnist(tmp_path, train=False, download=False)[0].shape == (20, 28, 28)
+
+
+def test_missing_files_are_named_with_the_folder_to_put_them_in(tmp_path):
+    with pytest.raises(UserError) as error:
+        load_mnist(tmp_path, train=True, download=False)
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        assert name in message
+
+
+def test_a_failed_download_ends_in_the_same_clear_error(tmp_path, monkeypatch):
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
+
+    monkeypatch.setattr(MNIST, "download", offline)
+    with pytest.raises(UserError, match="MNIST files missing in .*train-images-idx3-ubyte"):
+        load_mnist(tmp_path, train=True, download=True)
+
+
+@pytest.mark.parametrize("kept_bytes", [0, 3, 15, 16 + 28 * 28 * 5 + 7])
+def test_a_truncated_image_file_is_named_in_the_error(tmp_path, kept_bytes):
+    raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:kept_bytes])
+    with pytest.raises(UserError, match=f"{images}.* truncated or corrupt"):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_images_and_labels_of_different_counts_are_an_error(tmp_path):
+    raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(29, dtype=np.uint8))
+    with pytest.raises(UserError, match="30 labels|29 labels"):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_labels_outside_0_to_9_are_an_error(tmp_path):
+    raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
+    write_idx(raw / "train-labels-idx1-ubyte", np.full(30, 10, dtype=np.uint8))
+    with pytest.raises(UserError, match="labels outside 0..9"):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_normalize_adds_a_channel_and_standardizes_with_the_training_statistics():
+    images = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    images[0, 0, 0] = 255
+    x = normalize(images)
+    assert x.shape == (1, 1, 28, 28) and x.dtype == torch.float32
+    assert x.min().item() == pytest.approx(-MNIST_MEAN / MNIST_STD)
+    assert x.max().item() == pytest.approx((1 - MNIST_MEAN) / MNIST_STD)
+
+
+def test_the_validation_split_is_disjoint_complete_and_the_same_every_time():
+    train, val = split_indices(100, 20)
+    assert len(train) == 80 and len(val) == 20
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(100))
+    again_train, again_val = split_indices(100, 20)
+    assert torch.equal(train, again_train) and torch.equal(val, again_val)
+
+
+def test_a_validation_split_as_large_as_the_data_is_an_error():
+    with pytest.raises(UserError, match="validation size"):
+        split_indices(100, 100)
+
+
+class Oracle(nn.Module):
+    """Scores its input's first pixel as the class: a model whose right answers we know."""
+
+    def forward(self, x):
+        return nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float() * 10
+
+
+def test_evaluate_reports_loss_accuracy_and_probabilities_in_any_batch_size():
+    labels = torch.arange(10).repeat(3)
+    images = labels.float().view(-1, 1, 1, 1).expand(-1, 1, 28, 28).clone()
+    images[:3, 0, 0, 0] = (labels[:3] + 1) % 10  # three wrong answers
+    result = evaluate(Oracle(), images, labels, batch_size=7)
+    assert result.accuracy == pytest.approx(27 / 30)
+    assert result.probabilities.shape == (30, 10)
+    assert torch.allclose(result.probabilities.sum(1), torch.ones(30))
+    assert result.loss == pytest.approx(nn.functional.cross_entropy(Oracle()(images), labels).item())
+
+
+def test_evaluate_leaves_the_model_in_the_mode_it_found_it():
+    model = Oracle()
+    model.train()
+    evaluate(model, torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    assert model.training
+    model.eval()
+    evaluate(model, torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    assert not model.training
+
+
+def test_pick_device_names_the_cpu_and_refuses_unknown_devices():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in ("cuda", "mps", "cpu")
+    with pytest.raises(UserError, match="not available"):
+        pick_device("tpu")
+
+
+@needs_real_mnist
+def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
+    images, labels = load_mnist(REAL_DATA_DIR, train=True, download=False)
+    assert images.shape == (60_000, 28, 28)
+    assert labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert torch.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    pixels = images.float() / 255
+    assert pixels.mean().item() == pytest.approx(MNIST_MEAN, abs=1e-4)
+    assert pixels.std().item() == pytest.approx(MNIST_STD, abs=1e-4)
+    test_images, test_labels = load_mnist(REAL_DATA_DIR, train=False, download=False)
+    assert test_images.shape == (10_000, 28, 28)
+    assert test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
