@@ -1,0 +1,203 @@
+"""Read model files, and predict the digit in image files.
+
+    python load_model.py [--model mnist_model.pth] [--top-k K] IMAGE...
+
+From other programs:
+
+    from load_model import load_model
+    model = load_model("mnist_model.pth")   # an nn.Module in eval mode, returning logits
+
+A model file is a plain dict saved by save_model.py: the architecture's name and
+arguments, the state_dict, the normalization constants, the class labels and the
+metadata of the run that made it. It is read with `torch.load(weights_only=True)`,
+which refuses any pickled object other than tensors and plain containers, so a
+model file can't run code.
+"""
+
+import argparse
+import pickle
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor, nn
+
+from common import DEFAULT_MODEL_PATH, UserError, positive_int, run_cli
+from model import ARCHITECTURES, build_model
+
+MODEL_FORMAT = "mnist-pipeline/model"
+CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
+FORMAT_VERSION = 1
+MODEL_KEYS = ("arch", "model_args", "state_dict", "normalization", "classes", "metadata")
+
+
+class ModelFileError(UserError):
+    """A model or checkpoint file that is missing, damaged, foreign or inconsistent."""
+
+
+class ImageError(UserError):
+    """An image file that can't be read, or holds no digit."""
+
+
+def read_torch_file(path: str | Path) -> dict:
+    """The dict stored in a file written by `torch.save`, loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"no file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a PyTorch file, or it is truncated")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only=True stopped at an object that is not a tensor or plain container.
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        what = refused.group(1) if refused else "an object"
+        raise ModelFileError(f"{path} holds pickled objects other than weights ({what}); refusing to load it") from None
+    except Exception as error:  # torch.load reports damage as RuntimeError, EOFError, KeyError, ...
+        raise ModelFileError(f"{path} is damaged or not a PyTorch file ({type(error).__name__}: {error})") from None
+    if not isinstance(content, dict):
+        raise ModelFileError(f"{path} holds a {type(content).__name__}, not a model file of this project")
+    return content
+
+
+def read_model_file(path: str | Path) -> dict:
+    """The model record (arch, model_args, state_dict, normalization, classes, metadata) in a
+    model file, or the best model's record in a training checkpoint."""
+    content = read_torch_file(path)
+    if content.get("format") == CHECKPOINT_FORMAT:
+        content = content.get("model", {})
+    elif content.get("format") != MODEL_FORMAT:
+        hint = " (it looks like a bare state_dict)" if all(isinstance(v, Tensor) for v in content.values()) else ""
+        raise ModelFileError(f"{path} is a PyTorch file but not a model file of this project{hint}")
+    if content.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format version {content.get('version')!r}; "
+                             f"this code reads version {FORMAT_VERSION}")
+    missing = [key for key in MODEL_KEYS if key not in content]
+    if missing:
+        raise ModelFileError(f"{path} lacks {', '.join(missing)}")
+    if content["arch"] not in ARCHITECTURES:
+        raise ModelFileError(f"{path} names an unknown architecture {content['arch']!r}; "
+                             f"known: {', '.join(ARCHITECTURES)}")
+    if not all(torch.isfinite(value).all() for value in content["state_dict"].values()):
+        raise ModelFileError(f"{path} holds NaN or infinite weights")
+    return content
+
+
+def build_from_record(record: dict, device: str | torch.device = "cpu") -> nn.Module:
+    """The network described by a model record, with its weights, in eval mode."""
+    model = build_model(record["arch"], **record["model_args"])
+    try:
+        model.load_state_dict(record["state_dict"], strict=True)
+    except RuntimeError as error:
+        details = " ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise ModelFileError(f"the weights do not fit architecture {record['arch']!r} "
+                             f"with {record['model_args']}: {details}") from None
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path = DEFAULT_MODEL_PATH, device: str | torch.device = "cpu") -> nn.Module:
+    """The model stored in `path`, in eval mode, returning logits (softmax them for probabilities)."""
+    return build_from_record(read_model_file(path), device)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """The first frame of an image file, fully decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageError(f"not a readable image ({error})") from None
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """Float32 gray levels stretched to [0, 1]; transparent areas count as white paper."""
+    if "A" in image.getbands() or "transparency" in image.info:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    if image.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+        image = image.convert("L")
+    gray = np.asarray(image, dtype=np.float32)
+    low, high = float(gray.min()), float(gray.max())
+    return (gray - low) / (high - low) if high > low else np.zeros_like(gray)
+
+
+def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tensor:
+    """An image of one digit, as MNIST prepared its own: white ink on black, cropped to the
+    ink, the longer side scaled to `box` pixels, centred by centre of mass in `size` x `size`.
+
+    Returns float32 (size, size) in [0, 1], before normalization.
+    """
+    gray = to_grayscale(image)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 0.5:  # light paper, dark ink: MNIST's digits are the reverse
+        gray, border = 1 - gray, 1 - border
+    ink = np.clip(gray - np.median(border), 0, None)
+    if ink.max() < 0.2:
+        raise ImageError("no digit found (the image is blank or nearly uniform)")
+    ink /= ink.max()
+    rows, cols = np.nonzero(ink > 0.1)
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = box / max(ink.shape)
+    height, width = (max(1, round(side * scale)) for side in ink.shape)
+    ink = np.asarray(Image.fromarray(ink).resize((width, height), Image.Resampling.LANCZOS)).clip(0, 1)
+    total = ink.sum()
+    centre_row = (ink.sum(1) * np.arange(height)).sum() / total
+    centre_col = (ink.sum(0) * np.arange(width)).sum() / total
+    # MNIST's mean centre of mass is pixel (14, 14); clamp so that no ink is cut off.
+    top = min(max(round(size / 2 - centre_row), 0), size - height)
+    left = min(max(round(size / 2 - centre_col), 0), size - width)
+    canvas = np.zeros((size, size), dtype=np.float32)
+    canvas[top:top + height, left:left + width] = ink
+    return torch.from_numpy(canvas)
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, record: dict, digits: Tensor) -> Tensor:
+    """Class probabilities (N, classes) for preprocessed digits (N, 28, 28) in [0, 1]."""
+    normalization = record["normalization"]
+    images = ((digits - normalization["mean"]) / normalization["std"]).unsqueeze(1)
+    return torch.softmax(model(images), dim=1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Predict the digit in each image file (PNG, JPEG, ...; any size, dark ink on light "
+                    "paper or the reverse).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files of single digits")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="model file")
+    parser.add_argument("--top-k", type=positive_int, default=1, help="how many likeliest classes to print")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    record = read_model_file(args.model)
+    model = build_from_record(record)
+    classes = record["classes"]
+    failures = 0
+    for path in args.images:
+        try:
+            digit = preprocess_digit(read_image(path))
+        except ImageError as error:
+            print(f"{path}: error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        probabilities = predict_images(model, record, digit.unsqueeze(0))[0]
+        top = probabilities.topk(min(args.top_k, len(classes)))
+        guesses = ", ".join(f"{classes[i]} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+        print(f"{path}: {guesses}")
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli(main)

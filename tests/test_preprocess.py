@@ -1,0 +1,92 @@
+"""load_model.py's image preprocessing: any digit image becomes an MNIST-like 28x28 input."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from load_model import ImageError, preprocess_digit, read_image
+
+
+def drawn_digit(ink: int = 0, paper: int = 255, size=(400, 300), box=(20, 30, 140, 230)) -> Image.Image:
+    """A large hand-drawn-like '0' (a thick ellipse) placed off-centre, near the top-left corner."""
+    image = Image.new("L", size, paper)
+    ImageDraw.Draw(image).ellipse(box, outline=ink, width=18)
+    return image
+
+
+def centre_of_mass(digit: torch.Tensor) -> tuple[float, float]:
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    return (digit * rows).sum().item() / digit.sum().item(), (digit * cols).sum().item() / digit.sum().item()
+
+
+def ink_extent(digit: torch.Tensor, threshold: float = 0.1) -> tuple[int, int]:
+    rows, cols = (digit > threshold).nonzero(as_tuple=True)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def test_a_large_dark_on_light_off_centre_digit_comes_back_white_on_black_and_centred():
+    digit = preprocess_digit(drawn_digit())
+    assert digit.shape == (28, 28) and digit.dtype == torch.float32
+    assert digit.max().item() == pytest.approx(1.0, abs=0.05)
+    assert digit[0].max().item() == 0 and digit[:, 0].max().item() == 0  # black background at the border
+    row, col = centre_of_mass(digit)
+    assert abs(row - 14) <= 0.6 and abs(col - 14) <= 0.6
+    assert max(ink_extent(digit)) in (20, 21)  # the longer side scaled to 20 pixels
+
+
+def test_the_aspect_ratio_is_kept():
+    height, width = ink_extent(preprocess_digit(drawn_digit()))
+    assert height > width  # the ellipse is 200 tall and 120 wide
+    assert width / height == pytest.approx(120 / 200, abs=0.12)
+
+
+def test_light_ink_on_dark_paper_gives_the_same_digit_as_dark_ink_on_light_paper():
+    dark_on_light = preprocess_digit(drawn_digit(ink=0, paper=255))
+    light_on_dark = preprocess_digit(drawn_digit(ink=255, paper=0))
+    assert torch.allclose(dark_on_light, light_on_dark, atol=1e-4)
+
+
+def test_grey_paper_and_a_colour_photo_work_like_black_and_white():
+    reference = preprocess_digit(drawn_digit())
+    grey = preprocess_digit(drawn_digit(ink=40, paper=200))
+    assert torch.allclose(reference, grey, atol=0.02)
+    colour = preprocess_digit(Image.merge("RGB", [drawn_digit(ink=30, paper=250)] * 3))
+    assert torch.allclose(reference, colour, atol=0.02)
+
+
+def test_dark_ink_on_a_transparent_background_reads_as_ink_on_white_paper():
+    ink = drawn_digit(ink=0, paper=255)
+    rgba = Image.new("RGBA", ink.size, (0, 0, 0, 0))
+    rgba.putalpha(Image.eval(ink, lambda value: 255 - value))  # opaque black only where the ink is
+    assert torch.allclose(preprocess_digit(rgba), preprocess_digit(ink), atol=0.02)
+
+
+def test_a_16_bit_image_works_like_an_8_bit_one():
+    eight_bit = drawn_digit()
+    sixteen_bit = Image.fromarray(np.asarray(eight_bit).astype(np.uint16) * 257)
+    assert sixteen_bit.mode.startswith("I;16")
+    assert torch.allclose(preprocess_digit(sixteen_bit), preprocess_digit(eight_bit), atol=1e-3)
+
+
+def test_a_small_digit_is_scaled_up_to_fill_the_20_pixel_box():
+    digit = preprocess_digit(drawn_digit(size=(30, 30), box=(3, 3, 12, 18)))
+    assert max(ink_extent(digit)) in (20, 21)
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_a_blank_image_is_an_error(value):
+    with pytest.raises(ImageError, match="no digit found"):
+        preprocess_digit(Image.new("L", (50, 50), value))
+
+
+def test_a_file_that_is_not_an_image_is_an_error(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("these are not pixels")
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image(path)
+
+
+def test_a_missing_image_file_is_an_error(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        read_image(tmp_path / "absent.png")
