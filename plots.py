@@ -1,0 +1,68 @@
+"""PNG figures: training curves, confusion matrix, misclassified digits (matplotlib, no display needed)."""
+
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; chosen here so that importing this module changes nothing
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, training against validation."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
+        accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history], marker="o", label=split)
+    loss_axes.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
+    accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion(confusion: Tensor, classes: list[str], path: Path) -> None:
+    """The confusion matrix (rows: true class, columns: predicted), counts in each cell."""
+    plt = _pyplot()
+    counts = confusion.numpy()
+    figure, axes = plt.subplots(figsize=(7, 6))
+    # A log scale keeps the few errors visible beside the thousands on the diagonal.
+    image = axes.imshow(np.log1p(counts), cmap="Blues")
+    for (row, col), count in np.ndenumerate(counts):
+        if count:
+            axes.text(col, row, str(count), ha="center", va="center", fontsize=8,
+                      color="white" if image.norm(np.log1p(count)) > 0.6 else "black")
+    axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+             xlabel="predicted", ylabel="true", title="confusion matrix")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_errors(images: Tensor, true: list[str], predicted: list[str], probability: list[float],
+                path: Path, columns: int = 10) -> None:
+    """A grid of misclassified images (N, 28, 28), each titled true -> predicted (probability)."""
+    plt = _pyplot()
+    rows = max(1, -(-len(images) // columns))
+    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.45), squeeze=False)
+    for index, axes in enumerate(grid.flat):
+        axes.axis("off")
+        if index < len(images):
+            axes.imshow(images[index].numpy(), cmap="gray_r")
+            axes.set_title(f"{true[index]}→{predicted[index]} {probability[index]:.0%}", fontsize=8)
+    figure.suptitle("misclassified: true → predicted (probability)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,159 @@
+"""The scripts end to end, run as a user runs them, on a tiny dataset the tests write."""
+
+import json
+import sys
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import train
+from conftest import TINY_TRAINING, run_script
+from load_model import load_model, read_model_file
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "save_model.py", "load_model.py"])
+def test_every_script_explains_itself_with_defaults(script):
+    result = run_script(script, "--help")
+    assert "usage:" in result.stdout and "(default:" in result.stdout
+
+
+def test_training_writes_the_model_checkpoint_metrics_and_curves(tiny_model):
+    for suffix in (".pth", ".ckpt", ".metrics.json", ".curves.png"):
+        assert tiny_model.with_suffix(suffix).is_file(), suffix
+    metrics = json.loads(tiny_model.with_suffix(".metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert 0 <= metrics["test"]["accuracy"] <= 1
+    metadata = read_model_file(tiny_model)["metadata"]
+    assert metadata["epochs"] == 2 and metadata["best_epoch"] in (1, 2)
+    assert metadata["command"].startswith("train.py --data-dir")
+    assert metadata["val_accuracy"] == max(row["val_accuracy"] for row in metrics["history"])
+
+
+def test_training_learns_the_tiny_task(tiny_model):
+    history = json.loads(tiny_model.with_suffix(".metrics.json").read_text())["history"]
+    assert history[-1]["val_accuracy"] > 0.5  # chance is 0.1
+
+
+def test_the_same_seed_gives_the_same_metrics_run_after_run(tiny_data, tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name / "model.pth"
+        run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--seed", "7", *TINY_TRAINING)
+        history = json.loads(out.with_suffix(".metrics.json").read_text())["history"]
+        runs.append([{key: value for key, value in row.items() if key != "seconds"} for row in history])
+    assert runs[0] == runs[1]
+
+
+def test_resuming_after_ctrl_c_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--seed", "3", *TINY_TRAINING]
+    uninterrupted = tmp_path / "whole" / "model.pth"
+    run_script("train.py", *settings, "--out", uninterrupted)
+
+    interrupted = tmp_path / "interrupted" / "model.pth"
+    real_train_epoch, epochs_started = train.train_epoch, []
+
+    def ctrl_c_in_epoch_2(*args, **kwargs):
+        epochs_started.append(1)
+        if len(epochs_started) == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", ctrl_c_in_epoch_2)
+    monkeypatch.setattr(sys, "argv", ["train.py", *settings, "--out", str(interrupted)])
+    with pytest.raises(KeyboardInterrupt):
+        train.main()
+    assert torch.load(interrupted.with_suffix(".ckpt"), weights_only=True)["history"][-1]["epoch"] == 1
+    assert not interrupted.exists()
+
+    result = run_script("train.py", "--resume", "--data-dir", tiny_data, "--out", interrupted, "--no-download")
+    assert "resuming" in result.stdout
+    expected, resumed = read_model_file(uninterrupted), read_model_file(interrupted)
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+    history = lambda path: [{k: v for k, v in row.items() if k != "seconds"}
+                            for row in json.loads(path.with_suffix(".metrics.json").read_text())["history"]]
+    assert history(uninterrupted) == history(interrupted)
+
+
+def test_resume_refuses_a_setting_that_contradicts_the_checkpoint(tiny_model, tiny_data):
+    result = run_script("train.py", "--resume", "--lr", "0.5", "--data-dir", tiny_data, "--out", tiny_model,
+                        "--no-download", check=False)
+    assert result.returncode == 1
+    assert "--lr 0.5 differs from the checkpoint's" in result.stderr
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    result = run_script("train.py", "--resume", "--data-dir", tiny_data, "--out", tmp_path / "m.pth", check=False)
+    assert result.returncode == 1 and result.stderr.startswith("error: no file at")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_dry_run_trains_a_few_batches_and_writes_nothing(tiny_data, tmp_path):
+    result = run_script("train.py", "--dry-run", "--data-dir", tiny_data, "--out", tmp_path / "m.pth",
+                        *TINY_TRAINING)
+    assert "nothing written" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_reports_accuracy_per_class_scores_and_confusion_as_json(tiny_model, tiny_data, tmp_path):
+    result = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--out-dir", tmp_path,
+                        "--no-download", "--json")
+    report = json.loads(result.stdout)
+    assert report["images"] == 200 and len(report["per_class"]) == 10
+    confusion = torch.tensor(report["confusion"])
+    assert confusion.sum() == 200
+    assert report["errors"] == 200 - confusion.trace()
+    assert report["accuracy"] == pytest.approx(confusion.trace().item() / 200)
+    assert (tmp_path / "model.confusion.png").is_file() and (tmp_path / "model.errors.png").is_file()
+
+
+def test_evaluate_prints_a_readable_report(tiny_model, tiny_data, tmp_path):
+    result = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--out-dir", tmp_path,
+                        "--no-download")
+    assert "accuracy" in result.stdout and "precision" in result.stdout and "confusion matrix" in result.stdout
+
+
+def test_save_model_turns_a_checkpoint_into_the_lean_model_file(tiny_model, tmp_path):
+    lean = tmp_path / "lean.pth"
+    result = run_script("save_model.py", tiny_model.with_suffix(".ckpt"), "--out", lean)
+    assert "wrote" in result.stdout
+    assert lean.stat().st_size < tiny_model.with_suffix(".ckpt").stat().st_size
+    images = torch.randn(4, 1, 28, 28)
+    assert torch.equal(load_model(lean)(images), load_model(tiny_model)(images))
+
+
+def test_load_model_predicts_image_files_and_reports_bad_ones_without_stopping(tiny_model, tmp_path):
+    bar = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(bar).rectangle((40, 120, 240, 140), fill=0)
+    bar.save(tmp_path / "bar.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    result = run_script("load_model.py", "--model", tiny_model, "--top-k", "3", tmp_path / "broken.png",
+                        tmp_path / "bar.png", check=False)
+    assert result.returncode == 1
+    assert "broken.png: error: not a readable image" in result.stderr
+    line = result.stdout.strip()
+    assert line.startswith(f"{tmp_path / 'bar.png'}: ") and line.count("%") == 3
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-5"), ("--lr", "fast"),
+                                         ("--lr", "0"), ("--lr", "nan")])
+def test_bad_arguments_stop_before_any_work_with_status_2(flag, value, tmp_path):
+    result = run_script("train.py", flag, value, "--out", tmp_path / "m.pth", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("usage:") is False
+    assert f"argument {flag}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_data_is_one_line_naming_the_files_not_a_traceback(tmp_path):
+    result = run_script("train.py", "--data-dir", tmp_path, "--out", tmp_path / "m.pth", "--no-download", check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: MNIST files missing in") and "train-images-idx3-ubyte" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_damaged_model_file_is_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "bad.pth").write_bytes(b"garbage")
+    result = run_script("load_model.py", "--model", tmp_path / "bad.pth", "digit.png", check=False)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

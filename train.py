@@ -1,0 +1,197 @@
+"""Train a model on MNIST and keep the best weights by validation accuracy.
+
+    python train.py [--epochs N] [--seed S] [--data-dir data] [--out mnist_model.pth]
+
+Writes, beside --out: the model file (best epoch by validation accuracy), a
+training checkpoint `.ckpt` after every epoch (for --resume), the metrics history
+`.metrics.json` and the curves `.curves.png`. The test set is read once, at the
+end, to report the chosen model's accuracy: nothing is chosen on it.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, UserError,
+                    evaluate, load_mnist, normalize, pick_device, positive_float, positive_int, run_cli,
+                    split_indices)
+from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, read_torch_file
+from model import ARCHITECTURES, build_model, count_parameters
+from plots import plot_history
+from save_model import model_record, run_metadata, save_atomic, save_model
+
+# The settings that define a run: a resumed run takes them from its checkpoint.
+RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "schedule", "weight_decay", "val_size", "seed")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="lenet", help="network (model.py)")
+    parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training split")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per optimizer step")
+    parser.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate (AdamW)")
+    parser.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
+                        help="learning-rate schedule: one-cycle warm-up then cosine decay, or constant --lr")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
+    parser.add_argument("--val-size", type=positive_int, default=5000,
+                        help="training images held out for validation (a fixed split)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="dataset root holding MNIST/raw/")
+    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                        help="fetch missing MNIST files from the internet")
+    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH,
+                        help="model file to write; the checkpoint, metrics and curves go beside it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the checkpoint beside --out, with that run's settings")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the set-up: a few batches of one epoch, nothing written")
+    args = parser.parse_args(argv)
+    args.defaults = {name: parser.get_default(name) for name in RUN_SETTINGS}
+    return args
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    return {"checkpoint": out.with_suffix(".ckpt"), "metrics": out.with_suffix(".metrics.json"),
+            "curves": out.with_suffix(".curves.png")}
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
+                description: str) -> tuple[float, float]:
+    """One pass over `images` in a shuffled order; returns the mean loss and accuracy seen while training."""
+    model.train()
+    order = torch.randperm(len(images), generator=generator).to(images.device)
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    progress = tqdm(range(0, len(images), batch_size), desc=description, leave=False, disable=None)
+    for step, start in enumerate(progress):
+        batch = order[start:start + batch_size]
+        logits = model(images[batch])
+        loss = F.cross_entropy(logits, labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(batch)
+        correct += (logits.argmax(1) == labels[batch]).sum()
+        if step % 50 == 0:
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+    return loss_sum.item() / len(images), correct.item() / len(images)
+
+
+def make_optimizer(model: nn.Module, args: argparse.Namespace, steps_per_epoch: int):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if args.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
+                                                        total_steps=args.epochs * steps_per_epoch)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, scheduler
+
+
+def resume_settings(args: argparse.Namespace, checkpoint: dict) -> None:
+    """Takes the run's settings from its checkpoint; a flag that asks for a different one is an error."""
+    for name, recorded in checkpoint["settings"].items():
+        given = getattr(args, name)
+        if given != args.defaults[name] and given != recorded:
+            raise UserError(f"--{name.replace('_', '-')} {given} differs from the checkpoint's {recorded}; "
+                            "a resumed run keeps its own settings")
+        setattr(args, name, recorded)
+
+
+def main() -> None:
+    args = parse_args()
+    paths = output_paths(args.out)
+    checkpoint = None
+    if args.resume:
+        checkpoint = read_torch_file(paths["checkpoint"])
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{paths['checkpoint']} is not a training checkpoint of this project")
+        resume_settings(args, checkpoint)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+
+    started = time.perf_counter()
+    images, labels = load_mnist(args.data_dir, train=True, download=args.download)
+    train_indices, val_indices = split_indices(len(images), args.val_size)
+    if args.dry_run:
+        train_indices, val_indices, args.epochs = train_indices[:3 * args.batch_size], val_indices[:500], 1
+    normalization = {"mean": MNIST_MEAN, "std": MNIST_STD}
+    x = normalize(images).to(device)
+    y = labels.to(device)
+    x_train, y_train, x_val, y_val = x[train_indices], y[train_indices], x[val_indices], y[val_indices]
+    print(f"data: {len(x_train):,} training and {len(x_val):,} validation images from {args.data_dir} "
+          f"on {device} in {time.perf_counter() - started:.1f}s")
+
+    model_args = {"num_classes": len(MNIST_CLASSES)}
+    model = build_model(args.arch, **model_args).to(device)
+    steps_per_epoch = -(-len(x_train) // args.batch_size)
+    optimizer, scheduler = make_optimizer(model, args, steps_per_epoch)
+    generator = torch.Generator().manual_seed(args.seed)
+    history, best = [], None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        history, best = checkpoint["history"], checkpoint["model"]
+        print(f"resuming {paths['checkpoint']} after epoch {len(history)} of {args.epochs}")
+    settings = {name: getattr(args, name) for name in RUN_SETTINGS}
+    print(f"model: {args.arch}, {count_parameters(model):,} parameters; "
+          + ", ".join(f"{name} {value}" for name, value in settings.items() if name != "arch"))
+
+    for epoch in range(len(history) + 1, args.epochs + 1):
+        epoch_started = time.perf_counter()
+        train_loss, train_accuracy = train_epoch(model, optimizer, scheduler, x_train, y_train, args.batch_size,
+                                                 generator, f"epoch {epoch}/{args.epochs}")
+        val = evaluate(model, x_val, y_val)
+        seconds = time.perf_counter() - epoch_started
+        history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                        "val_loss": val.loss, "val_accuracy": val.accuracy, "seconds": seconds})
+        improved = best is None or val.accuracy > best["metadata"]["val_accuracy"]
+        if improved:
+            best = model_record(model, args.arch, model_args, normalization, MNIST_CLASSES, {
+                **settings, "best_epoch": epoch, "val_accuracy": val.accuracy, "val_loss": val.loss,
+                **run_metadata()})
+        print(f"epoch {epoch:2d}/{args.epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
+              f"val loss {val.loss:.4f} acc {val.accuracy:.2%}{' *' if improved else '  '}  {seconds:.1f}s")
+        if not args.dry_run:
+            save_atomic({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "settings": settings,
+                         "model": best, "history": history,
+                         "state_dict": {name: t.cpu() for name, t in model.state_dict().items()},
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
+                        paths["checkpoint"])
+    if args.dry_run:
+        print("dry run: the set-up works; nothing written")
+        return
+
+    best["metadata"]["epochs"] = args.epochs
+    best["metadata"]["train_seconds"] = sum(row["seconds"] for row in history)
+    save_model(best, args.out)
+    test_images, test_labels = load_mnist(args.data_dir, train=False, download=args.download)
+    chosen = build_model(args.arch, **model_args).to(device)
+    chosen.load_state_dict(best["state_dict"])
+    test = evaluate(chosen, normalize(test_images).to(device), test_labels.to(device))
+    paths["metrics"].write_text(json.dumps({
+        "settings": settings, "history": history, "best_epoch": best["metadata"]["best_epoch"],
+        "train_seconds": best["metadata"]["train_seconds"],
+        "test": {"loss": test.loss, "accuracy": test.accuracy}}, indent=2) + "\n")
+    plot_history(history, paths["curves"])
+    print(f"best epoch {best['metadata']['best_epoch']} (val acc {best['metadata']['val_accuracy']:.2%}) "
+          f"saved to {args.out}; training took {best['metadata']['train_seconds']:.1f}s")
+    print(f"test: loss {test.loss:.4f} acc {test.accuracy:.2%} (reported only; nothing was chosen on it)")
+
+
+if __name__ == "__main__":
+    run_cli(main)
