@@ -1,0 +1,46 @@
+"""On the real MNIST (skipped when it is absent): the default run's accuracy, the committed
+model's score as the README states it, and the predictor on real digits photographed large."""
+
+import json
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from common import DEFAULT_MODEL_PATH, PROJECT_DIR, evaluate, load_mnist, normalize
+from conftest import REAL_DATA_DIR, needs_real_mnist, run_script
+from load_model import build_from_record, predict_images, preprocess_digit, read_model_file
+
+pytestmark = needs_real_mnist
+
+
+def test_the_default_training_run_reaches_99_percent_test_accuracy(tmp_path):
+    out = tmp_path / "mnist_model.pth"
+    run_script("train.py", "--data-dir", REAL_DATA_DIR, "--out", out, "--no-download")
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["test"]["accuracy"] >= 0.99
+
+
+def test_the_committed_model_scores_what_the_readme_says():
+    stated = re.search(r"committed `mnist_model.pth` scores \*\*(\d+\.\d+)%\*\*", (PROJECT_DIR / "README.md").read_text())
+    assert stated, "the README states the committed model's test accuracy"
+    record = read_model_file(DEFAULT_MODEL_PATH)
+    images, labels = load_mnist(REAL_DATA_DIR, train=False, download=False)
+    result = evaluate(build_from_record(record), normalize(images, **record["normalization"]), labels)
+    assert f"{100 * result.accuracy:.2f}" == stated.group(1)
+
+
+def test_real_digits_drawn_large_inverted_and_off_centre_are_still_recognised():
+    """MNIST test digits, blown up 10x as dark ink on white paper in a corner of a larger page,
+    go through the predictor's preprocessing and mostly come back as the model reads the originals."""
+    record = read_model_file(DEFAULT_MODEL_PATH)
+    model = build_from_record(record)
+    images, labels = load_mnist(REAL_DATA_DIR, train=False, download=False)
+    images, labels = images[:300], labels[:300]
+    pages = []
+    for image in images:
+        page = Image.new("L", (400, 360), 255)
+        page.paste(Image.fromarray(255 - image.numpy()).resize((280, 280), Image.Resampling.BICUBIC), (10, 70))
+        pages.append(preprocess_digit(page))
+    predicted = predict_images(model, record, torch.stack(pages)).argmax(1)
+    assert (predicted == labels).float().mean().item() >= 0.97
