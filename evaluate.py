@@ -1,10 +1,11 @@
-"""Report how a saved model does on the 10,000 MNIST test images.
+"""Report how saved models do on the 10,000 MNIST test images.
 
-    python evaluate.py [--model mnist_model.pth] [--data-dir data] [--json]
+    python evaluate.py [--model mnist_model.pth ...] [--data-dir data] [--json]
 
 Prints loss, accuracy, errors, per-class precision/recall/F1 and the confusion
-matrix, and writes two PNGs beside the model: the confusion matrix and the
-misclassified digits.
+matrix, and writes two PNGs beside each model: the confusion matrix and the
+misclassified digits. Given several models, it also reports their accuracy's
+mean and standard deviation, and their ensemble (the mean of their probabilities).
 """
 
 import argparse
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from common import DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, evaluate, load_mnist, normalize, pick_device, run_cli
@@ -35,31 +37,54 @@ def per_class_scores(confusion: Tensor) -> list[dict]:
             for p, r, f, s in zip(precision.tolist(), recall.tolist(), f1.tolist(), confusion.sum(1).tolist())]
 
 
-def format_report(report: dict, classes: list[str], confusion: Tensor) -> str:
-    lines = [f"model: {report['model']} ({report['arch']}, {report['parameters']:,} parameters)",
-             f"test: {report['images']:,} images  loss {report['loss']:.4f}  accuracy {report['accuracy']:.2%}  "
-             f"errors {report['errors']}",
+def summarize(probabilities: Tensor, labels: Tensor, classes: list[str]) -> dict:
+    """Loss, accuracy, errors, per-class scores and confusion matrix of predicted probabilities."""
+    loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), labels).item()
+    predicted = probabilities.argmax(1)
+    confusion = confusion_matrix(labels, predicted, len(classes))
+    return {"images": len(labels), "loss": loss, "accuracy": (predicted == labels).float().mean().item(),
+            "errors": int((predicted != labels).sum()), "per_class": per_class_scores(confusion),
+            "confusion": confusion.tolist()}
+
+
+def draw_figures(report: dict, probabilities: Tensor, images: Tensor, labels: Tensor, classes: list[str],
+                 stem: Path, errors_shown: int) -> None:
+    """The confusion matrix and the most confident mistakes, as `stem`.confusion.png and `stem`.errors.png."""
+    confidence, predicted = probabilities.max(1)
+    wrong = (predicted != labels).nonzero().squeeze(1)
+    wrong = wrong[confidence[wrong].argsort(descending=True)][:errors_shown]
+    report["confusion_png"], report["errors_png"] = f"{stem}.confusion.png", f"{stem}.errors.png"
+    plot_confusion(torch.tensor(report["confusion"]), classes, Path(report["confusion_png"]))
+    plot_errors(images[wrong], [classes[i] for i in labels[wrong]], [classes[i] for i in predicted[wrong]],
+                confidence[wrong].tolist(), Path(report["errors_png"]))
+
+
+def format_report(name: str, report: dict, classes: list[str]) -> str:
+    lines = [f"{name}: {report['images']:,} images  loss {report['loss']:.4f}  "
+             f"accuracy {report['accuracy']:.2%}  errors {report['errors']}",
              "",
              "class  precision  recall      f1  support"]
-    for name, scores in zip(classes, report["per_class"]):
-        lines.append(f"{name:>5}  {scores['precision']:9.2%}  {scores['recall']:6.2%}  {scores['f1']:6.2%}  "
+    for label, scores in zip(classes, report["per_class"]):
+        lines.append(f"{label:>5}  {scores['precision']:9.2%}  {scores['recall']:6.2%}  {scores['f1']:6.2%}  "
                      f"{scores['support']:7d}")
-    width = max(len(str(int(confusion.max()))), max(map(len, classes))) + 1
+    width = max(len(str(max(map(max, report["confusion"])))), max(map(len, classes))) + 1
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              " " * 6 + "".join(f"{name:>{width}}" for name in classes)]
-    lines += [f"{name:>5} " + "".join(f"{count:>{width}}" for count in row)
-              for name, row in zip(classes, confusion.tolist())]
+              " " * 6 + "".join(f"{label:>{width}}" for label in classes)]
+    lines += [f"{label:>5} " + "".join(f"{count:>{width}}" for count in row)
+              for label, row in zip(classes, report["confusion"])]
+    lines += ["", f"wrote {report['confusion_png']} and {report['errors_png']}"]
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="model file (or training checkpoint)")
+    parser.add_argument("--model", type=Path, nargs="+", default=[DEFAULT_MODEL_PATH],
+                        help="model files (or training checkpoints); several are also scored as an ensemble")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset root holding MNIST/raw/")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch missing MNIST files from the internet")
-    parser.add_argument("--out-dir", type=Path, help="folder for the PNGs (default: the model file's folder)")
+    parser.add_argument("--out-dir", type=Path, help="folder for the PNGs (default: each model file's folder)")
     parser.add_argument("--errors-shown", type=int, default=50, help="most confident mistakes drawn in the grid")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -69,34 +94,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = pick_device(args.device)
-    record = read_model_file(args.model)
-    model = build_from_record(record, device)
-    classes, normalization = record["classes"], record["normalization"]
+    records = [read_model_file(path) for path in args.model]
     images, labels = load_mnist(args.data_dir, train=False, download=args.download)
-    result = evaluate(model, normalize(images, **normalization).to(device), labels.to(device))
-
-    confidence, predicted = result.probabilities.max(1)
-    confusion = confusion_matrix(labels, predicted, len(classes))
-    wrong = (predicted != labels).nonzero().squeeze(1)
-    wrong = wrong[confidence[wrong].argsort(descending=True)][:args.errors_shown]
-    out_dir = args.out_dir or args.model.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = {"confusion_png": out_dir / f"{args.model.stem}.confusion.png",
-               "errors_png": out_dir / f"{args.model.stem}.errors.png"}
-    plot_confusion(confusion, classes, figures["confusion_png"])
-    plot_errors(images[wrong], [classes[i] for i in labels[wrong]], [classes[i] for i in predicted[wrong]],
-                confidence[wrong].tolist(), figures["errors_png"])
-
-    report = {"model": str(args.model), "arch": record["arch"], "parameters": count_parameters(model),
-              "images": len(labels), "loss": result.loss, "accuracy": result.accuracy,
-              "errors": int((predicted != labels).sum()),
-              "per_class": per_class_scores(confusion), "confusion": confusion.tolist(),
-              **{name: str(path) for name, path in figures.items()}}
+    classes = records[0]["classes"]
+    reports, all_probabilities = [], []
+    stems = [path.stem for path in args.model]
+    if args.out_dir and len(set(stems)) < len(stems):  # several mnist_model.pth from different folders
+        stems = [f"{stem}-{index}" for index, stem in enumerate(stems)]
+    for path, record, stem in zip(args.model, records, stems):
+        model = build_from_record(record, device)
+        probabilities = evaluate(model, normalize(images, **record["normalization"]).to(device),
+                                 labels.to(device)).probabilities
+        report = {"model": str(path), "arch": record["arch"], "parameters": count_parameters(model),
+                  **summarize(probabilities, labels, classes)}
+        out_dir = args.out_dir or path.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        draw_figures(report, probabilities, images, labels, classes, out_dir / stem, args.errors_shown)
+        reports.append(report)
+        all_probabilities.append(probabilities)
+    result = {"models": reports}
+    if len(reports) > 1:
+        accuracies = torch.tensor([report["accuracy"] for report in reports], dtype=torch.float64)
+        result["accuracy_mean"], result["accuracy_std"] = accuracies.mean().item(), accuracies.std().item()
+        ensemble = torch.stack(all_probabilities).mean(0)  # the mean of the models' probabilities
+        result["ensemble"] = summarize(ensemble, labels, classes)
+        draw_figures(result["ensemble"], ensemble, images, labels, classes,
+                     (args.out_dir or args.model[0].parent) / "ensemble", args.errors_shown)
     if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_report(report, classes, confusion))
-        print(f"\nwrote {figures['confusion_png']} and {figures['errors_png']}")
+        print(json.dumps(result, indent=2))
+        return
+    for report in reports:
+        print(f"model: {report['model']} ({report['arch']}, {report['parameters']:,} parameters)")
+        print(format_report("test", report, classes) + "\n")
+    if len(reports) > 1:
+        print(f"{len(reports)} models: accuracy {result['accuracy_mean']:.2%} mean, "
+              f"{result['accuracy_std']:.2%} standard deviation")
+        print(format_report(f"ensemble of {len(reports)} (mean probability)", result["ensemble"], classes))
 
 
 if __name__ == "__main__":

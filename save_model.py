@@ -29,6 +29,7 @@ def save_atomic(obj: object, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(temporary, _file_mode(path))  # mkstemp makes it private; keep the usual permissions
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)
             file.flush()
@@ -43,6 +44,15 @@ def save_atomic(obj: object, path: str | Path) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _file_mode(path: Path) -> int:
+    """The replaced file's permissions, or those a new file gets under the umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def git_commit() -> str | None:

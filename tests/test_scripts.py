@@ -99,7 +99,7 @@ def test_a_dry_run_trains_a_few_batches_and_writes_nothing(tiny_data, tmp_path):
 def test_evaluate_reports_accuracy_per_class_scores_and_confusion_as_json(tiny_model, tiny_data, tmp_path):
     result = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--out-dir", tmp_path,
                         "--no-download", "--json")
-    report = json.loads(result.stdout)
+    [report] = json.loads(result.stdout)["models"]
     assert report["images"] == 200 and len(report["per_class"]) == 10
     confusion = torch.tensor(report["confusion"])
     assert confusion.sum() == 200
@@ -112,6 +112,20 @@ def test_evaluate_prints_a_readable_report(tiny_model, tiny_data, tmp_path):
     result = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--out-dir", tmp_path,
                         "--no-download")
     assert "accuracy" in result.stdout and "precision" in result.stdout and "confusion matrix" in result.stdout
+
+
+def test_evaluate_scores_several_models_their_spread_and_their_ensemble(tiny_model, tiny_data, tmp_path):
+    other = tmp_path / "other" / "model.pth"
+    run_script("train.py", "--data-dir", tiny_data, "--out", other, "--epochs", "1", "--seed", "5", *TINY_TRAINING)
+    result = json.loads(run_script("evaluate.py", "--model", tiny_model, other, "--data-dir", tiny_data,
+                                   "--out-dir", tmp_path / "figures", "--no-download", "--json").stdout)
+    accuracies = [report["accuracy"] for report in result["models"]]
+    assert result["accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
+    assert result["accuracy_std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
+    assert result["ensemble"]["images"] == 200
+    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == [
+        "ensemble.confusion.png", "ensemble.errors.png", "model-0.confusion.png", "model-0.errors.png",
+        "model-1.confusion.png", "model-1.errors.png"]
 
 
 def test_save_model_turns_a_checkpoint_into_the_lean_model_file(tiny_model, tmp_path):
