@@ -5,7 +5,10 @@ indexing a shuffled permutation: no Dataset objects, no per-sample transforms.
 """
 
 import argparse
+import gzip
+import os
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +54,21 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
+    return _finite_float(text, allow_zero=False)
+
+
+def non_negative_float(text: str) -> float:
+    return _finite_float(text, allow_zero=True)
+
+
+def _finite_float(text: str, allow_zero: bool) -> float:
+    wanted = "a number >= 0" if allow_zero else "a positive number"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+    if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):  # NaN fails both
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
     return value
 
 
@@ -84,12 +96,16 @@ def mnist_files(train: bool) -> tuple[str, str]:
 def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tuple[Tensor, Tensor]:
     """The uint8 images (N, 28, 28) and int64 labels (N,) of one MNIST split.
 
-    Reads torchvision's layout, `data_dir/MNIST/raw/`. When files are missing and
-    `download` is set, torchvision fetches them; when that fails (offline), the
-    error names the files and the folder to put them in.
+    Reads torchvision's layout, `data_dir/MNIST/raw/`, gunzipping the original
+    `.gz` files there if needed. When files are missing and `download` is set,
+    torchvision fetches them; when that fails (offline), the error names the
+    files and the folder to put them in.
     """
     raw_dir = Path(data_dir) / "MNIST" / "raw"
     names = mnist_files(train)
+    for name in names:
+        if not (raw_dir / name).is_file() and (raw_dir / f"{name}.gz").is_file():
+            _gunzip(raw_dir / f"{name}.gz", raw_dir / name)
     if download and not all((raw_dir / name).is_file() for name in names):
         try:
             MNIST(str(data_dir), train=train, download=True)
@@ -99,7 +115,7 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
     if missing:
         wanted = ", ".join(f"{gz}" for gz, _ in MNIST.resources)
         raise UserError(f"MNIST files missing in {raw_dir} ({', '.join(missing)}); "
-                        f"put the four files {wanted} there (gunzipped or not), "
+                        f"put the four files {wanted} there (gzipped or not), "
                         f"or run once with a network connection to download them")
     images = _read_idx(raw_dir / names[0], read_image_file)
     labels = _read_idx(raw_dir / names[1], read_label_file).long()
@@ -109,6 +125,17 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(MNIST_CLASSES):
         raise UserError(f"{raw_dir / names[1]} holds labels outside 0..9: the file is corrupt")
     return images, labels
+
+
+def _gunzip(source: Path, target: Path) -> None:
+    """Decompresses `source` into `target` whole or not at all: a bad archive leaves no partial file."""
+    try:
+        content = gzip.decompress(source.read_bytes())
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{source} is truncated or corrupt ({error}); delete it and fetch it again") from None
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(content)
+    os.replace(partial, target)
 
 
 def _read_idx(path: Path, reader: Callable[[str], Tensor]) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, UserError,
-                    evaluate, load_mnist, normalize, pick_device, positive_float, positive_int, run_cli,
+                    evaluate, load_mnist, non_negative_float, normalize, pick_device, positive_float, positive_int, run_cli,
                     split_indices)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=positive_float, default=0.02, help="peak learning rate (AdamW)")
     parser.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
                         help="learning-rate schedule: one-cycle warm-up then cosine decay, or constant --lr")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW's decoupled weight decay")
     parser.add_argument("--val-size", type=positive_int, default=5000,
                         help="training images held out for validation (a fixed split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")

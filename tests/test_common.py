@@ -1,5 +1,6 @@
 """common.py: reading MNIST files, normalization, the validation split, evaluation, device choice."""
 
+import gzip
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,25 @@ def test_load_mnist_reads_idx_files_through_torchvision(tmp_path):
     assert np.array_equal(images.numpy(), expected_images)
     assert np.array_equal(labels.numpy(), expected_labels)
     assert load_mnist(tmp_path, train=False, download=False)[0].shape == (20, 28, 28)
+
+
+def test_the_original_gzipped_files_are_read_without_a_download(tmp_path):
+    raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes()))
+        (raw / name).unlink()
+    images, labels = load_mnist(tmp_path, train=True, download=False)
+    assert images.shape == (30, 28, 28) and labels.shape == (30,)
+
+
+def test_a_truncated_gzip_file_is_named_in_the_error(tmp_path):
+    raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
+    gz = raw / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress((raw / "train-images-idx3-ubyte").read_bytes())[:100])
+    (raw / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(UserError, match=f"{gz} is truncated or corrupt"):
+        load_mnist(tmp_path, train=True, download=False)
+    assert sorted(path.name for path in raw.iterdir() if path.name.startswith("train-images")) == [gz.name]
 
 
 def test_missing_files_are_named_with_the_folder_to_put_them_in(tmp_path):
