@@ -148,7 +148,7 @@ def _read_idx(path: Path, reader: Callable[[str], Tensor]) -> Tensor:
 
 def normalize(images: Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> Tensor:
     """uint8 images (N, 28, 28) to float32 (N, 1, 28, 28), standardized with the training set's statistics."""
-    return ((images.float() / 255 - mean) / std).unsqueeze(1)
+    return images.float().div_(255).sub_(mean).div_(std).unsqueeze(1)  # in place: one float copy at a time
 
 
 def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:

@@ -85,7 +85,7 @@ def model_record(model: nn.Module, arch: str, model_args: dict, normalization: d
         "version": FORMAT_VERSION,
         "arch": arch,
         "model_args": dict(model_args),
-        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
+        "state_dict": {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()},
         "normalization": dict(normalization),
         "classes": list(classes),
         "metadata": dict(metadata),

@@ -96,6 +96,28 @@ def test_a_dry_run_trains_a_few_batches_and_writes_nothing(tiny_data, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bf16_autocast_and_a_compiled_model_train_and_save_plain_weights(tiny_data, tmp_path):
+    out = tmp_path / "model.pth"
+    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1", "--amp", "--compile",
+               *TINY_TRAINING)
+    record = read_model_file(out)
+    assert record["metadata"]["amp"] is True
+    assert not any(name.startswith("_orig_mod.") for name in record["state_dict"])
+    assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_the_quick_benchmark_runs_and_writes_its_table(tiny_data, tmp_path):
+    result = run_script("bench.py", "--quick", "--data-dir", tiny_data, "--out", tmp_path / "bench.json")
+    assert "training throughput" in result.stdout and "time to 99.0% test accuracy" in result.stdout
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert [row["batch_size"] for row in bench["throughput"]] == [64, 256]
+    assert all(row[key] > 0 for row in bench["throughput"] for key in ("conventional", "tensors", "shipped"))
+    assert {(row["batch_size"], row["threads"]) for row in bench["scaling"]} == {
+        (batch, threads) for batch in (64, 128, 256, 512, 1024) for threads in (1, 2)}
+    assert bench["training_run"]["peak_rss_mib"] > 0 and bench["latency"]["calls"] == 20
+    assert bench["evaluation"]["images"] == 200
+
+
 def test_evaluate_reports_accuracy_per_class_scores_and_confusion_as_json(tiny_model, tiny_data, tmp_path):
     result = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--out-dir", tmp_path,
                         "--no-download", "--json")

@@ -1,0 +1,260 @@
+"""Measure the pipeline's speed and memory, against the usual PyTorch MNIST pipeline, in one run.
+
+    python bench.py [--data-dir data] [--quick] [--out bench.json]
+
+Prints one table and writes it as JSON. Everything runs on the same machine in
+the same run, so the ratios hold on a noisy machine. --quick (a subset, few
+steps) is what CI runs so the benchmark never rots; the full run is for people.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+import train
+from common import (DEFAULT_DATA_DIR, MNIST_MEAN, MNIST_STD, PROJECT_DIR, evaluate, load_mnist, normalize,
+                    pick_device, run_cli, split_indices)
+from load_model import load_model, predict_images, preprocess_digit, read_image, read_model_file
+from model import build_model
+
+
+def conventional_throughput(data_dir: Path, batch_size: int, steps: int, seed: int = 0) -> float:
+    """Training images/s of the PyTorch MNIST example's data path: a torchvision Dataset with
+    ToTensor + Normalize per sample, through a DataLoader (its CPU default: no worker processes)."""
+    torch.manual_seed(seed)
+    dataset = datasets.MNIST(str(data_dir), train=True, download=False, transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    model = build_model("lenet")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    batches = iter(loader)
+    started, seen = None, 0
+    for step in range(steps + 2):
+        if step == 2:  # the first steps warm up the allocator and kernels
+            started, seen = time.perf_counter(), 0
+        try:
+            images, labels = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            images, labels = next(batches)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(images)
+    return seen / (time.perf_counter() - started)
+
+
+def our_throughput(images: Tensor, labels: Tensor, batch_size: int, steps: int, shipped: bool = False,
+                   amp: bool = False, seed: int = 0) -> float:
+    """Training images/s of train.py's loop: the dataset as one tensor, batches by indexing a permutation.
+    `shipped` adds what train.py does beyond the data path: channels_last and the fused AdamW."""
+    torch.manual_seed(seed)
+    model = build_model("lenet").to(images.device)
+    if shipped:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=shipped)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    generator = torch.Generator().manual_seed(seed)
+    warm_up = 2 * batch_size
+    train.train_epoch(model, optimizer, scheduler, images[:warm_up], labels[:warm_up], batch_size, generator, amp=amp)
+    subset = images[:steps * batch_size], labels[:steps * batch_size]
+    started = time.perf_counter()
+    train.train_epoch(model, optimizer, scheduler, *subset, batch_size, generator, amp=amp)
+    return len(subset[0]) / (time.perf_counter() - started)
+
+
+def time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, target: float,
+                     epochs: int | None = None) -> dict:
+    """Trains train.py's default recipe, scoring the test set after each epoch (a measurement, not a
+    choice), and reports the training seconds until test accuracy first reaches `target`."""
+    args = train.parse_args([])
+    args.epochs = epochs or args.epochs
+    torch.manual_seed(args.seed)
+    model = build_model(args.arch).to(x_train.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
+    steps_per_epoch = -(-len(x_train) // args.batch_size)
+    optimizer, scheduler = train.make_optimizer(model, args, steps_per_epoch)
+    generator = torch.Generator().manual_seed(args.seed)
+    seconds, curve, reached = 0.0, [], None
+    for epoch in range(1, args.epochs + 1):
+        started = time.perf_counter()
+        train.train_epoch(model, optimizer, scheduler, x_train, y_train, args.batch_size, generator, amp=args.amp)
+        seconds += time.perf_counter() - started
+        accuracy = evaluate(model, x_test, y_test).accuracy
+        curve.append({"epoch": epoch, "train_seconds": seconds, "test_accuracy": accuracy})
+        if reached is None and accuracy >= target:
+            reached = curve[-1]
+    return {"target": target, "reached": reached, "curve": curve,
+            "recipe": {name: getattr(args, name) for name in train.RUN_SETTINGS}}
+
+
+def prediction_latency(model_path: Path, image_path: Path, calls: int) -> dict:
+    """Milliseconds for one image: the model alone on a preprocessed digit, and the whole path from the file."""
+    record = read_model_file(model_path)
+    model = load_model(model_path)
+    digit = preprocess_digit(read_image(image_path)).unsqueeze(0)
+
+    def timings(predict) -> list[float]:
+        predict()
+        result = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            predict()
+            result.append(1000 * (time.perf_counter() - started))
+        return result
+
+    model_only = timings(lambda: predict_images(model, record, digit))
+    from_file = timings(lambda: predict_images(model, record, preprocess_digit(read_image(image_path)).unsqueeze(0)))
+    percentile = lambda values, q: statistics.quantiles(values, n=100)[q - 1]
+    return {"calls": calls,
+            "model_median_ms": statistics.median(model_only), "model_p99_ms": percentile(model_only, 99),
+            "file_median_ms": statistics.median(from_file), "file_p99_ms": percentile(from_file, 99)}
+
+
+def training_run(data_dir: Path, quick: bool) -> dict:
+    """A default `python train.py` in a child process: wall time, peak resident memory, model file size."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "mnist_model.pth"
+        command = [sys.executable, str(PROJECT_DIR / "train.py"), "--data-dir", str(data_dir), "--out", str(out),
+                   "--no-download", *(["--dry-run", "--val-size", "100"] if quick else [])]
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        wall = time.perf_counter() - started
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+        size = out.stat().st_size if out.exists() else None
+    return {"command": " ".join(["train.py", *command[2:]]), "wall_seconds": wall,
+            "peak_rss_mib": peak_kib / 1024, "model_file_bytes": size}
+
+
+def training_flops_per_image(batch_size: int = 64) -> float:
+    """Floating-point operations (multiply-adds count 2) of one training step, forward and backward, per image."""
+    model = build_model("lenet")
+    images, labels = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images), labels).backward()
+    return counter.get_total_flops() / batch_size
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset root holding MNIST/raw/")
+    parser.add_argument("--quick", action="store_true", help="a few steps on a subset: checks that it runs")
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench.json", help="JSON file of the results")
+    parser.add_argument("--model", type=Path, default=PROJECT_DIR / "mnist_model.pth",
+                        help="model file for the prediction latency")
+    parser.add_argument("--image", type=Path, default=PROJECT_DIR / "examples" / "seven.png",
+                        help="image file for the prediction latency")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    steps = 10 if args.quick else 200
+    device = pick_device("cpu")  # the CPU figures are the ones this project promises
+    threads = torch.get_num_threads()
+    results = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                           "torch_threads": threads, "torch": str(torch.__version__)},
+               "quick": args.quick}
+    print(f"bench on {platform.machine()} with {os.cpu_count()} CPUs, {threads} torch threads, "
+          f"torch {torch.__version__}{' (quick)' if args.quick else ''}")
+
+    # Child process first: its peak memory must not include this process's.
+    results["training_run"] = run = training_run(args.data_dir, args.quick)
+    print(f"\n`{run['command']}`: {run['wall_seconds']:.1f}s wall, peak resident memory "
+          f"{run['peak_rss_mib']:.0f} MiB, model file {run['model_file_bytes'] or 0:,} bytes")
+
+    started = time.perf_counter()
+    images, labels = load_mnist(args.data_dir, train=True, download=False)
+    test_images, test_labels = load_mnist(args.data_dir, train=False, download=False)
+    train_indices, _ = split_indices(len(images), min(5000, len(images) // 10))
+    x_train, y_train = normalize(images[train_indices]).to(device), labels[train_indices].to(device)
+    x_test, y_test = normalize(test_images).to(device), test_labels.to(device)
+    results["data_load_seconds"] = time.perf_counter() - started
+    print(f"data loaded and normalized in {results['data_load_seconds']:.2f}s (kept apart from training times)")
+
+    print(f"\ntraining throughput, images/s, LeNet ({steps} steps after warm-up; same model and AdamW in the "
+          "first two columns, so their ratio is the data path's alone)")
+    print(f"{'batch':>6} {'DataLoader+transforms':>22} {'tensors':>9} {'ratio':>6} {'train.py':>9} {'ratio':>6} "
+          f"{'+bf16 autocast':>15}")
+    results["throughput"] = []
+    for batch_size in (64, 256):
+        row = {"batch_size": batch_size,
+               "conventional": conventional_throughput(args.data_dir, batch_size, steps),
+               "tensors": our_throughput(x_train, y_train, batch_size, steps),
+               "shipped": our_throughput(x_train, y_train, batch_size, steps, shipped=True),
+               "shipped_bf16": our_throughput(x_train, y_train, batch_size, steps, shipped=True, amp=True)}
+        row["data_path_ratio"] = row["tensors"] / row["conventional"]
+        row["shipped_ratio"] = row["shipped"] / row["conventional"]
+        results["throughput"].append(row)
+        print(f"{batch_size:>6} {row['conventional']:>22,.0f} {row['tensors']:>9,.0f} {row['data_path_ratio']:>5.1f}x "
+              f"{row['shipped']:>9,.0f} {row['shipped_ratio']:>5.1f}x {row['shipped_bf16']:>15,.0f}")
+    print("(train.py = tensors + channels_last + fused AdamW, its defaults)")
+
+    flops = training_flops_per_image()
+    print(f"\nepoch time of train.py's loop ({len(x_train):,} images, estimated from {steps}+ steps), fp32; "
+          f"{flops / 1e6:.2f} MFLOP per training image")
+    print(f"{'batch':>6} {'threads':>8} {'images/s':>10} {'epoch s':>8} {'GFLOP/s':>8}")
+    results["scaling"] = []
+    for thread_count in (1, 2):
+        torch.set_num_threads(thread_count)
+        for batch_size in (64, 128, 256, 512, 1024):
+            rate = our_throughput(x_train, y_train, batch_size, max(2, steps * 64 // batch_size), shipped=True)
+            row = {"batch_size": batch_size, "threads": thread_count, "images_per_second": rate,
+                   "epoch_seconds": len(x_train) / rate, "gflops_per_second": rate * flops / 1e9}
+            results["scaling"].append(row)
+            print(f"{batch_size:>6} {thread_count:>8} {rate:>10,.0f} {row['epoch_seconds']:>8.2f} "
+                  f"{row['gflops_per_second']:>8.1f}")
+    torch.set_num_threads(threads)
+    results["training_flops_per_image"] = flops
+
+    model = load_model(args.model)
+    evaluate(model, x_test[:1000], y_test[:1000])  # warm-up
+    started = time.perf_counter()
+    accuracy = evaluate(model, x_test, y_test).accuracy
+    seconds = time.perf_counter() - started
+    results["evaluation"] = {"images": len(x_test), "seconds": seconds, "images_per_second": len(x_test) / seconds}
+    results["latency"] = latency = prediction_latency(args.model, args.image, 20 if args.quick else 500)
+    print(f"\nevaluation: {len(x_test):,} test images in {seconds:.3f}s ({len(x_test) / seconds:,.0f} images/s; "
+          f"{args.model.name} scores {accuracy:.2%})")
+    print(f"one image, {latency['calls']} calls: model {latency['model_median_ms']:.3f} ms median, "
+          f"{latency['model_p99_ms']:.3f} ms p99; from the file (decode + preprocess + model) "
+          f"{latency['file_median_ms']:.3f} ms median, {latency['file_p99_ms']:.3f} ms p99")
+
+    subset = 2000 if args.quick else None
+    results["time_to_99"] = reach = time_to_accuracy(
+        x_train[:subset], y_train[:subset], x_test, y_test, target=0.99, epochs=1 if args.quick else None)
+    print(f"\ntime to 99.0% test accuracy, default recipe ({reach['recipe']['epochs']} epochs; test scored "
+          "after each epoch only to measure this):")
+    for point in reach["curve"]:
+        print(f"  epoch {point['epoch']}: {point['train_seconds']:6.1f}s of training, "
+              f"test {point['test_accuracy']:.2%}")
+    reached = reach["reached"]
+    print(f"  -> {'reached at epoch %d after %.1fs' % (reached['epoch'], reached['train_seconds']) if reached else 'not reached'}")
+
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
