@@ -6,7 +6,9 @@ indexing a shuffled permutation: no Dataset objects, no per-sample transforms.
 
 import argparse
 import gzip
+import hashlib
 import os
+import signal
 import sys
 import zlib
 from collections.abc import Callable
@@ -37,13 +39,36 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[], None]) -> None:
-    """Runs a script's main(); a UserError becomes `error: ...` on stderr and exit status 1."""
+    """Runs a script's main(): a UserError becomes `error: ...` on stderr and exit status 1;
+    Ctrl-C or SIGTERM becomes `interrupted` (with what to do next, if main says) and status 130."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except UserError as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as interrupt:
+        print(f"interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
+        sys.exit(130)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a polite kill gets the same clean exit as Ctrl-C
+
+
+def writable_file(text: str) -> Path:
+    """An output path whose folder exists (or can be made) and can be written."""
+    path = Path(text)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"can't write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"can't write {path}: {folder} is not writable")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    return path
 
 
 def positive_int(text: str) -> int:
@@ -104,8 +129,11 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
     raw_dir = Path(data_dir) / "MNIST" / "raw"
     names = mnist_files(train)
     for name in names:
-        if not (raw_dir / name).is_file() and (raw_dir / f"{name}.gz").is_file():
-            _gunzip(raw_dir / f"{name}.gz", raw_dir / name)
+        compressed = raw_dir / f"{name}.gz"
+        if compressed.is_file():
+            _check_md5(compressed)
+            if not (raw_dir / name).is_file():
+                _gunzip(compressed, raw_dir / name)
     if download and not all((raw_dir / name).is_file() for name in names):
         try:
             MNIST(str(data_dir), train=train, download=True)
@@ -125,6 +153,13 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tupl
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(MNIST_CLASSES):
         raise UserError(f"{raw_dir / names[1]} holds labels outside 0..9: the file is corrupt")
     return images, labels
+
+
+def _check_md5(path: Path) -> None:
+    """The original .gz files have published MD5s (torchvision's MNIST.resources): a damaged download is caught here."""
+    expected = dict(MNIST.resources)[path.name]
+    if hashlib.md5(path.read_bytes()).hexdigest() != expected:
+        raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; delete it and fetch it again")
 
 
 def _gunzip(source: Path, target: Path) -> None:

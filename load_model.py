@@ -33,6 +33,9 @@ MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
 FORMAT_VERSION = 1
 MODEL_KEYS = ("arch", "model_args", "state_dict", "normalization", "classes", "metadata")
+# A phone photo has 12-50 megapixels; far larger "images" are decompression bombs. This keeps
+# the decoded image, and its float copy, to a few hundred MB at most.
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 class ModelFileError(UserError):
@@ -107,14 +110,19 @@ def load_model(path: str | Path = DEFAULT_MODEL_PATH, device: str | torch.device
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """The first frame of an image file, fully decoded."""
+    """The first frame of an image file, fully decoded; images over MAX_IMAGE_PIXELS are refused unread."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{image.width}x{image.height} pixels is too large to be a digit "
+                                 f"(the limit is {MAX_IMAGE_PIXELS:,} pixels)")
             image.load()
             return ImageOps.exif_transpose(image)
     except FileNotFoundError:
         raise ImageError("no such file") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"too large to be a digit ({error})") from None
+    except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"not a readable image ({error})") from None
 
 
@@ -148,6 +156,9 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
     scale = box / max(ink.shape)
     height, width = (max(1, round(side * scale)) for side in ink.shape)
     ink = np.asarray(Image.fromarray(ink).resize((width, height), Image.Resampling.LANCZOS)).clip(0, 1)
+    if ink.max() <= 0:
+        raise ImageError("no digit found (the ink vanishes at 28x28)")
+    ink = ink / ink.max()  # shrinking a large photo thins and greys its strokes; MNIST's are full-strength
     total = ink.sum()
     centre_row = (ink.sum(1) * np.arange(height)).sum() / total
     centre_col = (ink.sum(0) * np.arange(width)).sum() / total

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import DEFAULT_MODEL_PATH, PROJECT_DIR, run_cli
+from common import DEFAULT_MODEL_PATH, PROJECT_DIR, run_cli, writable_file
 from load_model import FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, read_model_file
 
 
@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Write the lean model file (weights and metadata) from a training checkpoint or a model file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("source", type=Path, metavar="SRC", help="training checkpoint (.ckpt) or model file")
-    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH, help="model file to write")
+    parser.add_argument("--out", type=writable_file, default=DEFAULT_MODEL_PATH, help="model file to write")
     return parser.parse_args(argv)
 
 

@@ -10,6 +10,7 @@ end, to report the chosen model's accuracy: nothing is chosen on it.
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, UserError,
-                    evaluate, load_mnist, non_negative_float, normalize, pick_device, positive_float, positive_int, run_cli,
-                    split_indices)
+                    evaluate, load_mnist, non_negative_float, normalize, pick_device, positive_float, positive_int,
+                    run_cli, split_indices, writable_file)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
 from plots import plot_history
@@ -53,13 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="dataset root holding MNIST/raw/")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch missing MNIST files from the internet")
-    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH,
+    parser.add_argument("--out", type=writable_file, default=DEFAULT_MODEL_PATH,
                         help="model file to write; the checkpoint, metrics and curves go beside it")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the checkpoint beside --out, with that run's settings")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the set-up: a few batches of one epoch, nothing written")
     args = parser.parse_args(argv)
+    if not args.download and not args.data_dir.is_dir():
+        parser.error(f"argument --data-dir: {args.data_dir} is not a folder (and --no-download is set)")
     args.defaults = {name: parser.get_default(name) for name in RUN_SETTINGS}
     return args
 
@@ -117,6 +120,12 @@ def resume_settings(args: argparse.Namespace, checkpoint: dict) -> None:
         setattr(args, name, recorded)
 
 
+def resume_hint(checkpoint: Path, saved_epoch: int, out: Path) -> str:
+    if not saved_epoch:
+        return "no epoch was finished, so there is no checkpoint to resume from"
+    return f"{checkpoint} keeps epoch {saved_epoch}; continue with: python train.py --resume --out {out}"
+
+
 def main() -> None:
     args = parse_args()
     paths = output_paths(args.out)
@@ -164,10 +173,20 @@ def main() -> None:
     print(f"model: {args.arch}, {count_parameters(model):,} parameters; "
           + ", ".join(f"{name} {value}" for name, value in settings.items() if name != "arch"))
 
+    saved_epoch = len(history)
     for epoch in range(len(history) + 1, args.epochs + 1):
         epoch_started = time.perf_counter()
-        train_loss, train_accuracy = train_epoch(trained, optimizer, scheduler, x_train, y_train, args.batch_size,
-                                                 generator, f"epoch {epoch}/{args.epochs}", args.amp)
+        try:
+            train_loss, train_accuracy = train_epoch(trained, optimizer, scheduler, x_train, y_train,
+                                                     args.batch_size, generator, f"epoch {epoch}/{args.epochs}",
+                                                     args.amp)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(resume_hint(paths["checkpoint"], saved_epoch, args.out)) from None
+        if not math.isfinite(train_loss):
+            kept = (f"the last good checkpoint, of epoch {saved_epoch}, is kept in {paths['checkpoint']}"
+                    if saved_epoch else "no epoch finished, so there is no checkpoint")
+            raise UserError(f"the training loss became {train_loss} in epoch {epoch}: training diverged; "
+                            f"try a lower --lr ({kept})")
         val = evaluate(model, x_val, y_val)
         seconds = time.perf_counter() - epoch_started
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
@@ -186,6 +205,7 @@ def main() -> None:
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
                         paths["checkpoint"])
+            saved_epoch = epoch
     if args.dry_run:
         print("dry run: the set-up works; nothing written")
         return

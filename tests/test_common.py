@@ -1,6 +1,7 @@
 """common.py: reading MNIST files, normalization, the validation split, evaluation, device choice."""
 
 import gzip
+import hashlib
 import numpy as np
 import pytest
 import torch
@@ -23,20 +24,35 @@ def test_load_mnist_reads_idx_files_through_torchvision(tmp_path):
     assert load_mnist(tmp_path, train=False, download=False)[0].shape == (20, 28, 28)
 
 
-def test_the_original_gzipped_files_are_read_without_a_download(tmp_path):
+def gzip_in_place(raw, name: str, keep_bytes: int | None = None, monkeypatch=None) -> None:
+    """Replaces raw/name by raw/name.gz and, for the test, publishes that file's MD5 as torchvision's."""
+    compressed = gzip.compress((raw / name).read_bytes())[:keep_bytes]
+    (raw / f"{name}.gz").write_bytes(compressed)
+    (raw / name).unlink()
+    resources = [(file, hashlib.md5(compressed).hexdigest() if file == f"{name}.gz" else md5)
+                 for file, md5 in MNIST.resources]
+    monkeypatch.setattr(MNIST, "resources", resources)
+
+
+def test_the_original_gzipped_files_are_read_without_a_download(tmp_path, monkeypatch):
     raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
-        (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes()))
-        (raw / name).unlink()
+    gzip_in_place(raw, "train-images-idx3-ubyte", monkeypatch=monkeypatch)
     images, labels = load_mnist(tmp_path, train=True, download=False)
     assert images.shape == (30, 28, 28) and labels.shape == (30,)
 
 
-def test_a_truncated_gzip_file_is_named_in_the_error(tmp_path):
+def test_a_gzip_file_whose_md5_is_not_the_published_one_is_named_before_any_work(tmp_path):
     raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"tampered"))
+    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte.gz is corrupt: its MD5 is not the published "
+                                        r"d53e105ee54ea40749a09fcbcd1e9432"):
+        load_mnist(tmp_path, train=True, download=False)
+
+
+def test_a_truncated_gzip_file_is_named_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
+    gzip_in_place(raw, "train-images-idx3-ubyte", keep_bytes=100, monkeypatch=monkeypatch)
     gz = raw / "train-images-idx3-ubyte.gz"
-    gz.write_bytes(gzip.compress((raw / "train-images-idx3-ubyte").read_bytes())[:100])
-    (raw / "train-images-idx3-ubyte").unlink()
     with pytest.raises(UserError, match=f"{gz} is truncated or corrupt"):
         load_mnist(tmp_path, train=True, download=False)
     assert sorted(path.name for path in raw.iterdir() if path.name.startswith("train-images")) == [gz.name]
@@ -153,3 +169,12 @@ def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
     test_images, test_labels = load_mnist(REAL_DATA_DIR, train=False, download=False)
     assert test_images.shape == (10_000, 28, 28)
     assert test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+
+
+@needs_real_mnist
+def test_the_real_gzip_files_pass_the_md5_check():
+    raw = REAL_DATA_DIR / "MNIST" / "raw"
+    if not all((raw / f"{name}").is_file() for name, _ in MNIST.resources):
+        pytest.skip(f"the .gz files are not in {raw}")
+    load_mnist(REAL_DATA_DIR, train=True, download=False)
+    load_mnist(REAL_DATA_DIR, train=False, download=False)

@@ -6,6 +6,8 @@ import zipfile
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import save_model as save_model_module
 from load_model import ModelFileError, load_model, read_model_file
@@ -194,3 +196,32 @@ def test_model_file_errors_are_one_line_user_errors(tmp_path):
         load_model(tmp_path / "empty.pth")
     assert "\n" not in str(error.value)
 
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0), flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(1, 255)),
+                                                    max_size=4))
+def test_a_damaged_model_file_loads_or_gets_a_clear_error_never_anything_else(model_file, tmp_path, cut, flips):
+    """Whatever bytes are cut off or flipped, the reader returns a model or raises ModelFileError."""
+    data = bytearray(model_file.read_bytes())
+    del data[cut % (len(data) + 1):]
+    for position, mask in flips:
+        if data:
+            data[position % len(data)] ^= mask
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(bytes(data))
+    try:
+        model = load_model(damaged)
+    except ModelFileError as error:
+        assert "\n" not in str(error)
+    else:
+        assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=3000))
+def test_arbitrary_bytes_never_load_as_a_model(tmp_path, data):
+    path = tmp_path / "arbitrary.pth"
+    path.write_bytes(data)
+    with pytest.raises(ModelFileError):
+        load_model(path)

@@ -1,8 +1,13 @@
 """load_model.py's image preprocessing: any digit image becomes an MNIST-like 28x28 input."""
 
+import struct
+import zlib
+
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
 from PIL import Image, ImageDraw
 
 from load_model import ImageError, preprocess_digit, read_image
@@ -28,7 +33,7 @@ def ink_extent(digit: torch.Tensor, threshold: float = 0.1) -> tuple[int, int]:
 def test_a_large_dark_on_light_off_centre_digit_comes_back_white_on_black_and_centred():
     digit = preprocess_digit(drawn_digit())
     assert digit.shape == (28, 28) and digit.dtype == torch.float32
-    assert digit.max().item() == pytest.approx(1.0, abs=0.05)
+    assert digit.max().item() == pytest.approx(1.0)
     assert digit[0].max().item() == 0 and digit[:, 0].max().item() == 0  # black background at the border
     row, col = centre_of_mass(digit)
     assert abs(row - 14) <= 0.6 and abs(col - 14) <= 0.6
@@ -90,3 +95,67 @@ def test_a_file_that_is_not_an_image_is_an_error(tmp_path):
 def test_a_missing_image_file_is_an_error(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
         read_image(tmp_path / "absent.png")
+
+
+def test_a_palette_image_and_an_animated_gif_are_read_as_their_first_frame(tmp_path):
+    reference = preprocess_digit(drawn_digit())
+    drawn_digit().convert("P").save(tmp_path / "palette.png")
+    assert torch.allclose(preprocess_digit(read_image(tmp_path / "palette.png")), reference, atol=0.02)
+    frames = [drawn_digit(), Image.new("L", (400, 300), 255)]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:], duration=100)
+    assert torch.allclose(preprocess_digit(read_image(tmp_path / "animated.gif")), reference, atol=0.02)
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
+    """A PNG of a few KB that declares 100,000 x 100,000 pixels (10 GB once decoded)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * 100_001 * 10)  # only the first rows: the size is what matters
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    assert path.stat().st_size < 20_000
+    with pytest.raises(ImageError, match="too large to be a digit"):
+        read_image(path)
+
+
+def test_an_empty_file_is_not_an_image(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image(tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 2)])
+def test_a_tiny_uniform_image_is_blank(size):
+    with pytest.raises(ImageError, match="no digit found"):
+        preprocess_digit(Image.new("L", size, 0))
+
+
+def test_a_single_ink_pixel_is_still_a_28x28_input():
+    image = Image.new("L", (9, 9), 255)
+    image.putpixel((4, 4), 0)
+    digit = preprocess_digit(image)
+    assert digit.shape == (28, 28) and torch.isfinite(digit).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=80)))
+def test_any_grayscale_image_gives_a_valid_input_or_a_clear_error(pixels):
+    try:
+        digit = preprocess_digit(Image.fromarray(pixels))
+    except ImageError:
+        return
+    assert digit.shape == (28, 28) and digit.dtype == torch.float32
+    assert torch.isfinite(digit).all() and digit.min() >= 0 and digit.max() <= 1
+    assert digit.max() == pytest.approx(1)  # the ink is there, at full strength as in MNIST
+
+
+def test_an_image_over_our_pixel_limit_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    import load_model
+
+    monkeypatch.setattr(load_model, "MAX_IMAGE_PIXELS", 100 * 100)
+    drawn_digit(size=(101, 100), box=(10, 10, 60, 90)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="101x100 pixels is too large"):
+        read_image(tmp_path / "big.png")

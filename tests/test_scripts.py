@@ -193,3 +193,18 @@ def test_a_damaged_model_file_is_one_line_not_a_traceback(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"garbage")
     result = run_script("load_model.py", "--model", tmp_path / "bad.pth", "digit.png", check=False)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tiny_data, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    for script, args in (("train.py", ["--data-dir", tiny_data, "--out", tmp_path / "a_file" / "m.pth"]),
+                         ("save_model.py", [tmp_path / "m.ckpt", "--out", tmp_path / "a_file" / "m.pth"])):
+        result = run_script(script, *args, check=False)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1].endswith(f"{tmp_path / 'a_file'} is not a folder")
+
+
+def test_a_missing_data_folder_without_download_is_refused_before_any_work(tmp_path):
+    result = run_script("train.py", "--data-dir", tmp_path / "nowhere", "--no-download", "--out", tmp_path / "m.pth",
+                        check=False)
+    assert result.returncode == 2 and "nowhere is not a folder" in result.stderr
