@@ -146,6 +146,24 @@ def training_run(data_dir: Path, quick: bool) -> dict:
             "peak_rss_mib": peak_kib / 1024, "model_file_bytes": size}
 
 
+def median_of(repeats: int, measure) -> float:
+    """The median of several measurements: one slow moment on a shared machine moves it little."""
+    return statistics.median(measure() for _ in range(repeats))
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """What this machine's float32 arithmetic reaches on the friendliest work there is: a large matmul."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    return median_of(repeats, lambda: 2 * size ** 3 / 1e9 / _seconds(lambda: a @ b))
+
+
+def _seconds(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
 def training_flops_per_image(batch_size: int = 64) -> float:
     """Floating-point operations (multiply-adds count 2) of one training step, forward and backward, per image."""
     model = build_model("lenet")
@@ -170,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    steps = 10 if args.quick else 200
+    steps, repeats = (10, 1) if args.quick else (200, 3)
     device = pick_device("cpu")  # the CPU figures are the ones this project promises
     threads = torch.get_num_threads()
     results = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -182,7 +200,8 @@ def main() -> None:
     # Child process first: its peak memory must not include this process's.
     results["training_run"] = run = training_run(args.data_dir, args.quick)
     print(f"\n`{run['command']}`: {run['wall_seconds']:.1f}s wall, peak resident memory "
-          f"{run['peak_rss_mib']:.0f} MiB, model file {run['model_file_bytes'] or 0:,} bytes")
+          f"{run['peak_rss_mib']:.0f} MiB, "
+          + (f"model file {run['model_file_bytes']:,} bytes" if run["model_file_bytes"] else "no model file (dry run)"))
 
     started = time.perf_counter()
     images, labels = load_mnist(args.data_dir, train=True, download=False)
@@ -193,17 +212,19 @@ def main() -> None:
     results["data_load_seconds"] = time.perf_counter() - started
     print(f"data loaded and normalized in {results['data_load_seconds']:.2f}s (kept apart from training times)")
 
-    print(f"\ntraining throughput, images/s, LeNet ({steps} steps after warm-up; same model and AdamW in the "
-          "first two columns, so their ratio is the data path's alone)")
+    print(f"\ntraining throughput, images/s, LeNet (median of {repeats} runs of {steps} steps after warm-up; same "
+          "model and AdamW in the first two columns, so their ratio is the data path's alone)")
     print(f"{'batch':>6} {'DataLoader+transforms':>22} {'tensors':>9} {'ratio':>6} {'train.py':>9} {'ratio':>6} "
           f"{'+bf16 autocast':>15}")
     results["throughput"] = []
     for batch_size in (64, 256):
         row = {"batch_size": batch_size,
-               "conventional": conventional_throughput(args.data_dir, batch_size, steps),
-               "tensors": our_throughput(x_train, y_train, batch_size, steps),
-               "shipped": our_throughput(x_train, y_train, batch_size, steps, shipped=True),
-               "shipped_bf16": our_throughput(x_train, y_train, batch_size, steps, shipped=True, amp=True)}
+               "conventional": median_of(repeats, lambda: conventional_throughput(args.data_dir, batch_size, steps)),
+               "tensors": median_of(repeats, lambda: our_throughput(x_train, y_train, batch_size, steps)),
+               "shipped": median_of(repeats, lambda: our_throughput(x_train, y_train, batch_size, steps,
+                                                                    shipped=True)),
+               "shipped_bf16": median_of(repeats, lambda: our_throughput(x_train, y_train, batch_size, steps,
+                                                                         shipped=True, amp=True))}
         row["data_path_ratio"] = row["tensors"] / row["conventional"]
         row["shipped_ratio"] = row["shipped"] / row["conventional"]
         results["throughput"].append(row)
@@ -219,7 +240,8 @@ def main() -> None:
     for thread_count in (1, 2):
         torch.set_num_threads(thread_count)
         for batch_size in (64, 128, 256, 512, 1024):
-            rate = our_throughput(x_train, y_train, batch_size, max(2, steps * 64 // batch_size), shipped=True)
+            rate = median_of(repeats, lambda: our_throughput(x_train, y_train, batch_size,
+                                                             max(2, steps * 64 // batch_size), shipped=True))
             row = {"batch_size": batch_size, "threads": thread_count, "images_per_second": rate,
                    "epoch_seconds": len(x_train) / rate, "gflops_per_second": rate * flops / 1e9}
             results["scaling"].append(row)
@@ -227,6 +249,10 @@ def main() -> None:
                   f"{row['gflops_per_second']:>8.1f}")
     torch.set_num_threads(threads)
     results["training_flops_per_image"] = flops
+    results["matmul_gflops_per_second"] = peak = matmul_gflops(1024 if args.quick else 2048)
+    best = max(row["gflops_per_second"] for row in results["scaling"])
+    print(f"for scale: a large float32 matmul reaches {peak:.0f} GFLOP/s on these {threads} threads; "
+          f"the LeNet's best epoch above is {best / peak:.0%} of that")
 
     model = load_model(args.model)
     evaluate(model, x_test[:1000], y_test[:1000])  # warm-up
