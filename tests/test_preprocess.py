@@ -107,7 +107,7 @@ def test_a_palette_image_and_an_animated_gif_are_read_as_their_first_frame(tmp_p
 
 
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
-    """A PNG of a few KB that declares 100,000 x 100,000 pixels (10 GB once decoded)."""
+    """A PNG of 1 KB that declares 100,000 x 100,000 pixels (10 GB once decoded)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -116,7 +116,7 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
     rows = zlib.compress(b"\x00" * 100_001 * 10)  # only the first rows: the size is what matters
     path = tmp_path / "bomb.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
-    assert path.stat().st_size < 20_000
+    assert path.stat().st_size < 2_000
     with pytest.raises(ImageError, match="too large to be a digit"):
         read_image(path)
 
