@@ -31,6 +31,7 @@ from common import (DEFAULT_DATA_DIR, MNIST_MEAN, MNIST_STD, PROJECT_DIR, evalua
                     pick_device, run_cli, split_indices)
 from load_model import load_model, predict_images, preprocess_digit, read_image, read_model_file
 from model import build_model
+from save_model import run_metadata
 
 
 def conventional_throughput(data_dir: Path, batch_size: int, steps: int, seed: int = 0) -> float:
@@ -193,7 +194,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     results = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                            "torch_threads": threads, "torch": str(torch.__version__)},
-               "quick": args.quick}
+               "quick": args.quick, **run_metadata()}
     print(f"bench on {platform.machine()} with {os.cpu_count()} CPUs, {threads} torch threads, "
           f"torch {torch.__version__}{' (quick)' if args.quick else ''}")
 
