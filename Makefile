@@ -5,7 +5,7 @@ SHARED_MNIST := ../shared/data/MNIST
 
 .PHONY: train test data
 
-$(VENV)/installed: requirements.txt requirements-dev.txt
+$(VENV)/installed: requirements.txt requirements-dev.txt requirements-deploy.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@

@@ -27,11 +27,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
 import train
-from common import (DEFAULT_DATA_DIR, MNIST_MEAN, MNIST_STD, PROJECT_DIR, evaluate, load_mnist, normalize,
-                    pick_device, run_cli, split_indices)
+from common import (DEFAULT_DATA_DIR, MNIST_MEAN, MNIST_STD, PROJECT_DIR, UserError, evaluate, load_mnist,
+                    normalize, pick_device, run_cli, split_indices)
 from load_model import load_model, predict_images, preprocess_digit, read_image, read_model_file
 from model import build_model
-from save_model import run_metadata
+from save_model import calibration_images, export_onnx, run_metadata
 
 
 def conventional_throughput(data_dir: Path, batch_size: int, steps: int, seed: int = 0) -> float:
@@ -80,6 +80,21 @@ def our_throughput(images: Tensor, labels: Tensor, batch_size: int, steps: int, 
     started = time.perf_counter()
     train.train_epoch(model, optimizer, scheduler, *subset, batch_size, generator, amp=amp)
     return len(subset[0]) / (time.perf_counter() - started)
+
+
+def inference_speed(model, images: Tensor, labels: Tensor) -> dict:
+    """Accuracy and seconds of evaluate() on all `images`, after a warm-up."""
+    evaluate(model, images[:1000], labels[:1000])
+    started = time.perf_counter()
+    accuracy = evaluate(model, images, labels).accuracy
+    seconds = time.perf_counter() - started
+    return {"images": len(images), "accuracy": accuracy, "seconds": seconds, "images_per_second": len(images) / seconds}
+
+
+@torch.no_grad()
+def max_difference(model, reference: Tensor, images: Tensor) -> float:
+    """The largest absolute difference between `model`'s logits and `reference` on `images`."""
+    return (model(images) - reference).abs().max().item()
 
 
 def time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, target: float,
@@ -255,18 +270,35 @@ def main() -> None:
     print(f"for scale: a large float32 matmul reaches {peak:.0f} GFLOP/s on these {threads} threads; "
           f"the LeNet's best epoch above is {best / peak:.0%} of that")
 
-    model = load_model(args.model)
-    evaluate(model, x_test[:1000], y_test[:1000])  # warm-up
-    started = time.perf_counter()
-    accuracy = evaluate(model, x_test, y_test).accuracy
-    seconds = time.perf_counter() - started
-    results["evaluation"] = {"images": len(x_test), "seconds": seconds, "images_per_second": len(x_test) / seconds}
-    results["latency"] = latency = prediction_latency(args.model, args.image, 20 if args.quick else 500)
-    print(f"\nevaluation: {len(x_test):,} test images in {seconds:.3f}s ({len(x_test) / seconds:,.0f} images/s; "
-          f"{args.model.name} scores {accuracy:.2%})")
-    print(f"one image, {latency['calls']} calls: model {latency['model_median_ms']:.3f} ms median, "
-          f"{latency['model_p99_ms']:.3f} ms p99; from the file (decode + preprocess + model) "
-          f"{latency['file_median_ms']:.3f} ms median, {latency['file_p99_ms']:.3f} ms p99")
+    calls = 20 if args.quick else 500
+    with tempfile.TemporaryDirectory() as folder:
+        formats = {"PyTorch fp32": args.model}
+        try:
+            record = read_model_file(args.model)
+            formats["ONNX fp32"], formats["ONNX INT8"] = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
+            export_onnx(record, formats["ONNX fp32"])
+            export_onnx(record, formats["ONNX INT8"], calibration_images(record, args.data_dir, 100 if args.quick else 500))
+        except UserError as missing:  # the deployment packages are optional
+            formats = {"PyTorch fp32": args.model}
+            print(f"\n(ONNX formats skipped: {missing})")
+        print(f"\ninference on the CPU: the {len(x_test):,} test images in batches of 1,000, and one image "
+              f"({calls} calls, median and p99; 'from file' adds decoding and preprocessing the PNG)")
+        print(f"{'format':<13} {'file KB':>8} {'accuracy':>9} {'max |logit diff|':>17} {'batch s':>8} {'images/s':>9} "
+              f"{'1 image ms':>11} {'p99 ms':>7} {'from file ms':>13}")
+        results["formats"] = []
+        with torch.no_grad():
+            reference = load_model(args.model)(x_test)
+        for name, path in formats.items():
+            model = load_model(path)
+            row = {"format": name, "file_bytes": path.stat().st_size, **inference_speed(model, x_test, y_test),
+                   **prediction_latency(path, args.image, calls),
+                   "max_logit_difference": max_difference(model, reference, x_test)}
+            results["formats"].append(row)
+            print(f"{name:<13} {row['file_bytes'] / 1024:>8.0f} {row['accuracy']:>9.2%} "
+                  f"{row['max_logit_difference']:>17.2e} {row['seconds']:>8.3f} "
+                  f"{row['images_per_second']:>9,.0f} {row['model_median_ms']:>11.3f} {row['model_p99_ms']:>7.3f} "
+                  f"{row['file_median_ms']:>13.3f}")
+    results["evaluation"], results["latency"] = results["formats"][0], results["formats"][0]
 
     subset = 2000 if args.quick else None
     results["time_to_99"] = reach = time_to_accuracy(

@@ -7,6 +7,7 @@ indexing a shuffled permutation: no Dataset objects, no per-sample transforms.
 import argparse
 import gzip
 import hashlib
+import importlib
 import os
 import signal
 import sys
@@ -69,6 +70,15 @@ def writable_file(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
     return path
+
+
+def require(module: str):
+    """Imports a package of the optional deployment set, or says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"this needs the {module.split('.')[0]} package: "
+                        "pip install -r requirements-deploy.txt") from None
 
 
 def positive_int(text: str) -> int:

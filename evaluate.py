@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, nargs="+", default=[DEFAULT_MODEL_PATH],
-                        help="model files (or training checkpoints); several are also scored as an ensemble")
+                        help="model files (.pth, training checkpoints or .onnx); several are also scored as an ensemble")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset root holding MNIST/raw/")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch missing MNIST files from the internet")
@@ -105,7 +105,8 @@ def main() -> None:
         model = build_from_record(record, device)
         probabilities = evaluate(model, normalize(images, **record["normalization"]).to(device),
                                  labels.to(device)).probabilities
-        report = {"model": str(path), "arch": record["arch"], "parameters": count_parameters(model),
+        parameters = record["parameters"] if "onnx" in record else count_parameters(model)
+        report = {"model": str(path), "arch": record["arch"], "parameters": parameters,
                   **summarize(probabilities, labels, classes)}
         out_dir = args.out_dir or path.parent
         out_dir.mkdir(parents=True, exist_ok=True)

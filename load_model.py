@@ -15,6 +15,7 @@ model file can't run code.
 """
 
 import argparse
+import json
 import pickle
 import re
 import sys
@@ -26,13 +27,15 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from common import DEFAULT_MODEL_PATH, UserError, positive_int, run_cli
+from common import DEFAULT_MODEL_PATH, UserError, positive_int, require, run_cli
 from model import ARCHITECTURES, build_model
 
 MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
 FORMAT_VERSION = 1
 MODEL_KEYS = ("arch", "model_args", "state_dict", "normalization", "classes", "metadata")
+# ONNX files (save_model.py --format onnx): these names, and the description as JSON in the metadata.
+ONNX_INPUT, ONNX_OUTPUT, ONNX_METADATA_KEY = "image", "logits", "mnist_pipeline"
 # A phone photo has 12-50 megapixels; far larger "images" are decompression bombs. This keeps
 # the decoded image, and its float copy, to a few hundred MB at most.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -71,7 +74,10 @@ def read_torch_file(path: str | Path) -> dict:
 
 def read_model_file(path: str | Path) -> dict:
     """The model record (arch, model_args, state_dict, normalization, classes, metadata) in a
-    model file, or the best model's record in a training checkpoint."""
+    model file, or the best model's record in a training checkpoint. For an ONNX file, the
+    record holds `onnx` (its path) in place of the state_dict."""
+    if Path(path).suffix == ".onnx":
+        return read_onnx_file(Path(path))
     content = read_torch_file(path)
     if content.get("format") == CHECKPOINT_FORMAT:
         content = content.get("model", {})
@@ -92,8 +98,50 @@ def read_model_file(path: str | Path) -> dict:
     return content
 
 
-def build_from_record(record: dict, device: str | torch.device = "cpu") -> nn.Module:
-    """The network described by a model record, with its weights, in eval mode."""
+def read_onnx_file(path: Path) -> dict:
+    onnx = require("onnx")
+    if not path.is_file():
+        raise ModelFileError(f"no file at {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+    except Exception as error:  # protobuf's DecodeError, onnx's ValidationError, ...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelFileError(f"{path} is damaged or not an ONNX model ({reason})") from None
+    description = {entry.key: entry.value for entry in proto.metadata_props}.get(ONNX_METADATA_KEY)
+    if description is None:
+        raise ModelFileError(f"{path} is an ONNX model but not one of this project (no {ONNX_METADATA_KEY} metadata)")
+    record = json.loads(description)
+    if record.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format version {record.get('version')!r}; "
+                             f"this code reads version {FORMAT_VERSION}")
+    return {**record, "onnx": str(path)}
+
+
+class OnnxModel:
+    """An ONNX Runtime session used like a model in eval mode: normalized images in, logits out."""
+
+    training = False
+
+    def __init__(self, path: str | Path) -> None:
+        runtime = require("onnxruntime")
+        self.session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: Tensor) -> Tensor:
+        logits = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: images.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(logits).to(images.device)
+
+    def train(self, mode: bool = True) -> "OnnxModel":
+        return self  # inference only: there is no training mode to switch to
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+
+def build_from_record(record: dict, device: str | torch.device = "cpu") -> nn.Module | OnnxModel:
+    """The network described by a model record, with its weights, in eval mode (ONNX files run in ONNX Runtime)."""
+    if "onnx" in record:
+        return OnnxModel(record["onnx"])
     model = build_model(record["arch"], **record["model_args"])
     try:
         model.load_state_dict(record["state_dict"], strict=True)
@@ -104,8 +152,9 @@ def build_from_record(record: dict, device: str | torch.device = "cpu") -> nn.Mo
     return model.to(device).eval()
 
 
-def load_model(path: str | Path = DEFAULT_MODEL_PATH, device: str | torch.device = "cpu") -> nn.Module:
-    """The model stored in `path`, in eval mode, returning logits (softmax them for probabilities)."""
+def load_model(path: str | Path = DEFAULT_MODEL_PATH, device: str | torch.device = "cpu") -> nn.Module | OnnxModel:
+    """The model stored in `path` (.pth, training checkpoint or .onnx), in eval mode, returning logits
+    (softmax them for probabilities)."""
     return build_from_record(read_model_file(path), device)
 
 

@@ -1,0 +1,112 @@
+"""ONNX export and INT8 quantization (save_model.py --format), run by load_model.py and evaluate.py."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common import DEFAULT_MODEL_PATH, UserError, evaluate, load_mnist, normalize
+from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
+from load_model import ModelFileError, load_model, read_model_file
+
+onnx = pytest.importorskip("onnx", reason="the deployment packages: pip install -r requirements-deploy.txt")
+pytest.importorskip("onnxruntime", reason="the deployment packages: pip install -r requirements-deploy.txt")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tiny_data, tmp_path_factory):
+    """The tiny model as ONNX float32 and INT8 files, made by save_model.py."""
+    folder = tmp_path_factory.mktemp("onnx")
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    run_script("save_model.py", tiny_model, "--format", "onnx", "--out", fp32)
+    run_script("save_model.py", tiny_model, "--format", "onnx-int8", "--out", int8, "--data-dir", tiny_data,
+               "--calibration-images", "200")
+    return fp32, int8
+
+
+def test_onnx_gives_pytorchs_logits_for_any_batch_size(tiny_model, exported):
+    original, onnx_model = load_model(tiny_model), load_model(exported[0])
+    for batch in (1, 7, 64):
+        images = torch.randn(batch, 1, 28, 28)
+        assert torch.allclose(onnx_model(images), original(images), atol=1e-4)
+
+
+def test_the_onnx_file_is_valid_and_carries_the_models_description(tiny_model, exported):
+    proto = onnx.load(str(exported[0]))
+    onnx.checker.check_model(proto)
+    assert [node.name for node in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch axis is symbolic
+    record, original = read_model_file(exported[0]), read_model_file(tiny_model)
+    for key in ("arch", "model_args", "normalization", "classes", "metadata"):
+        assert record[key] == original[key]
+    assert record["precision"] == "float32" and read_model_file(exported[1])["precision"] == "int8"
+
+
+def test_int8_is_a_third_of_the_size_and_agrees_with_float32(tiny_data, exported):
+    fp32, int8 = exported
+    assert int8.stat().st_size <= fp32.stat().st_size / 3
+    images, labels = load_mnist(tiny_data, train=False, download=False)
+    x = normalize(images)
+    agreement = (load_model(int8)(x).argmax(1) == load_model(fp32)(x).argmax(1)).float().mean().item()
+    assert agreement >= 0.95
+
+
+def test_evaluate_and_load_model_run_onnx_files(exported, tiny_data, tmp_path):
+    report = json.loads(run_script("evaluate.py", "--model", *exported, "--data-dir", tiny_data, "--out-dir", tmp_path,
+                                   "--no-download", "--json").stdout)
+    assert [model["parameters"] for model in report["models"]] == [61_706, 61_706]
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(blank)
+    result = run_script("load_model.py", "--model", exported[1], "--top-k", "2", PROJECT_DIR / "examples" / "seven.png",
+                        blank, check=False)
+    assert result.stdout.startswith(f"{PROJECT_DIR / 'examples' / 'seven.png'}: ") and result.stdout.count("%") == 2
+    assert "blank.png: error: no digit found" in result.stderr and result.returncode == 1
+
+
+def test_a_missing_runtime_is_a_clear_error(exported, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(UserError, match="needs the onnxruntime package: pip install -r requirements-deploy.txt"):
+        load_model(exported[0])
+
+
+def test_a_bad_format_name_is_refused_by_argparse(tiny_model, tmp_path):
+    result = run_script("save_model.py", tiny_model, "--format", "tflite", "--out", tmp_path / "m", check=False)
+    assert result.returncode == 2 and "invalid choice: 'tflite'" in result.stderr
+
+
+def test_damaged_and_foreign_onnx_files_are_refused(exported, tmp_path):
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(exported[0].read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="damaged or not an ONNX model"):
+        load_model(damaged)
+    proto = onnx.load(str(exported[0]))
+    del proto.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(proto, str(foreign))
+    with pytest.raises(ModelFileError, match="not one of this project"):
+        load_model(foreign)
+
+
+def test_an_onnx_file_cannot_be_turned_back_into_a_pth(exported, tmp_path):
+    result = run_script("save_model.py", exported[0], "--out", tmp_path / "m.pth", check=False)
+    assert result.returncode == 1 and "is an ONNX file" in result.stderr
+
+
+@needs_real_mnist
+def test_on_real_mnist_onnx_matches_pytorch_and_int8_keeps_the_accuracy(tmp_path):
+    fp32, int8 = tmp_path / "mnist_model.onnx", tmp_path / "mnist_model.int8.onnx"
+    run_script("save_model.py", DEFAULT_MODEL_PATH, "--format", "onnx", "--out", fp32)
+    run_script("save_model.py", DEFAULT_MODEL_PATH, "--format", "onnx-int8", "--out", int8,
+               "--data-dir", REAL_DATA_DIR)
+    images, labels = load_mnist(REAL_DATA_DIR, train=False, download=False)
+    x = normalize(images)
+    original, onnx_model = load_model(DEFAULT_MODEL_PATH), load_model(fp32)
+    with torch.no_grad():
+        assert (onnx_model(x) - original(x)).abs().max().item() <= 1e-4
+    accuracy = {path: evaluate(load_model(path), x, labels).accuracy for path in (DEFAULT_MODEL_PATH, fp32, int8)}
+    assert accuracy[fp32] == accuracy[DEFAULT_MODEL_PATH]
+    assert abs(accuracy[int8] - accuracy[DEFAULT_MODEL_PATH]) <= 0.001
+    assert int8.stat().st_size <= fp32.stat().st_size / 3
