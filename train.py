@@ -1,6 +1,7 @@
 """Train a model on MNIST and keep the best weights by validation accuracy.
 
     python train.py [--epochs N] [--seed S] [--data-dir data] [--out mnist_model.pth]
+    torchrun --nproc_per_node=N train.py ...    # the same run on N processes (DistributedDataParallel)
 
 Writes, beside --out: the model file (best epoch by validation accuracy), a
 training checkpoint `.ckpt` after every epoch (for --resume), the metrics history
@@ -11,12 +12,15 @@ end, to report the chosen model's accuracy: nothing is chosen on it.
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, UserError,
@@ -74,14 +78,18 @@ def output_paths(out: Path) -> dict[str, Path]:
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                 images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
-                description: str = "", amp: bool = False) -> tuple[float, float]:
+                description: str = "", amp: bool = False, rank: int = 0, world: int = 1) -> tuple[float, float]:
     """One pass over `images` in a shuffled order; returns the mean loss and accuracy seen while training.
-    With `amp`, the forward pass runs in bfloat16 autocast (the weights and optimizer stay float32)."""
+    With `amp`, the forward pass runs in bfloat16 autocast (the weights and optimizer stay float32).
+    Across `world` processes, each takes a disjoint shard of the same seeded order and batch_size / world
+    images a step, so a step still sees batch_size images; the returned figures cover all shards."""
     model.train()
-    order = torch.randperm(len(images), generator=generator).to(images.device)
+    order = torch.randperm(len(images), generator=generator)
+    order = order[:len(order) - len(order) % world][rank::world].to(images.device)  # equal steps on every rank
+    batch_size //= world
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
-    progress = tqdm(range(0, len(images), batch_size), desc=description, leave=False, disable=None)
+    progress = tqdm(range(0, len(order), batch_size), desc=description, leave=False, disable=None if rank == 0 else True)
     for step, start in enumerate(progress):
         batch = order[start:start + batch_size]
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -95,7 +103,37 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
         correct += (logits.argmax(1) == labels[batch]).sum()
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss.item():.4f}")
-    return loss_sum.item() / len(images), correct.item() / len(images)
+    if world > 1:
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(correct)
+    return loss_sum.item() / (len(order) * world), correct.item() / (len(order) * world)
+
+
+def start_processes(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process: under torchrun, joins the process group
+    (nccl on CUDA, one GPU a process; gloo on the CPU); otherwise (0, 1, the chosen device)."""
+    device = pick_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def evaluate_shards(model: nn.Module, images: Tensor, labels: Tensor, rank: int, world: int) -> tuple[float, float]:
+    """Loss and accuracy on `images`, each process scoring its shard and all agreeing on the sums."""
+    if world == 1:
+        result = evaluate(model, images, labels)
+        return result.loss, result.accuracy
+    shard = evaluate(model, images[rank::world], labels[rank::world])
+    count = len(labels[rank::world])
+    totals = torch.tensor([shard.loss * count, shard.accuracy * count, count], dtype=torch.float64,
+                          device=images.device)
+    dist.all_reduce(totals)
+    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
 
 def make_optimizer(model: nn.Module, args: argparse.Namespace, steps_per_epoch: int):
@@ -135,7 +173,21 @@ def main() -> None:
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{paths['checkpoint']} is not a training checkpoint of this project")
         resume_settings(args, checkpoint)
-    device = pick_device(args.device)
+    rank, world, device = start_processes(args.device)
+    try:
+        run(args, paths, checkpoint, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | None, rank: int, world: int,
+        device: torch.device) -> None:
+    """The training run of one process: rank 0 of `world` alone prints and writes files."""
+    log = print if rank == 0 else lambda *_: None
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} is the global batch: it must divide evenly among "
+                        f"{world} processes")
     torch.manual_seed(args.seed)
 
     started = time.perf_counter()
@@ -147,7 +199,7 @@ def main() -> None:
     x_train, y_train = normalize(images[train_indices]).to(device), labels[train_indices].to(device)
     x_val, y_val = normalize(images[val_indices]).to(device), labels[val_indices].to(device)
     del images  # the uint8 copy: peak memory is what bounds training on small machines
-    print(f"data: {len(x_train):,} training and {len(x_val):,} validation images from {args.data_dir} "
+    log(f"data: {len(x_train):,} training and {len(x_val):,} validation images from {args.data_dir} "
           f"on {device} in {time.perf_counter() - started:.1f}s")
 
     model_args = {"num_classes": len(MNIST_CLASSES)}
@@ -155,9 +207,11 @@ def main() -> None:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x_train, x_val = (x.contiguous(memory_format=torch.channels_last) for x in (x_train, x_val))
-    # Train through the compiled module; save and validate the plain one, which shares its weights.
-    trained = torch.compile(model) if args.compile else model
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
+    # Train through the DDP-wrapped or compiled module; save and validate the plain one, which shares its weights.
+    trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if world > 1 else model
+    trained = torch.compile(trained) if args.compile else trained
+    steps_per_epoch = -(-(len(x_train) // world) // (args.batch_size // world))
     optimizer, scheduler = make_optimizer(model, args, steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed)
     history, best = [], None
@@ -168,10 +222,13 @@ def main() -> None:
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
         history, best = checkpoint["history"], checkpoint["model"]
-        print(f"resuming {paths['checkpoint']} after epoch {len(history)} of {args.epochs}")
+        log(f"resuming {paths['checkpoint']} after epoch {len(history)} of {args.epochs}")
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
-    print(f"model: {args.arch}, {count_parameters(model):,} parameters; "
-          + ", ".join(f"{name} {value}" for name, value in settings.items() if name != "arch"))
+    log(f"model: {args.arch}, {count_parameters(model):,} parameters; "
+        + ", ".join(f"{name} {value}" for name, value in settings.items() if name != "arch"))
+    if world > 1:
+        log(f"{world} processes ({dist.get_backend()}): global batch {args.batch_size}, "
+            f"{args.batch_size // world} per process; peak learning rate {args.lr} for the global batch")
 
     saved_epoch = len(history)
     for epoch in range(len(history) + 1, args.epochs + 1):
@@ -179,7 +236,7 @@ def main() -> None:
         try:
             train_loss, train_accuracy = train_epoch(trained, optimizer, scheduler, x_train, y_train,
                                                      args.batch_size, generator, f"epoch {epoch}/{args.epochs}",
-                                                     args.amp)
+                                                     args.amp, rank, world)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(resume_hint(paths["checkpoint"], saved_epoch, args.out)) from None
         if not math.isfinite(train_loss):
@@ -187,18 +244,18 @@ def main() -> None:
                     if saved_epoch else "no epoch finished, so there is no checkpoint")
             raise UserError(f"the training loss became {train_loss} in epoch {epoch}: training diverged; "
                             f"try a lower --lr ({kept})")
-        val = evaluate(model, x_val, y_val)
+        val_loss, val_accuracy = evaluate_shards(model, x_val, y_val, rank, world)
         seconds = time.perf_counter() - epoch_started
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                        "val_loss": val.loss, "val_accuracy": val.accuracy, "seconds": seconds})
-        improved = best is None or val.accuracy > best["metadata"]["val_accuracy"]
+                        "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": seconds})
+        improved = best is None or val_accuracy > best["metadata"]["val_accuracy"]
         if improved:
             best = model_record(model, args.arch, model_args, normalization, MNIST_CLASSES, {
-                **settings, "best_epoch": epoch, "val_accuracy": val.accuracy, "val_loss": val.loss,
+                **settings, "best_epoch": epoch, "val_accuracy": val_accuracy, "val_loss": val_loss,
                 **run_metadata()})
-        print(f"epoch {epoch:2d}/{args.epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
-              f"val loss {val.loss:.4f} acc {val.accuracy:.2%}{' *' if improved else '  '}  {seconds:.1f}s")
-        if not args.dry_run:
+        log(f"epoch {epoch:2d}/{args.epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
+            f"val loss {val_loss:.4f} acc {val_accuracy:.2%}{' *' if improved else '  '}  {seconds:.1f}s")
+        if rank == 0 and not args.dry_run:
             save_atomic({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "settings": settings,
                          "model": best, "history": history,
                          "state_dict": {name: t.cpu() for name, t in model.state_dict().items()},
@@ -206,6 +263,8 @@ def main() -> None:
                          "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
                         paths["checkpoint"])
             saved_epoch = epoch
+    if rank != 0:
+        return  # rank 0 writes the files
     if args.dry_run:
         print("dry run: the set-up works; nothing written")
         return

@@ -1,0 +1,54 @@
+"""torchrun: the same train.py on several processes (DistributedDataParallel, gloo on the CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PROJECT_DIR, TINY_TRAINING
+from load_model import load_model, read_model_file
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def torchrun(*args, processes: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}",
+                           str(PROJECT_DIR / "train.py"), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
+def test_two_processes_train_together_and_rank_0_alone_writes(tiny_data, tmp_path):
+    out = tmp_path / "model.pth"
+    result = torchrun("--data-dir", tiny_data, "--out", out, "--epochs", "3", "--seed", "4", *TINY_TRAINING)
+    assert result.returncode == 0, result.stderr
+    assert "2 processes (gloo): global batch 50, 25 per process" in result.stdout
+    assert result.stdout.count("epoch  3/3") == 1  # one log, from rank 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "model.ckpt", "model.curves.png", "model.metrics.json", "model.pth"]
+    history = json.loads(out.with_suffix(".metrics.json").read_text())["history"]
+    assert history[-1]["val_accuracy"] > 0.5  # it learned the tiny task (chance is 0.1)
+    assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    assert read_model_file(out)["metadata"]["batch_size"] == 50
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
+def test_resume_reads_the_checkpoint_on_every_process(tiny_data, tmp_path):
+    out = tmp_path / "model.pth"
+    assert torchrun("--data-dir", tiny_data, "--out", out, "--epochs", "2", *TINY_TRAINING).returncode == 0
+    before = read_model_file(out)["state_dict"]
+    result = torchrun("--resume", "--data-dir", tiny_data, "--out", out, "--no-download")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("resuming") == 1 and "after epoch 2 of 2" in result.stdout
+    after = read_model_file(out)["state_dict"]
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_a_global_batch_that_does_not_divide_among_processes_is_refused(tiny_data, tmp_path):
+    result = torchrun("--data-dir", tiny_data, "--out", tmp_path / "m.pth", "--batch-size", "51", "--val-size", "100",
+                      "--no-download")
+    assert result.returncode != 0 and "--batch-size 51 is the global batch" in result.stderr
