@@ -2,23 +2,31 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import PROJECT_DIR, TINY_TRAINING
-from load_model import load_model, read_model_file
+from load_model import load_model, read_model_file, read_torch_file
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
-def torchrun(*args, processes: int = 2) -> subprocess.CompletedProcess:
-    return subprocess.run([str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}",
-                           str(PROJECT_DIR / "train.py"), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
+def torchrun_command(*args, processes: int = 2) -> list[str]:
+    return [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", str(PROJECT_DIR / "train.py"),
+            *map(str, args)]
+
+
+def torchrun(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun_command(*args), capture_output=True, text=True, env=CPU_ONLY, timeout=300)
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
@@ -46,6 +54,25 @@ def test_resume_reads_the_checkpoint_on_every_process(tiny_data, tmp_path):
     assert result.stdout.count("resuming") == 1 and "after epoch 2 of 2" in result.stdout
     after = read_model_file(out)["state_dict"]
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
+def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_weights_of_an_uninterrupted_one(tiny_data, tmp_path):
+    settings = ["--data-dir", tiny_data, "--epochs", "60", "--seed", "4", *TINY_TRAINING]
+    whole = tmp_path / "whole" / "model.pth"
+    assert torchrun(*settings, "--out", whole).returncode == 0
+    out = tmp_path / "stopped" / "model.pth"
+    process = subprocess.Popen(torchrun_command(*settings, "--out", out), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=CPU_ONLY)
+    while not out.with_suffix(".ckpt").exists():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert 0 < len(read_torch_file(out.with_suffix(".ckpt"))["history"]) < 60
+    result = torchrun("--resume", "--data-dir", tiny_data, "--out", out, "--no-download")
+    assert result.returncode == 0, result.stderr
+    expected, resumed = read_model_file(whole)["state_dict"], read_model_file(out)["state_dict"]
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
 
 
 def test_a_global_batch_that_does_not_divide_among_processes_is_refused(tiny_data, tmp_path):
