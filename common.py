@@ -8,6 +8,7 @@ import argparse
 import gzip
 import hashlib
 import importlib
+import math
 import os
 import signal
 import sys
@@ -202,6 +203,23 @@ def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor
         raise UserError(f"validation size must be between 1 and {n - 1} for {n} training images, got {val_size}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[val_size:], order[:val_size]
+
+
+def random_affine(images: Tensor, generator: torch.Generator, rotation: float = 10.0, scale: float = 0.1,
+                  shear: float = 0.1, shift: float = 2.0, background: float = -MNIST_MEAN / MNIST_STD) -> Tensor:
+    """Each normalized image (N, 1, H, W) rotated by up to `rotation` degrees, scaled by up to
+    1 +- `scale`, sheared by up to `shear` and shifted by up to `shift` pixels, all at random from
+    `generator` (on the CPU, so runs are reproducible on any device), in one batched grid_sample."""
+    n, _, height, width = images.shape
+    uniform = lambda bound: (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+    angle, zoom, skew = uniform(math.radians(rotation)), 1 + uniform(scale), uniform(shear)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin + skew, uniform(2 * shift / width)], 1),
+                         torch.stack([sin, cos, uniform(2 * shift / height)], 1)], 1)
+    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    # grid_sample pads with zeros: shift so that the padding is the background (black paper), not grey.
+    moved = F.grid_sample(images - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return moved + background
 
 
 @dataclass

@@ -25,14 +25,15 @@ from tqdm import tqdm
 
 from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, UserError,
                     evaluate, load_mnist, non_negative_float, normalize, pick_device, positive_float, positive_int,
-                    run_cli, split_indices, writable_file)
+                    random_affine, run_cli, split_indices, writable_file)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
 from plots import plot_history
 from save_model import model_record, run_metadata, save_atomic, save_model
 
 # The settings that define a run: a resumed run takes them from its checkpoint.
-RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "schedule", "weight_decay", "val_size", "seed", "amp")
+RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing", "augment",
+                "val_size", "seed", "amp")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
                         help="learning-rate schedule: one-cycle warm-up then cosine decay, or constant --lr")
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW's decoupled weight decay")
+    parser.add_argument("--label-smoothing", type=non_negative_float, default=0.0,
+                        help="weight of the uniform distribution mixed into the training targets")
+    parser.add_argument("--augment", action="store_true",
+                        help="random rotation, scale, shear and shift of every training batch (common.random_affine)")
     parser.add_argument("--val-size", type=positive_int, default=5000,
                         help="training images held out for validation (a fixed split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
@@ -79,9 +84,11 @@ def output_paths(out: Path) -> dict[str, Path]:
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                 images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
-                description: str = "", amp: bool = False, rank: int = 0, world: int = 1) -> tuple[float, float]:
+                description: str = "", amp: bool = False, rank: int = 0, world: int = 1, augment: bool = False,
+                label_smoothing: float = 0.0) -> tuple[float, float]:
     """One pass over `images` in a shuffled order; returns the mean loss and accuracy seen while training.
-    With `amp`, the forward pass runs in bfloat16 autocast (the weights and optimizer stay float32).
+    With `amp`, the forward pass runs in bfloat16 autocast (the weights and optimizer stay float32);
+    with `augment`, each batch is randomly distorted (its randomness drawn from `generator`).
     Across `world` processes, each takes a disjoint shard of the same seeded order and batch_size / world
     images a step, so a step still sees batch_size images; the returned figures cover all shards."""
     model.train()
@@ -93,9 +100,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
     progress = tqdm(range(0, len(order), batch_size), desc=description, leave=False, disable=None if rank == 0 else True)
     for step, start in enumerate(progress):
         batch = order[start:start + batch_size]
+        inputs = random_affine(images[batch], generator) if augment else images[batch]
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(images[batch])
-        loss = F.cross_entropy(logits.float(), labels[batch])
+            logits = model(inputs)
+        loss = F.cross_entropy(logits.float(), labels[batch], label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -237,7 +245,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
         try:
             train_loss, train_accuracy = train_epoch(trained, optimizer, scheduler, x_train, y_train,
                                                      args.batch_size, generator, f"epoch {epoch}/{args.epochs}",
-                                                     args.amp, rank, world)
+                                                     args.amp, rank, world, args.augment, args.label_smoothing)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(resume_hint(paths["checkpoint"], saved_epoch, args.out)) from None
         if not math.isfinite(train_loss):

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.datasets import MNIST
 
 from common import (MNIST_MEAN, MNIST_STD, UserError, evaluate, load_mnist, normalize, pick_device,
-                    split_indices)
+                    random_affine, split_indices)
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
 
 
@@ -120,6 +120,20 @@ def test_the_validation_split_is_disjoint_complete_and_the_same_every_time():
 def test_a_validation_split_as_large_as_the_data_is_an_error():
     with pytest.raises(UserError, match="validation size"):
         split_indices(100, 100)
+
+
+def test_random_affine_distorts_each_image_reproducibly_and_keeps_the_black_background():
+    images, _ = synthetic_digits(8, seed=3)
+    x = normalize(torch.from_numpy(images))
+    x[:, :, :8], x[:, :, -8:] = x.min(), x.min()  # black margins, as around MNIST's digits
+    first = random_affine(x, torch.Generator().manual_seed(1))
+    again = random_affine(x, torch.Generator().manual_seed(1))
+    other = random_affine(x, torch.Generator().manual_seed(2))
+    assert first.shape == x.shape and torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.allclose(first, x, atol=0.1)  # the images moved
+    assert first[:, :, 0].max().item() == pytest.approx(x.min().item())  # padding is background, not grey
+    no_change = random_affine(x, torch.Generator(), rotation=0, scale=0, shear=0, shift=0)
+    assert torch.allclose(no_change, x, atol=1e-5)
 
 
 class Oracle(nn.Module):

@@ -34,3 +34,10 @@ def test_build_model_rebuilds_a_registered_architecture_from_its_name_and_argume
 def test_build_model_rejects_an_unknown_architecture_by_name():
     with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):
         build_model("resnet9000")
+
+
+def test_the_stronger_convnet_maps_images_to_logits_with_140458_parameters():
+    model = build_model("convnet", num_classes=10)
+    assert count_parameters(model) == 140_458
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert count_parameters(build_model("convnet", num_classes=10, width=16)) < 140_458 / 3

@@ -106,6 +106,17 @@ def test_bf16_autocast_and_a_compiled_model_train_and_save_plain_weights(tiny_da
     assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
+def test_the_stronger_model_trains_with_augmentation_and_label_smoothing(tiny_data, tmp_path):
+    out = tmp_path / "model.pth"
+    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--arch", "convnet", "--augment",
+               "--label-smoothing", "0.1", *TINY_TRAINING)
+    record = read_model_file(out)
+    assert record["arch"] == "convnet" and record["metadata"]["augment"] is True
+    assert record["metadata"]["label_smoothing"] == 0.1
+    history = json.loads(out.with_suffix(".metrics.json").read_text())["history"]
+    assert history[-1]["val_accuracy"] > 0.3  # learning the tiny task through the distortions (chance: 0.1)
+
+
 def test_the_quick_benchmark_runs_and_writes_its_table(tiny_data, tmp_path):
     result = run_script("bench.py", "--quick", "--data-dir", tiny_data, "--out", tmp_path / "bench.json")
     assert "training throughput" in result.stdout and "time to 99.0% test accuracy" in result.stdout
