@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
@@ -277,7 +277,8 @@ def main() -> None:
             record = read_model_file(args.model)
             formats["ONNX fp32"], formats["ONNX INT8"] = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
             export_onnx(record, formats["ONNX fp32"])
-            export_onnx(record, formats["ONNX INT8"], calibration_images(record, args.data_dir, 100 if args.quick else 500))
+            calibration = calibration_images(record, args.data_dir, 100 if args.quick else 500)
+            export_onnx(record, formats["ONNX INT8"], calibration)
         except UserError as missing:  # the deployment packages are optional
             formats = {"PyTorch fp32": args.model}
             print(f"\n(ONNX formats skipped: {missing})")
@@ -309,7 +310,8 @@ def main() -> None:
         print(f"  epoch {point['epoch']}: {point['train_seconds']:6.1f}s of training, "
               f"test {point['test_accuracy']:.2%}")
     reached = reach["reached"]
-    print(f"  -> {'reached at epoch %d after %.1fs' % (reached['epoch'], reached['train_seconds']) if reached else 'not reached'}")
+    print(f"  -> reached at epoch {reached['epoch']} after {reached['train_seconds']:.1f}s" if reached
+          else "  -> not reached")
 
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -80,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, nargs="+", default=[DEFAULT_MODEL_PATH],
-                        help="model files (.pth, training checkpoints or .onnx); several are also scored as an ensemble")
+                        help="model files (.pth, training checkpoints or .onnx); several are also scored "
+                             "as an ensemble")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset root holding MNIST/raw/")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch missing MNIST files from the internet")

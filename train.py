@@ -97,7 +97,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
     batch_size //= world
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
-    progress = tqdm(range(0, len(order), batch_size), desc=description, leave=False, disable=None if rank == 0 else True)
+    progress = tqdm(range(0, len(order), batch_size), desc=description, leave=False,
+                    disable=None if rank == 0 else True)  # None: a bar only in a terminal
     for step, start in enumerate(progress):
         batch = order[start:start + batch_size]
         inputs = random_affine(images[batch], generator) if augment else images[batch]

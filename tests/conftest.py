@@ -16,8 +16,8 @@ sys.path.insert(0, str(PROJECT_DIR))
 REAL_DATA_DIR = PROJECT_DIR / "data"
 REAL_MNIST_PRESENT = all((REAL_DATA_DIR / "MNIST" / "raw" / name).is_file() for name in (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
-needs_real_mnist = pytest.mark.skipif(
-    not REAL_MNIST_PRESENT, reason=f"the real MNIST is not in {REAL_DATA_DIR}/MNIST/raw (link ../shared/data/MNIST there)")
+needs_real_mnist = pytest.mark.skipif(not REAL_MNIST_PRESENT, reason=f"the real MNIST is not in "
+                                     f"{REAL_DATA_DIR}/MNIST/raw (link ../shared/data/MNIST there)")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

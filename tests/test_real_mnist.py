@@ -4,7 +4,6 @@ model's score as the README states it, and the predictor on real digits photogra
 import json
 import re
 
-import pytest
 import torch
 from PIL import Image
 
