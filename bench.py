@@ -29,7 +29,7 @@ from torchvision import datasets, transforms
 import train
 from common import (DEFAULT_DATA_DIR, MNIST_MEAN, MNIST_STD, PROJECT_DIR, UserError, evaluate, load_mnist,
                     normalize, pick_device, run_cli, split_indices)
-from load_model import load_model, predict_images, preprocess_digit, read_image, read_model_file
+from load_model import build_from_record, load_model, predict_images, preprocess_digit, read_image, read_model_file
 from model import build_model
 from save_model import calibration_images, export_onnx, run_metadata
 
@@ -127,7 +127,7 @@ def time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
 def prediction_latency(model_path: Path, image_path: Path, calls: int) -> dict:
     """Milliseconds for one image: the model alone on a preprocessed digit, and the whole path from the file."""
     record = read_model_file(model_path)
-    model = load_model(model_path)
+    model = build_from_record(record)
     digit = preprocess_digit(read_image(image_path)).unsqueeze(0)
 
     def timings(predict) -> list[float]:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, UserError,
                     evaluate, load_mnist, non_negative_float, normalize, pick_device, positive_float, positive_int,
                     random_affine, run_cli, split_indices, writable_file)
-from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, read_torch_file
+from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
 from plots import plot_history
 from save_model import model_record, run_metadata, save_atomic, save_model
@@ -284,9 +284,8 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
     best["metadata"]["train_seconds"] = sum(row["seconds"] for row in history)
     save_model(best, args.out)
     test_images, test_labels = load_mnist(args.data_dir, train=False, download=args.download)
-    chosen = build_model(args.arch, **model_args).to(device)
-    chosen.load_state_dict(best["state_dict"])
-    test = evaluate(chosen, normalize(test_images).to(device), test_labels.to(device))
+    chosen = build_from_record(best, device)
+    test = evaluate(chosen, normalize(test_images, **best["normalization"]).to(device), test_labels.to(device))
     paths["metrics"].write_text(json.dumps({
         "settings": settings, "history": history, "best_epoch": best["metadata"]["best_epoch"],
         "train_seconds": best["metadata"]["train_seconds"],
