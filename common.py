@@ -222,6 +222,15 @@ def random_affine(images: Tensor, generator: torch.Generator, rotation: float = 
     return moved + background
 
 
+def shifted_views(images: Tensor, shift: int = 1) -> list[Tensor]:
+    """The images and their copies moved by `shift` pixels left, right, up and down (edges repeated):
+    the views that test-time augmentation averages over."""
+    padded = F.pad(images, (shift,) * 4, mode="replicate")
+    height, width = images.shape[-2:]
+    offsets = [(shift, shift), (shift, 0), (shift, 2 * shift), (0, shift), (2 * shift, shift)]
+    return [padded[..., top:top + height, left:left + width] for top, left in offsets]
+
+
 @dataclass
 class Evaluation:
     loss: float  # mean cross-entropy
@@ -230,12 +239,19 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000) -> Evaluation:
-    """Loss, accuracy and class probabilities of `model` on normalized images; leaves the model's mode as it was."""
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000,
+             tta: bool = False) -> Evaluation:
+    """Loss, accuracy and class probabilities of `model` on normalized images; leaves the model's mode as it was.
+    With `tta`, the probabilities are the mean over the image and its four one-pixel shifts."""
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
+    log_probabilities = []
+    for start in range(0, len(images), batch_size):
+        views = shifted_views(images[start:start + batch_size]) if tta else [images[start:start + batch_size]]
+        per_view = torch.stack([model(view).float().log_softmax(1) for view in views])
+        log_probabilities.append(per_view.logsumexp(0) - math.log(len(views)))  # log of the mean probability
     model.train(was_training)
-    loss = F.cross_entropy(logits, labels).item()
-    accuracy = (logits.argmax(1) == labels).float().mean().item()
-    return Evaluation(loss, accuracy, logits.softmax(1).cpu())
+    log_probabilities = torch.cat(log_probabilities)
+    loss = F.nll_loss(log_probabilities, labels).item()
+    accuracy = (log_probabilities.argmax(1) == labels).float().mean().item()
+    return Evaluation(loss, accuracy, log_probabilities.exp().cpu())

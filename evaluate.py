@@ -1,6 +1,6 @@
-"""Report how saved models do on the 10,000 MNIST test images.
+"""Report how saved models do on the 10,000 MNIST test images (or on the validation split).
 
-    python evaluate.py [--model mnist_model.pth ...] [--data-dir data] [--json]
+    python evaluate.py [--model mnist_model.pth ...] [--data-dir data] [--tta] [--split val] [--json]
 
 Prints loss, accuracy, errors, per-class precision/recall/F1 and the confusion
 matrix, and writes two PNGs beside each model: the confusion matrix and the
@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common import DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, evaluate, load_mnist, normalize, pick_device, run_cli
+from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, evaluate, load_mnist, normalize, pick_device, run_cli,
+                    split_indices)
 from load_model import build_from_record, read_model_file
 from model import count_parameters
 from plots import plot_confusion, plot_errors
@@ -76,6 +77,15 @@ def format_report(name: str, report: dict, classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def load_split(data_dir: Path, split: str, record: dict, download: bool) -> tuple[Tensor, Tensor]:
+    """The test images and labels, or those of the validation split the model's training run held out."""
+    if split == "test":
+        return load_mnist(data_dir, train=False, download=download)
+    images, labels = load_mnist(data_dir, train=True, download=download)
+    _, val_indices = split_indices(len(images), record["metadata"].get("val_size", 5000))
+    return images[val_indices], labels[val_indices]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -85,6 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset root holding MNIST/raw/")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch missing MNIST files from the internet")
+    parser.add_argument("--split", choices=["test", "val"], default="test",
+                        help="the test set, or the validation split train.py held out (to choose on, e.g. --tta)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average each image's probabilities with its 1-pixel shifts")
     parser.add_argument("--out-dir", type=Path, help="folder for the PNGs (default: each model file's folder)")
     parser.add_argument("--errors-shown", type=int, default=50, help="most confident mistakes drawn in the grid")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
@@ -96,7 +110,7 @@ def main() -> None:
     args = parse_args()
     device = pick_device(args.device)
     records = [read_model_file(path) for path in args.model]
-    images, labels = load_mnist(args.data_dir, train=False, download=args.download)
+    images, labels = load_split(args.data_dir, args.split, records[0], args.download)
     classes = records[0]["classes"]
     reports, all_probabilities = [], []
     stems = [path.stem for path in args.model]
@@ -105,7 +119,7 @@ def main() -> None:
     for path, record, stem in zip(args.model, records, stems):
         model = build_from_record(record, device)
         probabilities = evaluate(model, normalize(images, **record["normalization"]).to(device),
-                                 labels.to(device)).probabilities
+                                 labels.to(device), tta=args.tta).probabilities
         parameters = record["parameters"] if "onnx" in record else count_parameters(model)
         report = {"model": str(path), "arch": record["arch"], "parameters": parameters,
                   **summarize(probabilities, labels, classes)}
@@ -127,7 +141,7 @@ def main() -> None:
         return
     for report in reports:
         print(f"model: {report['model']} ({report['arch']}, {report['parameters']:,} parameters)")
-        print(format_report("test", report, classes) + "\n")
+        print(format_report(args.split + (" with TTA" if args.tta else ""), report, classes) + "\n")
     if len(reports) > 1:
         print(f"{len(reports)} models: accuracy {result['accuracy_mean']:.2%} mean, "
               f"{result['accuracy_std']:.2%} standard deviation")

@@ -66,3 +66,20 @@ def plot_errors(images: Tensor, true: list[str], predicted: list[str], probabili
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def plot_sweep(rows: list[dict], path: Path) -> None:
+    """Validation accuracy (mean over seeds) against learning rate: one line per batch size and epoch count."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for batch_size, epochs in sorted({(row["batch_size"], row["epochs"]) for row in rows}):
+        line = sorted((row["lr"], 100 * row["val_accuracy"]) for row in rows
+                      if (row["batch_size"], row["epochs"]) == (batch_size, epochs))
+        axes.plot(*zip(*line), marker="o", label=f"batch {batch_size}, {epochs} epochs")
+    axes.set(xscale="log", xlabel="peak learning rate", ylabel="validation accuracy (%)",
+             title="validation accuracy (mean over seeds)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

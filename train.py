@@ -1,6 +1,7 @@
 """Train a model on MNIST and keep the best weights by validation accuracy.
 
     python train.py [--epochs N] [--seed S] [--data-dir data] [--out mnist_model.pth]
+    python train.py --config configs/convnet.json   # a recipe tune.py wrote; flags given beside it win
     torchrun --nproc_per_node=N train.py ...    # the same run on N processes (DistributedDataParallel)
 
 Writes, beside --out: the model file (best epoch by validation accuracy), a
@@ -13,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,11 +23,28 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, UserError,
-                    evaluate, load_mnist, non_negative_float, normalize, pick_device, positive_float, positive_int,
-                    random_affine, run_cli, split_indices, writable_file)
+from common import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_MODEL_PATH,
+    MNIST_CLASSES,
+    MNIST_MEAN,
+    MNIST_STD,
+    UserError,
+    evaluate,
+    load_mnist,
+    non_negative_float,
+    normalize,
+    pick_device,
+    positive_float,
+    positive_int,
+    random_affine,
+    run_cli,
+    split_indices,
+    writable_file,
+)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
 from plots import plot_history
@@ -33,12 +52,56 @@ from save_model import model_record, run_metadata, save_atomic, save_model
 
 # The settings that define a run: a resumed run takes them from its checkpoint.
 RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing", "augment",
-                "val_size", "seed", "amp")
+                "ema", "val_size", "seed", "amp")
+
+
+def ema_decay(text: str) -> float:
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1 (0 turns it off), got {text}")
+    return value
+
+
+def ema_update(decay: float):
+    """AveragedModel's update for an exponential moving average whose decay warms up as
+    min(decay, (1 + n) / (10 + n)) after n steps (as TensorFlow's ExponentialMovingAverage does),
+    so that a short run's average is not dragged back to the random initialization."""
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], steps: Tensor) -> None:
+        n = steps.item()
+        weight = 1 - min(decay, (1 + n) / (10 + n))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # batch norm's step counters
+            torch._foreach_copy_(averaged, current)
+    return update
+
+
+def config_flags(path: Path) -> list[str]:
+    """The settings in a JSON recipe (as tune.py writes) as command-line flags, so that argparse checks
+    them like any flag and flags given after them win."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"can't read {path}: {error}") from None
+    if not isinstance(config, dict) or not set(config) <= set(RUN_SETTINGS):
+        unknown = sorted(set(config) - set(RUN_SETTINGS)) if isinstance(config, dict) else "not a JSON object"
+        raise argparse.ArgumentTypeError(f"{path}: unknown settings {unknown}; known: {', '.join(RUN_SETTINGS)}")
+    flags = []
+    for name, value in config.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags += [flag, str(value)]
+    return flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path,
+                        help="JSON file of settings (tune.py writes one) to start from; flags given here win")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="lenet", help="network (model.py)")
     parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training split")
     parser.add_argument("--batch-size", type=positive_int, default=256,
@@ -51,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weight of the uniform distribution mixed into the training targets")
     parser.add_argument("--augment", action="store_true",
                         help="random rotation, scale, shear and shift of every training batch (common.random_affine)")
+    parser.add_argument("--ema", type=ema_decay, default=0.0,
+                        help="decay of an exponential moving average of the weights, updated every step; when "
+                             "above 0 (e.g. 0.999) the average is validated and saved, not the raw weights")
     parser.add_argument("--val-size", type=positive_int, default=5000,
                         help="training images held out for validation (a fixed split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
@@ -71,6 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the set-up: a few batches of one epoch, nothing written")
     args = parser.parse_args(argv)
+    if args.config is not None:
+        try:
+            recipe = config_flags(args.config)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"argument --config: {error}")
+        args = parser.parse_args(recipe + (sys.argv[1:] if argv is None else argv))
     if not args.download and not args.data_dir.is_dir():
         parser.error(f"argument --data-dir: {args.data_dir} is not a folder (and --no-download is set)")
     args.defaults = {name: parser.get_default(name) for name in RUN_SETTINGS}
@@ -85,10 +157,11 @@ def output_paths(out: Path) -> dict[str, Path]:
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                 images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
                 description: str = "", amp: bool = False, rank: int = 0, world: int = 1, augment: bool = False,
-                label_smoothing: float = 0.0) -> tuple[float, float]:
+                label_smoothing: float = 0.0, ema: AveragedModel | None = None) -> tuple[float, float]:
     """One pass over `images` in a shuffled order; returns the mean loss and accuracy seen while training.
     With `amp`, the forward pass runs in bfloat16 autocast (the weights and optimizer stay float32);
-    with `augment`, each batch is randomly distorted (its randomness drawn from `generator`).
+    with `augment`, each batch is randomly distorted (its randomness drawn from `generator`);
+    `ema`, if given, takes the weights into its moving average after every step.
     Across `world` processes, each takes a disjoint shard of the same seeded order and batch_size / world
     images a step, so a step still sees batch_size images; the returned figures cover all shards."""
     model.train()
@@ -109,6 +182,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach() * len(batch)
         correct += (logits.argmax(1) == labels[batch]).sum()
         if step % 50 == 0:
@@ -175,7 +250,12 @@ def resume_hint(checkpoint: Path, saved_epoch: int, out: Path) -> str:
 
 
 def main() -> None:
-    args = parse_args()
+    train(parse_args())
+
+
+def train(args: argparse.Namespace, report_test: bool = True) -> dict:
+    """The run `args` describe (resumed from its checkpoint with --resume); returns its metrics
+    (settings, history, best epoch, and the test figures when `report_test`)."""
     paths = output_paths(args.out)
     checkpoint = None
     if args.resume:
@@ -185,14 +265,14 @@ def main() -> None:
         resume_settings(args, checkpoint)
     rank, world, device = start_processes(args.device)
     try:
-        run(args, paths, checkpoint, rank, world, device)
+        return run(args, paths, checkpoint, rank, world, device, report_test)
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
 def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | None, rank: int, world: int,
-        device: torch.device) -> None:
+        device: torch.device, report_test: bool = True) -> dict:
     """The training run of one process: rank 0 of `world` alone prints and writes files."""
     log = print if rank == 0 else lambda *_: None
     if args.batch_size % world:
@@ -221,12 +301,17 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
     trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
     trained = torch.compile(trained) if args.compile else trained
+    # The moving average of the weights (and of batch norm's statistics) is what gets validated and kept.
+    ema = AveragedModel(model, multi_avg_fn=ema_update(args.ema), use_buffers=True) if args.ema else None
+    kept = ema.module if ema is not None else model
     steps_per_epoch = -(-(len(x_train) // world) // (args.batch_size // world))
     optimizer, scheduler = make_optimizer(model, args, steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed)
     history, best = [], None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         generator.set_state(checkpoint["generator"])
@@ -246,54 +331,64 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
         try:
             train_loss, train_accuracy = train_epoch(trained, optimizer, scheduler, x_train, y_train,
                                                      args.batch_size, generator, f"epoch {epoch}/{args.epochs}",
-                                                     args.amp, rank, world, args.augment, args.label_smoothing)
+                                                     args.amp, rank, world, args.augment, args.label_smoothing,
+                                                     ema)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(resume_hint(paths["checkpoint"], saved_epoch, args.out)) from None
         if not math.isfinite(train_loss):
-            kept = (f"the last good checkpoint, of epoch {saved_epoch}, is kept in {paths['checkpoint']}"
-                    if saved_epoch else "no epoch finished, so there is no checkpoint")
+            kept_file = (f"the last good checkpoint, of epoch {saved_epoch}, is kept in {paths['checkpoint']}"
+                         if saved_epoch else "no epoch finished, so there is no checkpoint")
             raise UserError(f"the training loss became {train_loss} in epoch {epoch}: training diverged; "
-                            f"try a lower --lr ({kept})")
-        val_loss, val_accuracy = evaluate_shards(model, x_val, y_val, rank, world)
-        seconds = time.perf_counter() - epoch_started
-        history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                        "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": seconds})
+                            f"try a lower --lr ({kept_file})")
+        val_loss, val_accuracy = evaluate_shards(kept, x_val, y_val, rank, world)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+               "val_loss": val_loss, "val_accuracy": val_accuracy}
+        if ema is not None:  # the raw weights too, so that every run measures what the average adds
+            row["raw_val_loss"], row["raw_val_accuracy"] = evaluate_shards(model, x_val, y_val, rank, world)
+        row["seconds"] = time.perf_counter() - epoch_started
+        history.append(row)
         improved = best is None or val_accuracy > best["metadata"]["val_accuracy"]
         if improved:
-            best = model_record(model, args.arch, model_args, normalization, MNIST_CLASSES, {
+            best = model_record(kept, args.arch, model_args, normalization, MNIST_CLASSES, {
                 **settings, "best_epoch": epoch, "val_accuracy": val_accuracy, "val_loss": val_loss,
                 **run_metadata()})
+        raw = f" (raw weights {row['raw_val_accuracy']:.2%})" if ema is not None else ""
         log(f"epoch {epoch:2d}/{args.epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
-            f"val loss {val_loss:.4f} acc {val_accuracy:.2%}{' *' if improved else '  '}  {seconds:.1f}s")
+            f"val loss {val_loss:.4f} acc {val_accuracy:.2%}{raw}{' *' if improved else '  '}  "
+            f"{row['seconds']:.1f}s")
         if rank == 0 and not args.dry_run:
             save_atomic({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "settings": settings,
                          "model": best, "history": history,
                          "state_dict": {name: t.cpu() for name, t in model.state_dict().items()},
+                         "ema": ema.state_dict() if ema is not None else None,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
                         paths["checkpoint"])
             saved_epoch = epoch
+    metrics = {"settings": settings, "history": history, "best_epoch": best["metadata"]["best_epoch"],
+               "val_accuracy": best["metadata"]["val_accuracy"],
+               "train_seconds": sum(row["seconds"] for row in history)}
     if rank != 0:
-        return  # rank 0 writes the files
+        return metrics  # rank 0 writes the files
     if args.dry_run:
         print("dry run: the set-up works; nothing written")
-        return
+        return metrics
 
     del x_train, y_train, x_val, y_val  # make room for the test set: peak memory stays that of training
     best["metadata"]["epochs"] = args.epochs
-    best["metadata"]["train_seconds"] = sum(row["seconds"] for row in history)
+    best["metadata"]["train_seconds"] = metrics["train_seconds"]
     save_model(best, args.out)
-    test_images, test_labels = load_mnist(args.data_dir, train=False, download=args.download)
-    chosen = build_from_record(best, device)
-    test = evaluate(chosen, normalize(test_images, **best["normalization"]).to(device), test_labels.to(device))
-    paths["metrics"].write_text(json.dumps({
-        "settings": settings, "history": history, "best_epoch": best["metadata"]["best_epoch"],
-        "train_seconds": best["metadata"]["train_seconds"],
-        "test": {"loss": test.loss, "accuracy": test.accuracy}}, indent=2) + "\n")
+    print(f"best epoch {metrics['best_epoch']} (val acc {metrics['val_accuracy']:.2%}) "
+          f"saved to {args.out}; training took {metrics['train_seconds']:.1f}s")
+    if report_test:
+        test_images, test_labels = load_mnist(args.data_dir, train=False, download=args.download)
+        chosen = build_from_record(best, device)
+        test = evaluate(chosen, normalize(test_images, **best["normalization"]).to(device), test_labels.to(device))
+        metrics["test"] = {"loss": test.loss, "accuracy": test.accuracy}
+        print(f"test: loss {test.loss:.4f} acc {test.accuracy:.2%} (reported only; nothing was chosen on it)")
+    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
     plot_history(history, paths["curves"])
-    print(f"best epoch {best['metadata']['best_epoch']} (val acc {best['metadata']['val_accuracy']:.2%}) "
-          f"saved to {args.out}; training took {best['metadata']['train_seconds']:.1f}s")
-    print(f"test: loss {test.loss:.4f} acc {test.accuracy:.2%} (reported only; nothing was chosen on it)")
+    return metrics
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from conftest import TINY_TRAINING, run_script
 from load_model import load_model, read_model_file
 
 
-@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "save_model.py", "load_model.py"])
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "save_model.py", "load_model.py", "tune.py"])
 def test_every_script_explains_itself_with_defaults(script):
     result = run_script(script, "--help")
     assert "usage:" in result.stdout and "(default:" in result.stdout

@@ -1,0 +1,101 @@
+"""Recipes: --config files, the weight average (--ema), test-time augmentation and tune.py's sweep."""
+
+import json
+
+import pytest
+import torch
+
+import train
+from common import evaluate, shifted_views
+from conftest import TINY_TRAINING, run_script
+from load_model import read_model_file
+from model import LeNet
+
+
+def test_a_config_file_sets_the_run_and_flags_given_beside_it_win(tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"arch": "convnet", "lr": 0.003, "augment": True, "epochs": 20}))
+    args = train.parse_args(["--config", str(recipe), "--epochs", "5"])
+    assert (args.arch, args.lr, args.augment, args.epochs) == ("convnet", 0.003, True, 5)
+
+
+def test_a_config_file_with_an_unknown_or_invalid_setting_is_refused_in_one_line(tmp_path):
+    for content, complaint in ([{"learning_rate": 0.1}, "unknown settings ['learning_rate']"],
+                               [{"lr": -1}, "must be a positive number"], ["[1, 2]", "not a JSON object"]):
+        recipe = tmp_path / "recipe.json"
+        recipe.write_text(content if isinstance(content, str) else json.dumps(content))
+        result = run_script("train.py", "--config", recipe, "--dry-run", check=False)
+        assert result.returncode == 2 and complaint in result.stderr and "Traceback" not in result.stderr
+
+
+def test_with_ema_the_average_is_validated_and_saved_and_the_raw_weights_are_scored_beside_it(tiny_data, tmp_path):
+    out = tmp_path / "model.pth"
+    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--ema", "0.9", *TINY_TRAINING)
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    for row in metrics["history"]:
+        assert {"val_accuracy", "raw_val_accuracy"} <= set(row)
+    assert metrics["history"][-1]["val_accuracy"] > 0.5  # the average learned too (chance is 0.1)
+    checkpoint = torch.load(out.with_suffix(".ckpt"), weights_only=True)
+    raw, averaged = checkpoint["state_dict"], read_model_file(out)["state_dict"]
+    assert any(not torch.equal(raw[name], averaged[name]) for name in raw)  # the file holds the average
+
+
+def test_resuming_a_run_with_ema_ends_with_the_same_average_as_an_uninterrupted_run(tiny_data, tmp_path,
+                                                                                  monkeypatch):
+    settings = ["--data-dir", str(tiny_data), "--ema", "0.9", "--epochs", "3", "--seed", "4", *TINY_TRAINING]
+    whole, interrupted = tmp_path / "whole" / "model.pth", tmp_path / "interrupted" / "model.pth"
+    run_script("train.py", *settings, "--out", whole)
+    real_train_epoch, epochs_started = train.train_epoch, []
+
+    def ctrl_c_in_epoch_2(*args, **kwargs):
+        epochs_started.append(1)
+        if len(epochs_started) == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", ctrl_c_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.parse_args([*settings, "--out", str(interrupted)]))
+    run_script("train.py", "--resume", "--data-dir", tiny_data, "--out", interrupted, "--no-download")
+    expected, resumed = read_model_file(whole)["state_dict"], read_model_file(interrupted)["state_dict"]
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_tta_views_are_the_image_and_its_four_one_pixel_shifts():
+    image = torch.zeros(1, 1, 5, 5)
+    image[0, 0, 2, 2] = 1
+    views = shifted_views(image)
+    assert len(views) == 5 and all(view.shape == image.shape for view in views)
+    assert torch.equal(views[0], image)
+    moved_to = {tuple((view[0, 0] == 1).nonzero()[0].tolist()) for view in views[1:]}
+    assert moved_to == {(2, 3), (2, 1), (3, 2), (1, 2)}
+
+
+def test_evaluate_with_tta_averages_probabilities_and_without_it_matches_cross_entropy():
+    torch.manual_seed(0)
+    model, images, labels = LeNet(), torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    plain, averaged = evaluate(model, images, labels), evaluate(model, images, labels, tta=True)
+    with torch.no_grad():
+        assert abs(plain.loss - torch.nn.functional.cross_entropy(model(images), labels).item()) < 1e-5
+        expected = torch.stack([model(view).softmax(1) for view in shifted_views(images)]).mean(0)
+    assert torch.allclose(averaged.probabilities, expected, atol=1e-6)
+
+
+def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_accepts(tiny_data, tmp_path):
+    out_dir = tmp_path / "sweep"
+    result = run_script("tune.py", "--lr", "0.002", "0.02", "--batch-size", "50", "--epochs", "1", "2",
+                        "--seeds", "0", "1", "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100",
+                        "--no-download")
+    rows = json.loads((out_dir / "results.json").read_text())["rows"]
+    assert len(rows) == 4 and [row["val_accuracy"] for row in rows] == sorted(
+        (row["val_accuracy"] for row in rows), reverse=True)
+    assert "test: loss" not in result.stdout  # the test set is never read
+    assert (out_dir / "lr.png").stat().st_size > 0
+    recipe = json.loads((out_dir / "best.json").read_text())
+    assert (recipe["lr"], recipe["epochs"]) == (rows[0]["lr"], rows[0]["epochs"]) and "seed" not in recipe
+    args = train.parse_args(["--config", str(out_dir / "best.json")])
+    assert (args.lr, args.batch_size, args.epochs, args.val_size) == (recipe["lr"], 50, recipe["epochs"], 100)
+    again = run_script("tune.py", "--lr", "0.002", "--batch-size", "50", "--epochs", "1", "--seeds", "0",
+                       "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100", "--no-download")
+    assert "done before" in again.stdout  # a finished run is not trained again

@@ -1,0 +1,99 @@
+"""Search learning rate, epochs and batch size on the validation split; write the winner as a recipe.
+
+    python tune.py --lr 0.005 0.01 0.02 0.04 --batch-size 128 256 --epochs 8 --seeds 0 1
+    python tune.py --arch convnet --augment --lr 0.002 0.004 --epochs 15 --out-dir runs/tune/convnet
+
+Every combination of the three lists is trained once per seed by train.py, with any other train.py
+flag given here held fixed; each run scores its best epoch's validation accuracy and the mean over
+seeds ranks the combinations. The test set is never read. Writes into --out-dir: every run's files,
+results.json (all combinations), lr.png (validation accuracy against learning rate) and best.json,
+the winning settings: `python train.py --config OUT_DIR/best.json` trains that recipe. A run whose
+metrics are already in --out-dir with the same settings is not trained again, so an interrupted
+sweep goes on where it stopped.
+"""
+
+import argparse
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import train
+from common import PROJECT_DIR, positive_float, positive_int, run_cli
+from plots import plot_sweep
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """tune.py's own arguments, and the train.py flags to hold fixed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Other flags go to train.py.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--lr", type=positive_float, nargs="+", default=[0.005, 0.01, 0.02, 0.04],
+                        help="peak learning rates to try")
+    parser.add_argument("--batch-size", type=positive_int, nargs="+", default=[128, 256], help="batch sizes to try")
+    parser.add_argument("--epochs", type=positive_int, nargs="+", default=[8], help="epoch counts to try")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds each combination runs with")
+    parser.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune",
+                        help="folder for the runs, results.json, lr.png and best.json")
+    args, fixed = parser.parse_known_args(argv)
+    for flag in ("--seed", "--out", "--resume", "--config"):
+        if any(token == flag or token.startswith(flag + "=") for token in fixed):
+            parser.error(f"{flag} is set by tune.py for each run")
+    train.parse_args(fixed + ["--out", str(args.out_dir / "check.pth")])  # bad train.py flags fail here, before work
+    return args, fixed
+
+
+def run_once(fixed: list[str], lr: float, batch_size: int, epochs: int, seed: int, out_dir: Path) -> dict:
+    """The metrics of one training run, read back from its folder when an earlier sweep already made it."""
+    out = out_dir / f"lr{lr:g}-batch{batch_size}-epochs{epochs}" / f"seed{seed}" / "model.pth"
+    args = train.parse_args(fixed + ["--lr", str(lr), "--batch-size", str(batch_size), "--epochs", str(epochs),
+                                     "--seed", str(seed), "--out", str(out)])
+    settings = {name: getattr(args, name) for name in train.RUN_SETTINGS}
+    metrics_file = train.output_paths(out)["metrics"]
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        if metrics["settings"] == settings:
+            print(f"{out.parent}: done before, val acc {metrics['val_accuracy']:.2%}")
+            return metrics
+    print(f"--- {out.parent}")
+    return train.train(args, report_test=False)
+
+
+def sweep(args: argparse.Namespace, fixed: list[str]) -> list[dict]:
+    """One row per combination, best first: its settings, the mean and spread of validation accuracy over seeds."""
+    rows = []
+    for lr, batch_size, epochs in itertools.product(args.lr, args.batch_size, args.epochs):
+        runs = [run_once(fixed, lr, batch_size, epochs, seed, args.out_dir) for seed in args.seeds]
+        accuracies = [run["val_accuracy"] for run in runs]
+        settings = {name: value for name, value in runs[0]["settings"].items() if name != "seed"}
+        rows.append({**settings, "val_accuracy": statistics.mean(accuracies),
+                     "val_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                     "per_seed": accuracies, "best_epochs": [run["best_epoch"] for run in runs],
+                     "train_seconds": statistics.mean(run["train_seconds"] for run in runs)})
+    return sorted(rows, key=lambda row: -row["val_accuracy"])
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["rank  peak lr  batch  epochs  validation (mean ± std)  per seed               best epochs  seconds"]
+    for rank, row in enumerate(rows, 1):
+        per_seed = " ".join(f"{accuracy:.2%}" for accuracy in row["per_seed"])
+        lines.append(f"{rank:4d}  {row['lr']:7g}  {row['batch_size']:5d}  {row['epochs']:6d}  "
+                     f"{row['val_accuracy']:7.2%} ± {row['val_std']:.2%}{'':9}  {per_seed:21}  "
+                     f"{' '.join(map(str, row['best_epochs'])):11}  {row['train_seconds']:7.1f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args, fixed = parse_args()
+    rows = sweep(args, fixed)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "results.json").write_text(json.dumps({"seeds": args.seeds, "rows": rows}, indent=2) + "\n")
+    plot_sweep(rows, args.out_dir / "lr.png")
+    recipe = {name: rows[0][name] for name in train.RUN_SETTINGS if name != "seed"}
+    (args.out_dir / "best.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    print(format_table(rows))
+    print(f"wrote {args.out_dir / 'results.json'}, {args.out_dir / 'lr.png'} and {args.out_dir / 'best.json'} "
+          f"(train it: python train.py --config {args.out_dir / 'best.json'})")
+
+
+if __name__ == "__main__":
+    run_cli(main)
