@@ -113,9 +113,11 @@ def main() -> None:
     images, labels = load_split(args.data_dir, args.split, records[0], args.download)
     classes = records[0]["classes"]
     reports, all_probabilities = [], []
-    stems = [path.stem for path in args.model]
+    # The figures of the test set (no TTA) are the model's own; others get their own names, not overwrite them.
+    variant = "".join(f".{name}" for name, used in (("val", args.split == "val"), ("tta", args.tta)) if used)
+    stems = [path.stem + variant for path in args.model]
     if args.out_dir and len(set(stems)) < len(stems):  # several mnist_model.pth from different folders
-        stems = [f"{stem}-{index}" for index, stem in enumerate(stems)]
+        stems = [f"{path.stem}-{index}{variant}" for index, path in enumerate(args.model)]
     for path, record, stem in zip(args.model, records, stems):
         model = build_from_record(record, device)
         probabilities = evaluate(model, normalize(images, **record["normalization"]).to(device),
@@ -135,7 +137,7 @@ def main() -> None:
         ensemble = torch.stack(all_probabilities).mean(0)  # the mean of the models' probabilities
         result["ensemble"] = summarize(ensemble, labels, classes)
         draw_figures(result["ensemble"], ensemble, images, labels, classes,
-                     (args.out_dir or args.model[0].parent) / "ensemble", args.errors_shown)
+                     (args.out_dir or args.model[0].parent) / f"ensemble{variant}", args.errors_shown)
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -99,3 +99,13 @@ def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_acc
     again = run_script("tune.py", "--lr", "0.002", "--batch-size", "50", "--epochs", "1", "--seeds", "0",
                        "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100", "--no-download")
     assert "done before" in again.stdout  # a finished run is not trained again
+
+
+def test_evaluate_scores_the_validation_split_with_tta_without_touching_the_test_figures(tiny_model, tiny_data):
+    test_figure = tiny_model.with_suffix(".confusion.png")
+    before = test_figure.stat().st_mtime_ns if test_figure.exists() else None
+    result = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--split", "val", "--tta",
+                        "--no-download")
+    assert "val with TTA: 100 images" in result.stdout  # the 100 images the tiny run held out
+    assert tiny_model.with_name(f"{tiny_model.stem}.val.tta.confusion.png").is_file()
+    assert (test_figure.stat().st_mtime_ns if test_figure.exists() else None) == before
