@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine: `make train` and `make test`.
 PYTHON ?= python3
 VENV := .venv
-SHARED_MNIST := ../shared/data/MNIST
+SHARED_DATA := ../shared/data
 
 .PHONY: train test data
 
@@ -10,11 +10,13 @@ $(VENV)/installed: requirements.txt requirements-dev.txt requirements-deploy.txt
 	$(VENV)/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-# Links a local copy of MNIST into data/ when one sits beside the project;
-# otherwise the scripts download it into data/ on first use.
+# Links local copies of MNIST and Fashion-MNIST into data/ when they sit beside the project;
+# otherwise the scripts download them into data/ on first use.
 data:
-	@if [ -d $(SHARED_MNIST)/raw ] && [ ! -e data/MNIST ]; then \
-		ln -s "$$(cd $(SHARED_MNIST) && pwd)" data/MNIST && echo "linked data/MNIST -> $(SHARED_MNIST)"; fi
+	@for name in MNIST FashionMNIST; do \
+		if [ -d $(SHARED_DATA)/$$name/raw ] && [ ! -e data/$$name ]; then \
+			ln -s "$$(cd $(SHARED_DATA)/$$name && pwd)" data/$$name && echo "linked data/$$name -> $(SHARED_DATA)/$$name"; \
+		fi; done
 
 train: $(VENV)/installed data
 	$(VENV)/bin/python train.py

@@ -1,4 +1,4 @@
-"""What every script shares: the dataset in memory, the device, evaluation, CLI errors.
+"""What every script shares: the datasets in memory, augmentation, the device, evaluation, CLI errors.
 
 The whole dataset is held as one tensor on the device and batches are taken by
 indexing a shuffled permutation: no Dataset objects, no per-sample transforms.
@@ -20,17 +20,38 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.datasets import MNIST
+from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 DEFAULT_MODEL_PATH = PROJECT_DIR / "mnist_model.pth"
 
-# Mean and standard deviation of the 60,000 MNIST training pixels, scaled to [0, 1].
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
-MNIST_CLASSES = [str(digit) for digit in range(10)]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset in MNIST's format (28x28 grayscale IDX files, 60,000 training and 10,000 test images)."""
+    name: str
+    source: type[MNIST]  # torchvision's class: the folder name, the files with their MD5s, the download mirrors
+    classes: tuple[str, ...]
+    mean: float  # of the training pixels scaled to [0, 1]
+    std: float
+    augmentation: str  # what --augment applies when no list is given: see AUGMENTATIONS
+
+    @property
+    def folder(self) -> str:
+        return self.source.__name__  # torchvision's layout: data_dir/MNIST/raw/, data_dir/FashionMNIST/raw/
+
+
+# Means and standard deviations of the 60,000 training images' pixels (tests check them on the real files).
+DATASETS = {
+    "mnist": Dataset("mnist", MNIST, tuple(str(digit) for digit in range(10)), 0.1307, 0.3081, "affine"),
+    "fashion-mnist": Dataset("fashion-mnist", FashionMNIST, tuple(FashionMNIST.classes), 0.2860, 0.3530,
+                             "flip,erase"),
+}
+MNIST_MEAN, MNIST_STD = DATASETS["mnist"].mean, DATASETS["mnist"].std
+INPUT_SHAPE = (1, 28, 28)
 # The validation split is fixed (not tied to --seed) so that every run, whatever
 # its seed, is judged on the same 5,000 images.
 SPLIT_SEED = 0
@@ -123,52 +144,54 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def mnist_files(train: bool) -> tuple[str, str]:
-    """The uncompressed (images, labels) file names of one MNIST split."""
+def idx_files(train: bool) -> tuple[str, str]:
+    """The uncompressed (images, labels) file names of one split."""
     prefix = "train" if train else "t10k"
     return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
 
 
-def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> tuple[Tensor, Tensor]:
-    """The uint8 images (N, 28, 28) and int64 labels (N,) of one MNIST split.
+def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
+                 dataset: str = "mnist") -> tuple[Tensor, Tensor]:
+    """The uint8 images (N, 28, 28) and int64 labels (N,) of one split of a dataset of DATASETS.
 
-    Reads torchvision's layout, `data_dir/MNIST/raw/`, gunzipping the original
-    `.gz` files there if needed. When files are missing and `download` is set,
-    torchvision fetches them; when that fails (offline), the error names the
-    files and the folder to put them in.
+    Reads torchvision's layout, `data_dir/MNIST/raw/` (or `FashionMNIST/raw/`), gunzipping
+    the original `.gz` files there if needed. When files are missing and `download` is set,
+    torchvision fetches them; when that fails (offline), the error names the files and the
+    folder to put them in.
     """
-    raw_dir = Path(data_dir) / "MNIST" / "raw"
-    names = mnist_files(train)
+    spec = DATASETS[dataset]
+    raw_dir = Path(data_dir) / spec.folder / "raw"
+    names = idx_files(train)
     for name in names:
         compressed = raw_dir / f"{name}.gz"
         if compressed.is_file():
-            _check_md5(compressed)
+            _check_md5(compressed, spec)
             if not (raw_dir / name).is_file():
                 _gunzip(compressed, raw_dir / name)
     if download and not all((raw_dir / name).is_file() for name in names):
         try:
-            MNIST(str(data_dir), train=train, download=True)
+            spec.source(str(data_dir), train=train, download=True)
         except Exception:  # torchvision raises RuntimeError, URLError or OSError; all mean "not here"
             pass
     missing = [name for name in names if not (raw_dir / name).is_file()]
     if missing:
-        wanted = ", ".join(f"{gz}" for gz, _ in MNIST.resources)
-        raise UserError(f"MNIST files missing in {raw_dir} ({', '.join(missing)}); "
+        wanted = ", ".join(f"{gz}" for gz, _ in spec.source.resources)
+        raise UserError(f"{spec.folder} files missing in {raw_dir} ({', '.join(missing)}); "
                         f"put the four files {wanted} there (gzipped or not), "
                         f"or run once with a network connection to download them")
     images = _read_idx(raw_dir / names[0], read_image_file)
     labels = _read_idx(raw_dir / names[1], read_label_file).long()
-    if images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise UserError(f"MNIST files in {raw_dir} disagree: {tuple(images.shape)} images "
+    if images.shape[1:] != INPUT_SHAPE[1:] or len(images) != len(labels):
+        raise UserError(f"{spec.folder} files in {raw_dir} disagree: {tuple(images.shape)} images "
                         f"but {len(labels)} labels; expected N x 28 x 28 images and N labels")
-    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(MNIST_CLASSES):
-        raise UserError(f"{raw_dir / names[1]} holds labels outside 0..9: the file is corrupt")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(spec.classes):
+        raise UserError(f"{raw_dir / names[1]} holds labels outside 0..{len(spec.classes) - 1}: the file is corrupt")
     return images, labels
 
 
-def _check_md5(path: Path) -> None:
-    """The original .gz files have published MD5s (torchvision's MNIST.resources): a damaged download is caught here."""
-    expected = dict(MNIST.resources)[path.name]
+def _check_md5(path: Path, spec: Dataset) -> None:
+    """The original .gz files have published MD5s (torchvision's resources lists): a damaged download is caught here."""
+    expected = dict(spec.source.resources)[path.name]
     if hashlib.md5(path.read_bytes()).hexdigest() != expected:
         raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; delete it and fetch it again")
 
@@ -205,11 +228,12 @@ def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor
     return order[val_size:], order[:val_size]
 
 
-def random_affine(images: Tensor, generator: torch.Generator, rotation: float = 10.0, scale: float = 0.1,
-                  shear: float = 0.1, shift: float = 2.0, background: float = -MNIST_MEAN / MNIST_STD) -> Tensor:
+def random_affine(images: Tensor, generator: torch.Generator, background: float, rotation: float = 10.0,
+                  scale: float = 0.1, shear: float = 0.1, shift: float = 2.0) -> Tensor:
     """Each normalized image (N, 1, H, W) rotated by up to `rotation` degrees, scaled by up to
     1 +- `scale`, sheared by up to `shear` and shifted by up to `shift` pixels, all at random from
-    `generator` (on the CPU, so runs are reproducible on any device), in one batched grid_sample."""
+    `generator` (on the CPU, so runs are reproducible on any device), in one batched grid_sample;
+    `background` is the value of a black pixel after normalization."""
     n, _, height, width = images.shape
     uniform = lambda bound: (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * bound
     angle, zoom, skew = uniform(math.radians(rotation)), 1 + uniform(scale), uniform(shear)
@@ -229,6 +253,49 @@ def shifted_views(images: Tensor, shift: int = 1) -> list[Tensor]:
     height, width = images.shape[-2:]
     offsets = [(shift, shift), (shift, 0), (shift, 2 * shift), (0, shift), (2 * shift, shift)]
     return [padded[..., top:top + height, left:left + width] for top, left in offsets]
+
+
+def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Each image (N, 1, H, W) mirrored left to right with probability 1/2."""
+    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(3), images)
+
+
+def random_erase(images: Tensor, generator: torch.Generator, area: tuple[float, float] = (0.02, 0.33),
+                 aspect: tuple[float, float] = (0.3, 3.3)) -> Tensor:
+    """Random erasing (Zhong et al., 2017, with torchvision's defaults): in half of the images
+    (N, 1, H, W), a rectangle of `area` times the image and aspect ratio in `aspect` is set to 0,
+    the mean pixel after normalization."""
+    n, _, height, width = images.shape
+    rand = lambda: torch.rand(n, generator=generator, dtype=torch.float64)
+    size = (area[0] + rand() * (area[1] - area[0])) * height * width
+    ratio = torch.exp(math.log(aspect[0]) + rand() * (math.log(aspect[1]) - math.log(aspect[0])))
+    box_height = (size * ratio).sqrt().round().clamp(1, height)
+    box_width = (size / ratio).sqrt().round().clamp(1, width)
+    top = (rand() * (height - box_height + 1)).floor()
+    left = (rand() * (width - box_width + 1)).floor()
+    chosen = rand() < 0.5
+    rows, cols = torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64)
+    inside_rows = (rows >= top[:, None]) & (rows < (top + box_height)[:, None])  # (N, H)
+    inside_cols = (cols >= left[:, None]) & (cols < (left + box_width)[:, None])  # (N, W)
+    erased = chosen[:, None, None] & inside_rows[:, :, None] & inside_cols[:, None, :]
+    return images.masked_fill(erased.unsqueeze(1).to(images.device), 0.0)
+
+
+AUGMENTATIONS = ("affine", "flip", "erase")
+
+
+def augment(images: Tensor, augmentations: str, generator: torch.Generator, background: float) -> Tensor:
+    """A training batch through the comma-separated `augmentations` ("affine", "flip", "erase";
+    "none" for none), in that order; their randomness comes from `generator`."""
+    chosen = augmentations.split(",")
+    if "affine" in chosen:
+        images = random_affine(images, generator, background)
+    if "flip" in chosen:
+        images = random_flip(images, generator)
+    if "erase" in chosen:
+        images = random_erase(images, generator)
+    return images
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Report how saved models do on the 10,000 MNIST test images (or on the validation split).
+"""Report how saved models do on the 10,000 test images of their dataset (or on the validation split).
 
     python evaluate.py [--model mnist_model.pth ...] [--data-dir data] [--tta] [--split val] [--json]
 
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, evaluate, load_mnist, normalize, pick_device, run_cli,
-                    split_indices)
+from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, UserError, evaluate, load_dataset, normalize,
+                    pick_device, run_cli, split_indices)
 from load_model import build_from_record, read_model_file
 from model import count_parameters
 from plots import plot_confusion, plot_errors
@@ -77,11 +77,20 @@ def format_report(name: str, report: dict, classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def check_datasets(paths: list[Path], records: list[dict], asked: str | None) -> None:
+    """All the models must have learned `asked` (by default, the first model's dataset)."""
+    for path, record in zip(paths, records):
+        wanted = asked or records[0]["dataset"]
+        if record["dataset"] != wanted:
+            raise UserError(f"{path} is a {record['dataset']} model; it can't be scored on {wanted}")
+
+
 def load_split(data_dir: Path, split: str, record: dict, download: bool) -> tuple[Tensor, Tensor]:
-    """The test images and labels, or those of the validation split the model's training run held out."""
+    """The test images and labels of the model's dataset, or those of the validation split its training run
+    held out."""
     if split == "test":
-        return load_mnist(data_dir, train=False, download=download)
-    images, labels = load_mnist(data_dir, train=True, download=download)
+        return load_dataset(data_dir, train=False, download=download, dataset=record["dataset"])
+    images, labels = load_dataset(data_dir, train=True, download=download, dataset=record["dataset"])
     _, val_indices = split_indices(len(images), record["metadata"].get("val_size", 5000))
     return images[val_indices], labels[val_indices]
 
@@ -92,9 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, nargs="+", default=[DEFAULT_MODEL_PATH],
                         help="model files (.pth, training checkpoints or .onnx); several are also scored "
                              "as an ensemble")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset root holding MNIST/raw/")
+    parser.add_argument("--dataset", choices=sorted(DATASETS),
+                        help="the dataset to score on (default: the one the models learned; another is an error)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="dataset root holding MNIST/raw/ (and FashionMNIST/raw/)")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                        help="fetch missing MNIST files from the internet")
+                        help="fetch missing dataset files from the internet")
     parser.add_argument("--split", choices=["test", "val"], default="test",
                         help="the test set, or the validation split train.py held out (to choose on, e.g. --tta)")
     parser.add_argument("--tta", action="store_true",
@@ -110,6 +122,7 @@ def main() -> None:
     args = parse_args()
     device = pick_device(args.device)
     records = [read_model_file(path) for path in args.model]
+    check_datasets(args.model, records, args.dataset)
     images, labels = load_split(args.data_dir, args.split, records[0], args.download)
     classes = records[0]["classes"]
     reports, all_probabilities = [], []

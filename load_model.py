@@ -1,4 +1,4 @@
-"""Read model files, and predict the digit in image files.
+"""Read model files, and predict the digit (or garment) in image files.
 
     python load_model.py [--model mnist_model.pth] [--top-k K] IMAGE...
 
@@ -27,13 +27,13 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from common import DEFAULT_MODEL_PATH, UserError, positive_int, require, run_cli
+from common import DATASETS, DEFAULT_MODEL_PATH, INPUT_SHAPE, UserError, positive_int, require, run_cli
 from model import ARCHITECTURES, build_model
 
 MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
 FORMAT_VERSION = 1
-MODEL_KEYS = ("arch", "model_args", "state_dict", "normalization", "classes", "metadata")
+MODEL_KEYS = ("arch", "model_args", "state_dict", "dataset", "input_shape", "normalization", "classes", "metadata")
 # ONNX files (save_model.py --format onnx): these names, and the description as JSON in the metadata.
 ONNX_INPUT, ONNX_OUTPUT, ONNX_METADATA_KEY = "image", "logits", "mnist_pipeline"
 # A phone photo has 12-50 megapixels; far larger "images" are decompression bombs. This keeps
@@ -46,7 +46,7 @@ class ModelFileError(UserError):
 
 
 class ImageError(UserError):
-    """An image file that can't be read, or holds no digit."""
+    """An image file that can't be read, or holds no digit (or garment)."""
 
 
 def read_torch_file(path: str | Path) -> dict:
@@ -73,7 +73,7 @@ def read_torch_file(path: str | Path) -> dict:
 
 
 def read_model_file(path: str | Path) -> dict:
-    """The model record (arch, model_args, state_dict, normalization, classes, metadata) in a
+    """The model record (arch, model_args, state_dict, dataset, input_shape, normalization, classes, metadata) in a
     model file, or the best model's record in a training checkpoint. For an ONNX file, the
     record holds `onnx` (its path) in place of the state_dict."""
     if Path(path).suffix == ".onnx":
@@ -87,9 +87,13 @@ def read_model_file(path: str | Path) -> dict:
     if content.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path} has format version {content.get('version')!r}; "
                              f"this code reads version {FORMAT_VERSION}")
+    content = with_dataset(content)
     missing = [key for key in MODEL_KEYS if key not in content]
     if missing:
         raise ModelFileError(f"{path} lacks {', '.join(missing)}")
+    if content["dataset"] not in DATASETS:
+        raise ModelFileError(f"{path} was trained on an unknown dataset {content['dataset']!r}; "
+                             f"known: {', '.join(DATASETS)}")
     if content["arch"] not in ARCHITECTURES:
         raise ModelFileError(f"{path} names an unknown architecture {content['arch']!r}; "
                              f"known: {', '.join(ARCHITECTURES)}")
@@ -115,7 +119,12 @@ def read_onnx_file(path: Path) -> dict:
     if record.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path} has format version {record.get('version')!r}; "
                              f"this code reads version {FORMAT_VERSION}")
-    return {**record, "onnx": str(path)}
+    return {**with_dataset(record), "onnx": str(path)}
+
+
+def with_dataset(record: dict) -> dict:
+    """Files written before the dataset became a setting hold MNIST models and don't say so."""
+    return {"dataset": "mnist", "input_shape": list(INPUT_SHAPE), **record}
 
 
 class OnnxModel:
@@ -219,20 +228,47 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
     return torch.from_numpy(canvas)
 
 
+def preprocess_garment(image: Image.Image, size: int = 28) -> Tensor:
+    """A photo of one garment on a plain background, as Fashion-MNIST prepared its own: light on
+    black, cropped to the garment, padded to a square and scaled so its longer side fills `size`.
+
+    Returns float32 (size, size) in [0, 1], before normalization.
+    """
+    gray = to_grayscale(image)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 0.5:  # a light background: Fashion-MNIST's is black
+        gray, border = 1 - gray, 1 - border
+    rows, cols = np.nonzero(gray > np.median(border) + 0.1)
+    if len(rows) == 0:
+        raise ImageError("no garment found (the image is blank or nearly uniform)")
+    gray = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    side = max(gray.shape)
+    square = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - gray.shape[0]) // 2, (side - gray.shape[1]) // 2
+    square[top:top + gray.shape[0], left:left + gray.shape[1]] = gray
+    square = np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.LANCZOS))
+    return torch.from_numpy(square.clip(0, 1).copy())
+
+
+# How an image file becomes a model's 28x28 input, by the dataset the model learned.
+PREPROCESSING = {"mnist": preprocess_digit, "fashion-mnist": preprocess_garment}
+
+
 @torch.no_grad()
-def predict_images(model: nn.Module, record: dict, digits: Tensor) -> Tensor:
-    """Class probabilities (N, classes) for preprocessed digits (N, 28, 28) in [0, 1]."""
+def predict_images(model: nn.Module, record: dict, inputs: Tensor) -> Tensor:
+    """Class probabilities (N, classes) for preprocessed images (N, 28, 28) in [0, 1]."""
     normalization = record["normalization"]
-    images = ((digits - normalization["mean"]) / normalization["std"]).unsqueeze(1)
+    images = ((inputs - normalization["mean"]) / normalization["std"]).unsqueeze(1)
     return torch.softmax(model(images), dim=1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Predict the digit in each image file (PNG, JPEG, ...; any size, dark ink on light "
-                    "paper or the reverse).",
+        description="Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
+                    "light paper or the reverse, for an MNIST model; the garment, photographed on a plain "
+                    "background, for a Fashion-MNIST model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files of single digits")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit or garment each")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="model file")
     parser.add_argument("--top-k", type=positive_int, default=1, help="how many likeliest classes to print")
     return parser.parse_args(argv)
@@ -246,12 +282,12 @@ def main() -> None:
     failures = 0
     for path in args.images:
         try:
-            digit = preprocess_digit(read_image(path))
+            image = PREPROCESSING[record["dataset"]](read_image(path))
         except ImageError as error:
             print(f"{path}: error: {error}", file=sys.stderr)
             failures += 1
             continue
-        probabilities = predict_images(model, record, digit.unsqueeze(0))[0]
+        probabilities = predict_images(model, record, image.unsqueeze(0))[0]
         top = probabilities.topk(min(args.top_k, len(classes)))
         guesses = ", ".join(f"{classes[i]} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist()))
         print(f"{path}: {guesses}")

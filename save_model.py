@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, PROJECT_DIR, UserError, load_mnist, normalize, positive_int,
-                    require, run_cli, split_indices, writable_file)
+from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, INPUT_SHAPE, PROJECT_DIR, UserError, load_dataset, normalize,
+                    positive_int, require, run_cli, split_indices, writable_file)
 from load_model import (FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT,
                         build_from_record, read_model_file)
 from model import count_parameters
@@ -96,7 +96,7 @@ def run_metadata() -> dict:
     }
 
 
-def model_record(model: nn.Module, arch: str, model_args: dict, normalization: dict,
+def model_record(model: nn.Module, arch: str, model_args: dict, dataset: str, normalization: dict,
                  classes: list[str], metadata: dict) -> dict:
     """A model file's content: plain types and CPU tensors only, so weights_only loading works."""
     return {
@@ -105,6 +105,8 @@ def model_record(model: nn.Module, arch: str, model_args: dict, normalization: d
         "arch": arch,
         "model_args": dict(model_args),
         "state_dict": {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()},
+        "dataset": dataset,
+        "input_shape": list(INPUT_SHAPE),
         "normalization": dict(normalization),
         "classes": list(classes),
         "metadata": dict(metadata),
@@ -132,7 +134,7 @@ def export_onnx(record: dict, path: str | Path, calibration: np.ndarray | None =
         if calibration is not None:
             exported = _quantize_int8(exported, calibration)
         proto = onnx.load(str(exported))
-    description = {key: record[key] for key in ("arch", "model_args", "normalization", "classes", "metadata")}
+    description = {key: record[key] for key in MODEL_KEYS if key != "state_dict"}
     description.update(format=MODEL_FORMAT, version=FORMAT_VERSION, parameters=count_parameters(model),
                        precision="int8" if calibration is not None else "float32")
     entry = proto.metadata_props.add()
@@ -163,7 +165,7 @@ def _quantize_int8(source: Path, calibration: np.ndarray) -> Path:
 
 def calibration_images(record: dict, data_dir: Path, count: int) -> np.ndarray:
     """`count` normalized images from the training split (never validation or test images)."""
-    images, _ = load_mnist(data_dir, train=True)
+    images, _ = load_dataset(data_dir, train=True, dataset=record["dataset"])
     train_indices, _ = split_indices(len(images), min(5000, len(images) // 10))
     return normalize(images[train_indices[:count]], **record["normalization"]).numpy()
 

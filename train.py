@@ -1,4 +1,4 @@
-"""Train a model on MNIST and keep the best weights by validation accuracy.
+"""Train a model on MNIST (or Fashion-MNIST) and keep the best weights by validation accuracy.
 
     python train.py [--epochs N] [--seed S] [--data-dir data] [--out mnist_model.pth]
     python train.py --config configs/convnet.json   # a recipe tune.py wrote; flags given beside it win
@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,33 +27,29 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from common import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_MODEL_PATH,
-    MNIST_CLASSES,
-    MNIST_MEAN,
-    MNIST_STD,
-    UserError,
-    evaluate,
-    load_mnist,
-    non_negative_float,
-    normalize,
-    pick_device,
-    positive_float,
-    positive_int,
-    random_affine,
-    run_cli,
-    split_indices,
-    writable_file,
-)
+from common import (AUGMENTATIONS, DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, UserError, augment, evaluate,
+                    load_dataset, non_negative_float, normalize, pick_device, positive_float, positive_int, run_cli,
+                    split_indices, writable_file)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
 from plots import plot_history
 from save_model import model_record, run_metadata, save_atomic, save_model
 
 # The settings that define a run: a resumed run takes them from its checkpoint.
-RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing", "augment",
+RUN_SETTINGS = ("dataset", "arch", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing", "augment",
                 "ema", "val_size", "seed", "amp")
+
+
+def augmentation_list(text: str) -> str:
+    """`none`, `default` (the dataset's own) or a comma-separated list of AUGMENTATIONS, in their order."""
+    if text in ("none", "default"):
+        return text
+    chosen = text.split(",")
+    unknown = [name for name in chosen if name not in AUGMENTATIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown augmentation {', '.join(unknown)!r}; "
+                                         f"choose from {', '.join(AUGMENTATIONS)}, or none")
+    return ",".join(name for name in AUGMENTATIONS if name in chosen)
 
 
 def ema_decay(text: str) -> float:
@@ -102,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", type=Path,
                         help="JSON file of settings (tune.py writes one) to start from; flags given here win")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                        help="the images to learn: handwritten digits, or Zalando's clothing photos")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="lenet", help="network (model.py)")
     parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training split")
     parser.add_argument("--batch-size", type=positive_int, default=256,
@@ -112,8 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW's decoupled weight decay")
     parser.add_argument("--label-smoothing", type=non_negative_float, default=0.0,
                         help="weight of the uniform distribution mixed into the training targets")
-    parser.add_argument("--augment", action="store_true",
-                        help="random rotation, scale, shear and shift of every training batch (common.random_affine)")
+    parser.add_argument("--augment", type=augmentation_list, nargs="?", const="default", default="none",
+                        metavar="LIST", help="distort every training batch: alone, as suits the dataset (mnist: "
+                        "affine; fashion-mnist: flip,erase); or a list of affine (rotation, scale, shear, shift), "
+                        "flip (mirror) and erase (random erasing)")
     parser.add_argument("--ema", type=ema_decay, default=0.0,
                         help="decay of an exponential moving average of the weights, updated every step; when "
                              "above 0 (e.g. 0.999) the average is validated and saved, not the raw weights")
@@ -127,9 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on CUDA)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="dataset root holding MNIST/raw/")
+                        help="dataset root holding MNIST/raw/ (and FashionMNIST/raw/)")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                        help="fetch missing MNIST files from the internet")
+                        help="fetch missing dataset files from the internet")
     parser.add_argument("--out", type=writable_file, default=DEFAULT_MODEL_PATH,
                         help="model file to write; the checkpoint, metrics and curves go beside it")
     parser.add_argument("--resume", action="store_true",
@@ -143,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except argparse.ArgumentTypeError as error:
             parser.error(f"argument --config: {error}")
         args = parser.parse_args(recipe + (sys.argv[1:] if argv is None else argv))
+    if args.augment == "default":
+        args.augment = DATASETS[args.dataset].augmentation
     if not args.download and not args.data_dir.is_dir():
         parser.error(f"argument --data-dir: {args.data_dir} is not a folder (and --no-download is set)")
     args.defaults = {name: parser.get_default(name) for name in RUN_SETTINGS}
@@ -156,11 +159,12 @@ def output_paths(out: Path) -> dict[str, Path]:
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                 images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
-                description: str = "", amp: bool = False, rank: int = 0, world: int = 1, augment: bool = False,
-                label_smoothing: float = 0.0, ema: AveragedModel | None = None) -> tuple[float, float]:
+                description: str = "", amp: bool = False, rank: int = 0, world: int = 1,
+                distort: Callable[[Tensor], Tensor] | None = None, label_smoothing: float = 0.0,
+                ema: AveragedModel | None = None) -> tuple[float, float]:
     """One pass over `images` in a shuffled order; returns the mean loss and accuracy seen while training.
     With `amp`, the forward pass runs in bfloat16 autocast (the weights and optimizer stay float32);
-    with `augment`, each batch is randomly distorted (its randomness drawn from `generator`);
+    `distort`, if given, augments each batch;
     `ema`, if given, takes the weights into its moving average after every step.
     Across `world` processes, each takes a disjoint shard of the same seeded order and batch_size / world
     images a step, so a step still sees batch_size images; the returned figures cover all shards."""
@@ -174,7 +178,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
                     disable=None if rank == 0 else True)  # None: a bar only in a terminal
     for step, start in enumerate(progress):
         batch = order[start:start + batch_size]
-        inputs = random_affine(images[batch], generator) if augment else images[batch]
+        inputs = distort(images[batch]) if distort is not None else images[batch]
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(inputs)
         loss = F.cross_entropy(logits.float(), labels[batch], label_smoothing=label_smoothing)
@@ -281,18 +285,19 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
     torch.manual_seed(args.seed)
 
     started = time.perf_counter()
-    images, labels = load_mnist(args.data_dir, train=True, download=args.download)
+    dataset = DATASETS[args.dataset]
+    images, labels = load_dataset(args.data_dir, train=True, download=args.download, dataset=args.dataset)
     train_indices, val_indices = split_indices(len(images), args.val_size)
     if args.dry_run:
         train_indices, val_indices, args.epochs = train_indices[:3 * args.batch_size], val_indices[:500], 1
-    normalization = {"mean": MNIST_MEAN, "std": MNIST_STD}
-    x_train, y_train = normalize(images[train_indices]).to(device), labels[train_indices].to(device)
-    x_val, y_val = normalize(images[val_indices]).to(device), labels[val_indices].to(device)
+    normalization = {"mean": dataset.mean, "std": dataset.std}
+    x_train, y_train = normalize(images[train_indices], **normalization).to(device), labels[train_indices].to(device)
+    x_val, y_val = normalize(images[val_indices], **normalization).to(device), labels[val_indices].to(device)
     del images  # the uint8 copy: peak memory is what bounds training on small machines
     log(f"data: {len(x_train):,} training and {len(x_val):,} validation images from {args.data_dir} "
           f"on {device} in {time.perf_counter() - started:.1f}s")
 
-    model_args = {"num_classes": len(MNIST_CLASSES)}
+    model_args = {"num_classes": len(dataset.classes)}
     model = build_model(args.arch, **model_args).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -307,6 +312,8 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
     steps_per_epoch = -(-(len(x_train) // world) // (args.batch_size // world))
     optimizer, scheduler = make_optimizer(model, args, steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed)
+    background = -dataset.mean / dataset.std  # a black pixel, normalized: what affine distortions pad with
+    distort = (lambda batch: augment(batch, args.augment, generator, background)) if args.augment != "none" else None
     history, best = [], None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
@@ -331,7 +338,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
         try:
             train_loss, train_accuracy = train_epoch(trained, optimizer, scheduler, x_train, y_train,
                                                      args.batch_size, generator, f"epoch {epoch}/{args.epochs}",
-                                                     args.amp, rank, world, args.augment, args.label_smoothing,
+                                                     args.amp, rank, world, distort, args.label_smoothing,
                                                      ema)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(resume_hint(paths["checkpoint"], saved_epoch, args.out)) from None
@@ -349,7 +356,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
         history.append(row)
         improved = best is None or val_accuracy > best["metadata"]["val_accuracy"]
         if improved:
-            best = model_record(kept, args.arch, model_args, normalization, MNIST_CLASSES, {
+            best = model_record(kept, args.arch, model_args, args.dataset, normalization, dataset.classes, {
                 **settings, "best_epoch": epoch, "val_accuracy": val_accuracy, "val_loss": val_loss,
                 **run_metadata()})
         raw = f" (raw weights {row['raw_val_accuracy']:.2%})" if ema is not None else ""
@@ -381,7 +388,8 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
     print(f"best epoch {metrics['best_epoch']} (val acc {metrics['val_accuracy']:.2%}) "
           f"saved to {args.out}; training took {metrics['train_seconds']:.1f}s")
     if report_test:
-        test_images, test_labels = load_mnist(args.data_dir, train=False, download=args.download)
+        test_images, test_labels = load_dataset(args.data_dir, train=False, download=args.download,
+                                                dataset=args.dataset)
         chosen = build_from_record(best, device)
         test = evaluate(chosen, normalize(test_images, **best["normalization"]).to(device), test_labels.to(device))
         metrics["test"] = {"loss": test.loss, "accuracy": test.accuracy}

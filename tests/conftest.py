@@ -14,10 +14,13 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 REAL_DATA_DIR = PROJECT_DIR / "data"
-REAL_MNIST_PRESENT = all((REAL_DATA_DIR / "MNIST" / "raw" / name).is_file() for name in (
-    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+REAL_MNIST_PRESENT = all((REAL_DATA_DIR / "MNIST" / "raw" / name).is_file() for name in IDX_FILES)
 needs_real_mnist = pytest.mark.skipif(not REAL_MNIST_PRESENT, reason=f"the real MNIST is not in "
                                      f"{REAL_DATA_DIR}/MNIST/raw (link ../shared/data/MNIST there)")
+REAL_FASHION_PRESENT = all((REAL_DATA_DIR / "FashionMNIST" / "raw" / name).is_file() for name in IDX_FILES)
+needs_real_fashion = pytest.mark.skipif(not REAL_FASHION_PRESENT, reason=f"the real Fashion-MNIST is not in "
+                                        f"{REAL_DATA_DIR}/FashionMNIST/raw (link ../shared/data/FashionMNIST there)")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -36,9 +39,9 @@ def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-def write_mnist(root: Path, train_count: int = 600, test_count: int = 200) -> Path:
-    """A tiny dataset in torchvision's layout, root/MNIST/raw/; returns root."""
-    raw = root / "MNIST" / "raw"
+def write_mnist(root: Path, train_count: int = 600, test_count: int = 200, folder: str = "MNIST") -> Path:
+    """A tiny dataset in torchvision's layout, root/MNIST/raw/ (or root/`folder`/raw/); returns root."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
     for prefix, count, seed in (("train", train_count, 0), ("t10k", test_count, 1)):
         images, labels = synthetic_digits(count, seed)

@@ -8,20 +8,20 @@ import torch
 from torch import nn
 from torchvision.datasets import MNIST
 
-from common import (MNIST_MEAN, MNIST_STD, UserError, evaluate, load_mnist, normalize, pick_device,
-                    random_affine, split_indices)
+from common import (MNIST_MEAN, MNIST_STD, UserError, evaluate, load_dataset, normalize, pick_device,
+                    augment, random_affine, random_erase, random_flip, split_indices)
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
 
 
-def test_load_mnist_reads_idx_files_through_torchvision(tmp_path):
+def test_load_dataset_reads_idx_files_through_torchvision(tmp_path):
     write_mnist(tmp_path, train_count=30, test_count=20)
     expected_images, expected_labels = synthetic_digits(30, seed=0)
-    images, labels = load_mnist(tmp_path, train=True, download=False)
+    images, labels = load_dataset(tmp_path, train=True, download=False)
     assert images.dtype == torch.uint8 and images.shape == (30, 28, 28)
     assert labels.dtype == torch.int64 and labels.shape == (30,)
     assert np.array_equal(images.numpy(), expected_images)
     assert np.array_equal(labels.numpy(), expected_labels)
-    assert load_mnist(tmp_path, train=False, download=False)[0].shape == (20, 28, 28)
+    assert load_dataset(tmp_path, train=False, download=False)[0].shape == (20, 28, 28)
 
 
 def gzip_in_place(raw, name: str, keep_bytes: int | None = None, monkeypatch=None) -> None:
@@ -37,7 +37,7 @@ def gzip_in_place(raw, name: str, keep_bytes: int | None = None, monkeypatch=Non
 def test_the_original_gzipped_files_are_read_without_a_download(tmp_path, monkeypatch):
     raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
     gzip_in_place(raw, "train-images-idx3-ubyte", monkeypatch=monkeypatch)
-    images, labels = load_mnist(tmp_path, train=True, download=False)
+    images, labels = load_dataset(tmp_path, train=True, download=False)
     assert images.shape == (30, 28, 28) and labels.shape == (30,)
 
 
@@ -46,7 +46,7 @@ def test_a_gzip_file_whose_md5_is_not_the_published_one_is_named_before_any_work
     (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"tampered"))
     with pytest.raises(UserError, match=r"train-labels-idx1-ubyte.gz is corrupt: its MD5 is not the published "
                                         r"d53e105ee54ea40749a09fcbcd1e9432"):
-        load_mnist(tmp_path, train=True, download=False)
+        load_dataset(tmp_path, train=True, download=False)
 
 
 def test_a_truncated_gzip_file_is_named_and_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -54,13 +54,13 @@ def test_a_truncated_gzip_file_is_named_and_leaves_no_partial_file(tmp_path, mon
     gzip_in_place(raw, "train-images-idx3-ubyte", keep_bytes=100, monkeypatch=monkeypatch)
     gz = raw / "train-images-idx3-ubyte.gz"
     with pytest.raises(UserError, match=f"{gz} is truncated or corrupt"):
-        load_mnist(tmp_path, train=True, download=False)
+        load_dataset(tmp_path, train=True, download=False)
     assert sorted(path.name for path in raw.iterdir() if path.name.startswith("train-images")) == [gz.name]
 
 
 def test_missing_files_are_named_with_the_folder_to_put_them_in(tmp_path):
     with pytest.raises(UserError) as error:
-        load_mnist(tmp_path, train=True, download=False)
+        load_dataset(tmp_path, train=True, download=False)
     message = str(error.value)
     assert str(tmp_path / "MNIST" / "raw") in message
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz",
@@ -74,7 +74,7 @@ def test_a_failed_download_ends_in_the_same_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MNIST, "download", offline)
     with pytest.raises(UserError, match="MNIST files missing in .*train-images-idx3-ubyte"):
-        load_mnist(tmp_path, train=True, download=True)
+        load_dataset(tmp_path, train=True, download=True)
 
 
 @pytest.mark.parametrize("kept_bytes", [0, 3, 15, 16 + 28 * 28 * 5 + 7])
@@ -83,21 +83,21 @@ def test_a_truncated_image_file_is_named_in_the_error(tmp_path, kept_bytes):
     images = raw / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:kept_bytes])
     with pytest.raises(UserError, match=f"{images}.* truncated or corrupt"):
-        load_mnist(tmp_path, train=True, download=False)
+        load_dataset(tmp_path, train=True, download=False)
 
 
 def test_images_and_labels_of_different_counts_are_an_error(tmp_path):
     raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
     write_idx(raw / "train-labels-idx1-ubyte", np.zeros(29, dtype=np.uint8))
     with pytest.raises(UserError, match="30 labels|29 labels"):
-        load_mnist(tmp_path, train=True, download=False)
+        load_dataset(tmp_path, train=True, download=False)
 
 
 def test_labels_outside_0_to_9_are_an_error(tmp_path):
     raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
     write_idx(raw / "train-labels-idx1-ubyte", np.full(30, 10, dtype=np.uint8))
     with pytest.raises(UserError, match="labels outside 0..9"):
-        load_mnist(tmp_path, train=True, download=False)
+        load_dataset(tmp_path, train=True, download=False)
 
 
 def test_normalize_adds_a_channel_and_standardizes_with_the_training_statistics():
@@ -126,14 +126,43 @@ def test_random_affine_distorts_each_image_reproducibly_and_keeps_the_black_back
     images, _ = synthetic_digits(8, seed=3)
     x = normalize(torch.from_numpy(images))
     x[:, :, :8], x[:, :, -8:] = x.min(), x.min()  # black margins, as around MNIST's digits
-    first = random_affine(x, torch.Generator().manual_seed(1))
-    again = random_affine(x, torch.Generator().manual_seed(1))
-    other = random_affine(x, torch.Generator().manual_seed(2))
+    black = -MNIST_MEAN / MNIST_STD
+    first = random_affine(x, torch.Generator().manual_seed(1), black)
+    again = random_affine(x, torch.Generator().manual_seed(1), black)
+    other = random_affine(x, torch.Generator().manual_seed(2), black)
     assert first.shape == x.shape and torch.equal(first, again) and not torch.equal(first, other)
     assert not torch.allclose(first, x, atol=0.1)  # the images moved
     assert first[:, :, 0].max().item() == pytest.approx(x.min().item())  # padding is background, not grey
-    no_change = random_affine(x, torch.Generator(), rotation=0, scale=0, shear=0, shift=0)
+    no_change = random_affine(x, torch.Generator(), black, rotation=0, scale=0, shear=0, shift=0)
     assert torch.allclose(no_change, x, atol=1e-5)
+
+
+def test_random_flip_mirrors_about_half_the_images_left_to_right():
+    x = torch.arange(200 * 4, dtype=torch.float32).view(200, 1, 2, 2)
+    flipped = random_flip(x, torch.Generator().manual_seed(0))
+    mirrored = (flipped == x.flip(3)).flatten(1).all(1)
+    assert ((flipped == x).flatten(1).all(1) | mirrored).all()  # each image whole: as it was, or mirrored
+    assert 70 < mirrored.sum() < 130
+
+
+def test_random_erasing_blanks_one_rectangle_in_about_half_the_images():
+    x = torch.ones(200, 1, 28, 28)
+    erased = random_erase(x, torch.Generator().manual_seed(0)) == 0
+    touched = erased.flatten(1).any(1)
+    assert 70 < touched.sum() < 130
+    for mask in erased[touched, 0]:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert mask.sum() == height * width  # one solid rectangle
+        assert 0.02 * 784 * 0.7 <= mask.sum() <= 0.33 * 784 * 1.15  # the area asked for, give or take rounding
+
+
+def test_augment_applies_the_listed_distortions_reproducibly():
+    x = torch.randn(16, 1, 28, 28)
+    run = lambda names, seed=0: augment(x, names, torch.Generator().manual_seed(seed), background=-1.0)
+    assert torch.equal(run("none"), x)
+    assert torch.equal(run("flip,erase"), run("flip,erase")) and not torch.equal(run("flip,erase", 1), run("flip,erase"))
+    assert torch.equal(run("flip"), random_flip(x, torch.Generator().manual_seed(0)))
 
 
 class Oracle(nn.Module):
@@ -173,14 +202,14 @@ def test_pick_device_names_the_cpu_and_refuses_unknown_devices():
 
 @needs_real_mnist
 def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
-    images, labels = load_mnist(REAL_DATA_DIR, train=True, download=False)
+    images, labels = load_dataset(REAL_DATA_DIR, train=True, download=False)
     assert images.shape == (60_000, 28, 28)
     assert labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert torch.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     pixels = images.float() / 255
     assert pixels.mean().item() == pytest.approx(MNIST_MEAN, abs=1e-4)
     assert pixels.std().item() == pytest.approx(MNIST_STD, abs=1e-4)
-    test_images, test_labels = load_mnist(REAL_DATA_DIR, train=False, download=False)
+    test_images, test_labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
     assert test_images.shape == (10_000, 28, 28)
     assert test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
@@ -190,5 +219,5 @@ def test_the_real_gzip_files_pass_the_md5_check():
     raw = REAL_DATA_DIR / "MNIST" / "raw"
     if not all((raw / f"{name}").is_file() for name, _ in MNIST.resources):
         pytest.skip(f"the .gz files are not in {raw}")
-    load_mnist(REAL_DATA_DIR, train=True, download=False)
-    load_mnist(REAL_DATA_DIR, train=False, download=False)
+    load_dataset(REAL_DATA_DIR, train=True, download=False)
+    load_dataset(REAL_DATA_DIR, train=False, download=False)

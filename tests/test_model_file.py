@@ -20,7 +20,7 @@ CLASSES = [str(digit) for digit in range(10)]
 
 def lenet_record(seed: int = 0, **metadata) -> dict:
     torch.manual_seed(seed)
-    return model_record(LeNet(), "lenet", {"num_classes": 10}, NORMALIZATION, CLASSES, metadata)
+    return model_record(LeNet(), "lenet", {"num_classes": 10}, "mnist", NORMALIZATION, CLASSES, metadata)
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_a_saved_model_loads_in_eval_mode_and_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
     original = LeNet().eval()
     path = tmp_path / "model.pth"
-    save_model(model_record(original, "lenet", {"num_classes": 10}, NORMALIZATION, CLASSES, {}), path)
+    save_model(model_record(original, "lenet", {"num_classes": 10}, "mnist", NORMALIZATION, CLASSES, {}), path)
     loaded = load_model(path)
     assert not loaded.training
     images = torch.randn(16, 1, 28, 28)
@@ -45,13 +45,14 @@ def test_a_model_file_carries_its_description_and_metadata(model_file):
     record = read_model_file(model_file)
     assert record["arch"] == "lenet" and record["model_args"] == {"num_classes": 10}
     assert record["normalization"] == NORMALIZATION and record["classes"] == CLASSES
+    assert record["dataset"] == "mnist" and record["input_shape"] == [1, 28, 28]
     assert record["metadata"] == {"val_accuracy": 0.5}
 
 
 def test_a_model_file_is_a_plain_dict_that_weights_only_loading_accepts(model_file):
     content = torch.load(model_file, weights_only=True)
-    assert set(content) == {"format", "version", "arch", "model_args", "state_dict", "normalization", "classes",
-                            "metadata"}
+    assert set(content) == {"format", "version", "arch", "model_args", "state_dict", "dataset", "input_shape",
+                            "normalization", "classes", "metadata"}
 
 
 def test_a_crash_while_saving_leaves_the_old_file_whole_and_no_temporary_behind(model_file, monkeypatch):

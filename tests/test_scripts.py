@@ -111,7 +111,7 @@ def test_the_stronger_model_trains_with_augmentation_and_label_smoothing(tiny_da
     run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--arch", "convnet", "--augment",
                "--label-smoothing", "0.1", *TINY_TRAINING)
     record = read_model_file(out)
-    assert record["arch"] == "convnet" and record["metadata"]["augment"] is True
+    assert record["arch"] == "convnet" and record["metadata"]["augment"] == "affine"
     assert record["metadata"]["label_smoothing"] == 0.1
     history = json.loads(out.with_suffix(".metrics.json").read_text())["history"]
     assert history[-1]["val_accuracy"] > 0.3  # learning the tiny task through the distortions (chance: 0.1)
