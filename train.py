@@ -37,7 +37,7 @@ from save_model import model_record, run_metadata, save_atomic, save_model
 
 # The settings that define a run: a resumed run takes them from its checkpoint.
 RUN_SETTINGS = ("dataset", "arch", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing", "augment",
-                "ema", "val_size", "seed", "amp")
+                "ema", "val_size", "train_size", "seed", "amp")
 
 
 def augmentation_list(text: str) -> str:
@@ -120,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "above 0 (e.g. 0.999) the average is validated and saved, not the raw weights")
     parser.add_argument("--val-size", type=positive_int, default=5000,
                         help="training images held out for validation (a fixed split)")
+    parser.add_argument("--train-size", type=positive_int,
+                        help="train on only this many of the training split's images (quick checks; default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
     parser.add_argument("--amp", action="store_true",
                         help="bfloat16 autocast for the forward pass (CUDA, or CPUs with AVX512-BF16/AMX)")
@@ -288,6 +290,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
     dataset = DATASETS[args.dataset]
     images, labels = load_dataset(args.data_dir, train=True, download=args.download, dataset=args.dataset)
     train_indices, val_indices = split_indices(len(images), args.val_size)
+    train_indices = train_indices[:args.train_size]
     if args.dry_run:
         train_indices, val_indices, args.epochs = train_indices[:3 * args.batch_size], val_indices[:500], 1
     normalization = {"mean": dataset.mean, "std": dataset.std}

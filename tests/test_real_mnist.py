@@ -44,3 +44,16 @@ def test_real_digits_drawn_large_inverted_and_off_centre_are_still_recognised():
         pages.append(preprocess_digit(page))
     predicted = predict_images(model, record, torch.stack(pages)).argmax(1)
     assert (predicted == labels).float().mean().item() >= 0.97
+
+
+def test_the_stronger_model_learns_real_digits_with_augmentation_and_a_weight_average(tmp_path):
+    out = tmp_path / "convnet.pth"
+    run_script("train.py", "--arch", "convnet", "--augment", "--ema", "0.99", "--label-smoothing", "0.1", "--epochs",
+               "2", "--train-size", "4000", "--val-size", "2000", "--batch-size", "100", "--lr", "0.005",
+               "--data-dir", REAL_DATA_DIR, "--out", out, "--no-download")
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    first, second = metrics["history"]
+    assert metrics["settings"]["augment"] == "affine" and metrics["settings"]["ema"] == 0.99
+    assert second["val_accuracy"] > first["val_accuracy"] and second["val_accuracy"] > 0.9
+    assert second["raw_val_accuracy"] > 0.9  # the raw weights, scored beside their average
+    assert metrics["test"]["accuracy"] > 0.9
