@@ -87,6 +87,8 @@ def config_flags(path: Path) -> list[str]:
     flags = []
     for name, value in config.items():
         flag = "--" + name.replace("_", "-")
+        if value is None:  # the flag's default: all the training images
+            continue
         if isinstance(value, bool):
             flags += [flag] if value else []
         else:
