@@ -76,8 +76,11 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
         line = sorted((row["lr"], 100 * row["val_accuracy"]) for row in rows
                       if (row["batch_size"], row["epochs"]) == (batch_size, epochs))
         axes.plot(*zip(*line), marker="o", label=f"batch {batch_size}, {epochs} epochs")
+    rates = sorted({row["lr"] for row in rows})
     axes.set(xscale="log", xlabel="peak learning rate", ylabel="validation accuracy (%)",
              title="validation accuracy (mean over seeds)")
+    axes.set_xticks(rates, [f"{rate:g}" for rate in rates])
+    axes.minorticks_off()
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune",
                         help="folder for the runs, results.json, lr.png and best.json")
     args, fixed = parser.parse_known_args(argv)
-    for flag in ("--seed", "--out", "--resume", "--config"):
+    for flag in ("--seed", "--out", "--resume"):
         if any(token == flag or token.startswith(flag + "=") for token in fixed):
             parser.error(f"{flag} is set by tune.py for each run")
     train.parse_args(fixed + ["--out", str(args.out_dir / "check.pth")])  # bad train.py flags fail here, before work
