@@ -73,3 +73,18 @@ def tiny_model(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_model") / "model.pth"
     run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", *TINY_TRAINING)
     return out
+
+
+def ctrl_c_in_epoch(monkeypatch, epoch: int) -> None:
+    """Makes train.py's training loop raise KeyboardInterrupt as epoch `epoch` starts (a Ctrl-C)."""
+    import train
+
+    real_train_epoch, epochs_started = train.train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        epochs_started.append(1)
+        if len(epochs_started) == epoch:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted)

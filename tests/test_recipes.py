@@ -7,7 +7,7 @@ import torch
 
 import train
 from common import evaluate, shifted_views
-from conftest import TINY_TRAINING, run_script
+from conftest import TINY_TRAINING, ctrl_c_in_epoch, run_script
 from load_model import read_model_file
 from model import LeNet
 
@@ -45,15 +45,7 @@ def test_resuming_a_run_with_ema_ends_with_the_same_average_as_an_uninterrupted_
     settings = ["--data-dir", str(tiny_data), "--ema", "0.9", "--epochs", "3", "--seed", "4", *TINY_TRAINING]
     whole, interrupted = tmp_path / "whole" / "model.pth", tmp_path / "interrupted" / "model.pth"
     run_script("train.py", *settings, "--out", whole)
-    real_train_epoch, epochs_started = train.train_epoch, []
-
-    def ctrl_c_in_epoch_2(*args, **kwargs):
-        epochs_started.append(1)
-        if len(epochs_started) == 2:
-            raise KeyboardInterrupt
-        return real_train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_epoch", ctrl_c_in_epoch_2)
+    ctrl_c_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train.train(train.parse_args([*settings, "--out", str(interrupted)]))
     run_script("train.py", "--resume", "--data-dir", tiny_data, "--out", interrupted, "--no-download")

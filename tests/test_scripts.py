@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import train
-from conftest import TINY_TRAINING, run_script
+from conftest import TINY_TRAINING, ctrl_c_in_epoch, run_script
 from load_model import load_model, read_model_file
 
 
@@ -51,15 +51,7 @@ def test_resuming_after_ctrl_c_ends_with_the_same_weights_as_an_uninterrupted_ru
     run_script("train.py", *settings, "--out", uninterrupted)
 
     interrupted = tmp_path / "interrupted" / "model.pth"
-    real_train_epoch, epochs_started = train.train_epoch, []
-
-    def ctrl_c_in_epoch_2(*args, **kwargs):
-        epochs_started.append(1)
-        if len(epochs_started) == 2:
-            raise KeyboardInterrupt
-        return real_train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_epoch", ctrl_c_in_epoch_2)
+    ctrl_c_in_epoch(monkeypatch, 2)
     monkeypatch.setattr(sys, "argv", ["train.py", *settings, "--out", str(interrupted)])
     with pytest.raises(KeyboardInterrupt):
         train.main()
