@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training split")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per optimizer step (under torchrun: in all, split evenly among the processes)")
-    parser.add_argument("--lr", type=positive_float, default=0.02, help="peak learning rate (AdamW)")
+    parser.add_argument("--lr", type=positive_float, default=0.04, help="peak learning rate (AdamW)")
     parser.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
                         help="learning-rate schedule: one-cycle warm-up then cosine decay, or constant --lr")
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW's decoupled weight decay")
