@@ -7,7 +7,7 @@ import torch
 
 import train
 from common import evaluate, shifted_views
-from conftest import TINY_TRAINING, ctrl_c_in_epoch, run_script
+from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 from load_model import read_model_file
 from model import LeNet
 
@@ -101,3 +101,11 @@ def test_evaluate_scores_the_validation_split_with_tta_without_touching_the_test
     assert "val with TTA: 100 images" in result.stdout  # the 100 images the tiny run held out
     assert tiny_model.with_name(f"{tiny_model.stem}.val.tta.confusion.png").is_file()
     assert (test_figure.stat().st_mtime_ns if test_figure.exists() else None) == before
+
+
+def test_the_committed_recipes_are_valid_train_py_configs():
+    recipes = sorted((PROJECT_DIR / "configs").glob("*.json"))
+    assert recipes, "configs/ holds the README's recipes"
+    for recipe in recipes:
+        args = train.parse_args(["--config", str(recipe)])
+        assert args.dataset in ("mnist", "fashion-mnist") and args.epochs > 0, recipe
