@@ -59,7 +59,7 @@ def ema_decay(text: str) -> float:
     return value
 
 
-def ema_update(decay: float):
+def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
     """AveragedModel's update for an exponential moving average whose decay warms up as
     min(decay, (1 + n) / (10 + n)) after n steps (as TensorFlow's ExponentialMovingAverage does),
     so that a short run's average is not dragged back to the random initialization."""
