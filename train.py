@@ -251,8 +251,12 @@ def resume_settings(args: argparse.Namespace, checkpoint: dict) -> None:
         setattr(args, name, recorded)
 
 
-def resume_hint(checkpoint: Path, saved_epoch: int, out: Path) -> str:
-    if not saved_epoch:
+def resume_hint(checkpoint: Path, out: Path) -> str:
+    """What an interrupted run leaves, read from the checkpoint on disk: an interrupt can land in the
+    middle of saving, and only the file knows whether the new epoch made it."""
+    try:
+        saved_epoch = read_torch_file(checkpoint)["history"][-1]["epoch"]
+    except (UserError, KeyError, IndexError):
         return "no epoch was finished, so there is no checkpoint to resume from"
     return f"{checkpoint} keeps epoch {saved_epoch}; continue with: python train.py --resume --out {out}"
 
@@ -338,45 +342,44 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
             f"{args.batch_size // world} per process; peak learning rate {args.lr} for the global batch")
 
     saved_epoch = len(history)
-    for epoch in range(len(history) + 1, args.epochs + 1):
-        epoch_started = time.perf_counter()
-        try:
+    try:  # a Ctrl-C anywhere in an epoch (training, validation or saving) says what the checkpoint holds
+        for epoch in range(len(history) + 1, args.epochs + 1):
+            epoch_started = time.perf_counter()
             train_loss, train_accuracy = train_epoch(trained, optimizer, scheduler, x_train, y_train,
                                                      args.batch_size, generator, f"epoch {epoch}/{args.epochs}",
-                                                     args.amp, rank, world, distort, args.label_smoothing,
-                                                     ema)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(resume_hint(paths["checkpoint"], saved_epoch, args.out)) from None
-        if not math.isfinite(train_loss):
-            kept_file = (f"the last good checkpoint, of epoch {saved_epoch}, is kept in {paths['checkpoint']}"
-                         if saved_epoch else "no epoch finished, so there is no checkpoint")
-            raise UserError(f"the training loss became {train_loss} in epoch {epoch}: training diverged; "
-                            f"try a lower --lr ({kept_file})")
-        val_loss, val_accuracy = evaluate_shards(kept, x_val, y_val, rank, world)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-               "val_loss": val_loss, "val_accuracy": val_accuracy}
-        if ema is not None:  # the raw weights too, so that every run measures what the average adds
-            row["raw_val_loss"], row["raw_val_accuracy"] = evaluate_shards(model, x_val, y_val, rank, world)
-        row["seconds"] = time.perf_counter() - epoch_started
-        history.append(row)
-        improved = best is None or val_accuracy > best["metadata"]["val_accuracy"]
-        if improved:
-            best = model_record(kept, args.arch, model_args, args.dataset, normalization, dataset.classes, {
-                **settings, "best_epoch": epoch, "val_accuracy": val_accuracy, "val_loss": val_loss,
-                **run_metadata()})
-        raw = f" (raw weights {row['raw_val_accuracy']:.2%})" if ema is not None else ""
-        log(f"epoch {epoch:2d}/{args.epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
-            f"val loss {val_loss:.4f} acc {val_accuracy:.2%}{raw}{' *' if improved else '  '}  "
-            f"{row['seconds']:.1f}s")
-        if rank == 0 and not args.dry_run:
-            save_atomic({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "settings": settings,
-                         "model": best, "history": history,
-                         "state_dict": {name: t.cpu() for name, t in model.state_dict().items()},
-                         "ema": ema.state_dict() if ema is not None else None,
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
-                        paths["checkpoint"])
-            saved_epoch = epoch
+                                                     args.amp, rank, world, distort, args.label_smoothing, ema)
+            if not math.isfinite(train_loss):
+                kept_file = (f"the last good checkpoint, of epoch {saved_epoch}, is kept in {paths['checkpoint']}"
+                             if saved_epoch else "no epoch finished, so there is no checkpoint")
+                raise UserError(f"the training loss became {train_loss} in epoch {epoch}: training diverged; "
+                                f"try a lower --lr ({kept_file})")
+            val_loss, val_accuracy = evaluate_shards(kept, x_val, y_val, rank, world)
+            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                   "val_loss": val_loss, "val_accuracy": val_accuracy}
+            if ema is not None:  # the raw weights too, so that every run measures what the average adds
+                row["raw_val_loss"], row["raw_val_accuracy"] = evaluate_shards(model, x_val, y_val, rank, world)
+            row["seconds"] = time.perf_counter() - epoch_started
+            history.append(row)
+            improved = best is None or val_accuracy > best["metadata"]["val_accuracy"]
+            if improved:
+                best = model_record(kept, args.arch, model_args, args.dataset, normalization, dataset.classes, {
+                    **settings, "best_epoch": epoch, "val_accuracy": val_accuracy, "val_loss": val_loss,
+                    **run_metadata()})
+            raw = f" (raw weights {row['raw_val_accuracy']:.2%})" if ema is not None else ""
+            log(f"epoch {epoch:2d}/{args.epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
+                f"val loss {val_loss:.4f} acc {val_accuracy:.2%}{raw}{' *' if improved else '  '}  "
+                f"{row['seconds']:.1f}s")
+            if rank == 0 and not args.dry_run:
+                save_atomic({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "settings": settings,
+                             "model": best, "history": history,
+                             "state_dict": {name: t.cpu() for name, t in model.state_dict().items()},
+                             "ema": ema.state_dict() if ema is not None else None,
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
+                            paths["checkpoint"])
+                saved_epoch = epoch
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(resume_hint(paths["checkpoint"], args.out)) from None
     metrics = {"settings": settings, "history": history, "best_epoch": best["metadata"]["best_epoch"],
                "val_accuracy": best["metadata"]["val_accuracy"],
                "train_seconds": sum(row["seconds"] for row in history)}
