@@ -43,6 +43,11 @@ class Dataset:
     def folder(self) -> str:
         return self.source.__name__  # torchvision's layout: data_dir/MNIST/raw/, data_dir/FashionMNIST/raw/
 
+    @property
+    def normalization(self) -> dict[str, float]:
+        """normalize()'s keyword arguments, as model files store them."""
+        return {"mean": self.mean, "std": self.std}
+
 
 # Means and standard deviations of the 60,000 training images' pixels (tests check them on the real files).
 DATASETS = {
@@ -55,6 +60,7 @@ INPUT_SHAPE = (1, 28, 28)
 # The validation split is fixed (not tied to --seed) so that every run, whatever
 # its seed, is judged on the same 5,000 images.
 SPLIT_SEED = 0
+DEFAULT_VAL_SIZE = 5000
 
 
 class UserError(Exception):

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, UserError, evaluate, load_dataset, normalize,
-                    pick_device, run_cli, split_indices)
+from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEFAULT_VAL_SIZE, UserError, evaluate,
+                    load_dataset, normalize, pick_device, run_cli, split_indices)
 from load_model import build_from_record, read_model_file
 from model import count_parameters
 from plots import plot_confusion, plot_errors
@@ -79,8 +79,8 @@ def format_report(name: str, report: dict, classes: list[str]) -> str:
 
 def check_datasets(paths: list[Path], records: list[dict], asked: str | None) -> None:
     """All the models must have learned `asked` (by default, the first model's dataset)."""
+    wanted = asked or records[0]["dataset"]
     for path, record in zip(paths, records):
-        wanted = asked or records[0]["dataset"]
         if record["dataset"] != wanted:
             raise UserError(f"{path} is a {record['dataset']} model; it can't be scored on {wanted}")
 
@@ -91,7 +91,7 @@ def load_split(data_dir: Path, split: str, record: dict, download: bool) -> tupl
     if split == "test":
         return load_dataset(data_dir, train=False, download=download, dataset=record["dataset"])
     images, labels = load_dataset(data_dir, train=True, download=download, dataset=record["dataset"])
-    _, val_indices = split_indices(len(images), record["metadata"].get("val_size", 5000))
+    _, val_indices = split_indices(len(images), record["metadata"].get("val_size", DEFAULT_VAL_SIZE))
     return images[val_indices], labels[val_indices]
 
 

@@ -27,16 +27,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from common import (AUGMENTATIONS, DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, UserError, augment, evaluate,
-                    load_dataset, non_negative_float, normalize, pick_device, positive_float, positive_int, run_cli,
-                    split_indices, writable_file)
+from common import (AUGMENTATIONS, DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEFAULT_VAL_SIZE, UserError,
+                    augment, evaluate, load_dataset, non_negative_float, normalize, pick_device, positive_float,
+                    positive_int, run_cli, split_indices, writable_file)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
 from plots import plot_history
 from save_model import model_record, run_metadata, save_atomic, save_model
 
 # The settings that define a run: a resumed run takes them from its checkpoint.
-RUN_SETTINGS = ("dataset", "arch", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing", "augment",
+RUN_SETTINGS = ("dataset", "arch", "width", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing", "augment",
                 "ema", "val_size", "train_size", "seed", "amp")
 
 
@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
                         help="the images to learn: handwritten digits, or Zalando's clothing photos")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="lenet", help="network (model.py)")
+    parser.add_argument("--width", type=positive_int,
+                        help="the ConvNet's channels in its first stage, doubled in each of the next two "
+                             "(default: 32); cost grows with its square")
     parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training split")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per optimizer step (under torchrun: in all, split evenly among the processes)")
@@ -120,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ema", type=ema_decay, default=0.0,
                         help="decay of an exponential moving average of the weights, updated every step; when "
                              "above 0 (e.g. 0.999) the average is validated and saved, not the raw weights")
-    parser.add_argument("--val-size", type=positive_int, default=5000,
+    parser.add_argument("--val-size", type=positive_int, default=DEFAULT_VAL_SIZE,
                         help="training images held out for validation (a fixed split)")
     parser.add_argument("--train-size", type=positive_int,
                         help="train on only this many of the training split's images (quick checks; default: all)")
@@ -148,6 +151,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except argparse.ArgumentTypeError as error:
             parser.error(f"argument --config: {error}")
         args = parser.parse_args(recipe + (sys.argv[1:] if argv is None else argv))
+    if args.width is not None and args.arch != "convnet":
+        parser.error(f"argument --width: only the convnet has a width, not the {args.arch}")
     if args.augment == "default":
         args.augment = DATASETS[args.dataset].augmentation
     if not args.download and not args.data_dir.is_dir():
@@ -251,14 +256,13 @@ def resume_settings(args: argparse.Namespace, checkpoint: dict) -> None:
         setattr(args, name, recorded)
 
 
-def resume_hint(checkpoint: Path, out: Path) -> str:
-    """What an interrupted run leaves, read from the checkpoint on disk: an interrupt can land in the
-    middle of saving, and only the file knows whether the new epoch made it."""
+def checkpoint_state(checkpoint: Path) -> tuple[str, bool]:
+    """What a stopped run leaves, read from the checkpoint on disk (an interrupt can land in the middle
+    of saving, and only the file knows whether the new epoch made it), and whether it can be resumed."""
     try:
-        saved_epoch = read_torch_file(checkpoint)["history"][-1]["epoch"]
+        return f"{checkpoint} keeps epoch {read_torch_file(checkpoint)['history'][-1]['epoch']}", True
     except (UserError, KeyError, IndexError):
-        return "no epoch was finished, so there is no checkpoint to resume from"
-    return f"{checkpoint} keeps epoch {saved_epoch}; continue with: python train.py --resume --out {out}"
+        return "no epoch was finished, so there is no checkpoint to resume from", False
 
 
 def main() -> None:
@@ -299,14 +303,14 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
     train_indices = train_indices[:args.train_size]
     if args.dry_run:
         train_indices, val_indices, args.epochs = train_indices[:3 * args.batch_size], val_indices[:500], 1
-    normalization = {"mean": dataset.mean, "std": dataset.std}
+    normalization = dataset.normalization
     x_train, y_train = normalize(images[train_indices], **normalization).to(device), labels[train_indices].to(device)
     x_val, y_val = normalize(images[val_indices], **normalization).to(device), labels[val_indices].to(device)
     del images  # the uint8 copy: peak memory is what bounds training on small machines
     log(f"data: {len(x_train):,} training and {len(x_val):,} validation images from {args.data_dir} "
           f"on {device} in {time.perf_counter() - started:.1f}s")
 
-    model_args = {"num_classes": len(dataset.classes)}
+    model_args = {"num_classes": len(dataset.classes), **({"width": args.width} if args.width else {})}
     model = build_model(args.arch, **model_args).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -341,7 +345,6 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
         log(f"{world} processes ({dist.get_backend()}): global batch {args.batch_size}, "
             f"{args.batch_size // world} per process; peak learning rate {args.lr} for the global batch")
 
-    saved_epoch = len(history)
     try:  # a Ctrl-C anywhere in an epoch (training, validation or saving) says what the checkpoint holds
         for epoch in range(len(history) + 1, args.epochs + 1):
             epoch_started = time.perf_counter()
@@ -349,10 +352,8 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
                                                      args.batch_size, generator, f"epoch {epoch}/{args.epochs}",
                                                      args.amp, rank, world, distort, args.label_smoothing, ema)
             if not math.isfinite(train_loss):
-                kept_file = (f"the last good checkpoint, of epoch {saved_epoch}, is kept in {paths['checkpoint']}"
-                             if saved_epoch else "no epoch finished, so there is no checkpoint")
                 raise UserError(f"the training loss became {train_loss} in epoch {epoch}: training diverged; "
-                                f"try a lower --lr ({kept_file})")
+                                f"try a lower --lr ({checkpoint_state(paths['checkpoint'])[0]})")
             val_loss, val_accuracy = evaluate_shards(kept, x_val, y_val, rank, world)
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                    "val_loss": val_loss, "val_accuracy": val_accuracy}
@@ -377,9 +378,10 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
                             paths["checkpoint"])
-                saved_epoch = epoch
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(resume_hint(paths["checkpoint"], args.out)) from None
+        state, resumable = checkpoint_state(paths["checkpoint"])
+        resume = f"; continue with: python train.py --resume --out {args.out}" if resumable else ""
+        raise KeyboardInterrupt(state + resume) from None
     metrics = {"settings": settings, "history": history, "best_epoch": best["metadata"]["best_epoch"],
                "val_accuracy": best["metadata"]["val_accuracy"],
                "train_seconds": sum(row["seconds"] for row in history)}

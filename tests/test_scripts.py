@@ -98,15 +98,23 @@ def test_bf16_autocast_and_a_compiled_model_train_and_save_plain_weights(tiny_da
     assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
-def test_the_stronger_model_trains_with_augmentation_and_label_smoothing(tiny_data, tmp_path):
+def test_the_stronger_model_trains_with_augmentation_and_label_smoothing_at_any_width(tiny_data, tmp_path):
     out = tmp_path / "model.pth"
     run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--arch", "convnet", "--augment",
-               "--label-smoothing", "0.1", *TINY_TRAINING)
+               "--label-smoothing", "0.1", "--width", "16", *TINY_TRAINING)
     record = read_model_file(out)
     assert record["arch"] == "convnet" and record["metadata"]["augment"] == "affine"
     assert record["metadata"]["label_smoothing"] == 0.1
+    assert record["model_args"]["width"] == 16 and record["metadata"]["width"] == 16
+    assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)  # rebuilt at its width from the file alone
     history = json.loads(out.with_suffix(".metrics.json").read_text())["history"]
     assert history[-1]["val_accuracy"] > 0.3  # learning the tiny task through the distortions (chance: 0.1)
+
+
+def test_a_width_for_the_lenet_is_refused_in_one_line():
+    result = run_script("train.py", "--width", "48", "--dry-run", check=False)
+    assert result.returncode == 2 and "only the convnet has a width, not the lenet" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_quick_benchmark_runs_and_writes_its_table(tiny_data, tmp_path):
