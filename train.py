@@ -36,8 +36,8 @@ from plots import plot_history
 from save_model import model_record, run_metadata, save_atomic, save_model
 
 # The settings that define a run: a resumed run takes them from its checkpoint.
-RUN_SETTINGS = ("dataset", "arch", "width", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing", "augment",
-                "ema", "val_size", "train_size", "seed", "amp")
+RUN_SETTINGS = ("dataset", "arch", "width", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing",
+                "augment", "ema", "val_size", "train_size", "seed", "amp")
 
 
 def augmentation_list(text: str) -> str:
