@@ -11,6 +11,7 @@ end, to report the chosen model's accuracy: nothing is chosen on it.
 """
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -105,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the images to learn: handwritten digits, or Zalando's clothing photos")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="lenet", help="network (model.py)")
     parser.add_argument("--width", type=positive_int,
-                        help="the ConvNet's channels in its first stage, doubled in each of the next two "
-                             "(default: 32); cost grows with its square")
+                        help="the convnet's or resnet's channels in their first stage, doubled in each of the "
+                             "next two (default: 32); cost grows with its square")
     parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training split")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per optimizer step (under torchrun: in all, split evenly among the processes)")
@@ -119,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--augment", type=augmentation_list, nargs="?", const="default", default="none",
                         metavar="LIST", help="distort every training batch: alone, as suits the dataset (mnist: "
                         "affine; fashion-mnist: flip,erase); or a list of affine (rotation, scale, shear, shift), "
-                        "flip (mirror) and erase (random erasing)")
+                        "shift (whole pixels, up to 2), flip (mirror) and erase (random erasing)")
     parser.add_argument("--ema", type=ema_decay, default=0.0,
                         help="decay of an exponential moving average of the weights, updated every step; when "
                              "above 0 (e.g. 0.999) the average is validated and saved, not the raw weights")
@@ -151,8 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except argparse.ArgumentTypeError as error:
             parser.error(f"argument --config: {error}")
         args = parser.parse_args(recipe + (sys.argv[1:] if argv is None else argv))
-    if args.width is not None and args.arch != "convnet":
-        parser.error(f"argument --width: only the convnet has a width, not the {args.arch}")
+    widened = [name for name, network in ARCHITECTURES.items() if "width" in inspect.signature(network).parameters]
+    if args.width is not None and args.arch not in widened:
+        parser.error(f"argument --width: the {args.arch} has none (architectures with a width: {', '.join(widened)})")
     if args.augment == "default":
         args.augment = DATASETS[args.dataset].augmentation
     if not args.download and not args.data_dir.is_dir():

@@ -5,11 +5,11 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.datasets import MNIST
 
 from common import (MNIST_MEAN, MNIST_STD, UserError, evaluate, load_dataset, normalize, pick_device,
-                    augment, random_affine, random_erase, random_flip, split_indices)
+                    augment, random_affine, random_erase, random_flip, random_shift, split_indices)
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
 
 
@@ -135,6 +135,26 @@ def test_random_affine_distorts_each_image_reproducibly_and_keeps_the_black_back
     assert first[:, :, 0].max().item() == pytest.approx(x.min().item())  # padding is background, not grey
     no_change = random_affine(x, torch.Generator(), black, rotation=0, scale=0, shear=0, shift=0)
     assert torch.allclose(no_change, x, atol=1e-5)
+
+
+def test_random_shift_moves_each_image_by_whole_pixels_and_fills_the_edge_with_background():
+    x = torch.rand(300, 1, 12, 12) + 1  # every pixel above the background value, -1
+    moved = random_shift(x, torch.Generator().manual_seed(0), background=-1.0, shift=2)
+    assert torch.equal(moved, random_shift(x, torch.Generator().manual_seed(0), background=-1.0, shift=2))
+    offsets = set()
+    for image, shifted in zip(x[:, 0], moved[:, 0]):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(shifted, torch.roll(image, (dy, dx), (0, 1)).where(
+                     roll_mask(12, dy, dx), torch.tensor(-1.0)))]
+        assert len(found) == 1  # exactly one whole-pixel shift explains the image
+        offsets.add(found[0])
+    assert len(offsets) == 25  # all 5 x 5 offsets occur
+
+
+def roll_mask(size: int, dy: int, dx: int) -> Tensor:
+    """Where an image rolled by (dy, dx) shows its own pixels rather than ones wrapped round the edge."""
+    rows, cols = torch.arange(size)[:, None] - dy, torch.arange(size)[None, :] - dx
+    return (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
 
 
 def test_random_flip_mirrors_about_half_the_images_left_to_right():

@@ -41,3 +41,11 @@ def test_the_stronger_convnet_maps_images_to_logits_with_140458_parameters():
     assert count_parameters(model) == 140_458
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert count_parameters(build_model("convnet", num_classes=10, width=16)) < 140_458 / 3
+
+
+def test_the_resnet_maps_images_to_logits_through_three_residual_stages():
+    model = build_model("resnet", num_classes=10)
+    assert count_parameters(model) == 308_074
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert model.features(torch.randn(1, 1, 28, 28)).shape == (1, 128)  # 4 x width channels, pooled
+    assert count_parameters(build_model("resnet", num_classes=10, width=16)) < 308_074 / 3

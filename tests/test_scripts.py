@@ -98,12 +98,17 @@ def test_bf16_autocast_and_a_compiled_model_train_and_save_plain_weights(tiny_da
     assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
-def test_the_stronger_model_trains_with_augmentation_and_label_smoothing_at_any_width(tiny_data, tmp_path):
+@pytest.mark.parametrize("arch, augment_flags, augmentation", [
+    ("convnet", ["--augment"], "affine"),  # --augment alone: what suits digits
+    ("resnet", ["--augment", "shift"], "shift"),
+])
+def test_the_stronger_models_train_with_augmentation_and_label_smoothing_at_any_width(tiny_data, tmp_path, arch,
+                                                                                       augment_flags, augmentation):
     out = tmp_path / "model.pth"
-    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--arch", "convnet", "--augment",
+    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--arch", arch, *augment_flags,
                "--label-smoothing", "0.1", "--width", "16", *TINY_TRAINING)
     record = read_model_file(out)
-    assert record["arch"] == "convnet" and record["metadata"]["augment"] == "affine"
+    assert record["arch"] == arch and record["metadata"]["augment"] == augmentation
     assert record["metadata"]["label_smoothing"] == 0.1
     assert record["model_args"]["width"] == 16 and record["metadata"]["width"] == 16
     assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)  # rebuilt at its width from the file alone
@@ -113,7 +118,7 @@ def test_the_stronger_model_trains_with_augmentation_and_label_smoothing_at_any_
 
 def test_a_width_for_the_lenet_is_refused_in_one_line():
     result = run_script("train.py", "--width", "48", "--dry-run", check=False)
-    assert result.returncode == 2 and "only the convnet has a width, not the lenet" in result.stderr
+    assert result.returncode == 2 and "the lenet has none (architectures with a width: convnet, resnet)" in result.stderr
     assert "Traceback" not in result.stderr
 
 
