@@ -27,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import train
-from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, PROJECT_DIR, UserError, evaluate, load_dataset,
-                    normalize, pick_device, run_cli, split_indices)
+from common import (DATASETS, DEFAULT_DATA_DIR, PROJECT_DIR, UserError, evaluate, load_dataset, normalize,
+                    pick_device, run_cli, training_indices)
 from load_model import build_from_record, load_model, predict_images, preprocess_digit, read_image, read_model_file
 from model import build_model
 from save_model import calibration_images, export_onnx, run_metadata
@@ -227,7 +227,7 @@ def main() -> None:
     started = time.perf_counter()
     images, labels = load_dataset(args.data_dir, train=True, download=False, dataset=args.dataset)
     test_images, test_labels = load_dataset(args.data_dir, train=False, download=False, dataset=args.dataset)
-    train_indices, _ = split_indices(len(images), min(DEFAULT_VAL_SIZE, len(images) // 10))
+    train_indices = training_indices(len(images))
     normalization = DATASETS[args.dataset].normalization
     x_train, y_train = normalize(images[train_indices], **normalization).to(device), labels[train_indices].to(device)
     x_test, y_test = normalize(test_images, **normalization).to(device), test_labels.to(device)

@@ -234,6 +234,12 @@ def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor
     return order[val_size:], order[:val_size]
 
 
+def training_indices(n: int) -> Tensor:
+    """The images a run with the default validation split trains on, of `n` training images (a tenth
+    of them is held out instead when `n` is too small for DEFAULT_VAL_SIZE, as in the tests' tiny files)."""
+    return split_indices(n, min(DEFAULT_VAL_SIZE, n // 10))[0]
+
+
 def random_affine(images: Tensor, generator: torch.Generator, background: float, rotation: float = 10.0,
                   scale: float = 0.1, shear: float = 0.1, shift: float = 2.0) -> Tensor:
     """Each normalized image (N, 1, H, W) rotated by up to `rotation` degrees, scaled by up to

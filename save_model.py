@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEFAULT_VAL_SIZE, INPUT_SHAPE, PROJECT_DIR, UserError,
-                    load_dataset, normalize, positive_int, require, run_cli, split_indices, writable_file)
+from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, INPUT_SHAPE, PROJECT_DIR, UserError, load_dataset,
+                    normalize, positive_int, require, run_cli, training_indices, writable_file)
 from load_model import (FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT,
                         build_from_record, read_model_file)
 from model import count_parameters
@@ -166,7 +166,7 @@ def _quantize_int8(source: Path, calibration: np.ndarray) -> Path:
 def calibration_images(record: dict, data_dir: Path, count: int) -> np.ndarray:
     """`count` normalized images from the training split (never validation or test images)."""
     images, _ = load_dataset(data_dir, train=True, dataset=record["dataset"])
-    train_indices, _ = split_indices(len(images), min(DEFAULT_VAL_SIZE, len(images) // 10))
+    train_indices = training_indices(len(images))
     return normalize(images[train_indices[:count]], **record["normalization"]).numpy()
 
 

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from torchvision.datasets import MNIST
 
 from common import (MNIST_MEAN, MNIST_STD, UserError, evaluate, load_dataset, normalize, pick_device,
-                    augment, random_affine, random_erase, random_flip, random_shift, split_indices)
+                    augment, random_affine, random_erase, random_flip, random_shift, split_indices,
+                    training_indices)
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
 
 
@@ -115,6 +116,11 @@ def test_the_validation_split_is_disjoint_complete_and_the_same_every_time():
     assert sorted(torch.cat([train, val]).tolist()) == list(range(100))
     again_train, again_val = split_indices(100, 20)
     assert torch.equal(train, again_train) and torch.equal(val, again_val)
+
+
+def test_the_default_training_indices_leave_out_the_default_validation_split():
+    assert torch.equal(training_indices(60_000), split_indices(60_000, 5000)[0])
+    assert torch.equal(training_indices(200), split_indices(200, 20)[0])  # tiny data: a tenth held out
 
 
 def test_a_validation_split_as_large_as_the_data_is_an_error():
