@@ -106,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the images to learn: handwritten digits, or Zalando's clothing photos")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="lenet", help="network (model.py)")
     parser.add_argument("--width", type=positive_int,
-                        help="the convnet's or resnet's channels in their first stage, doubled in each of the "
-                             "next two (default: 32); cost grows with its square")
+                        help="a stronger network's channels in its first stage, doubled in each of the next two "
+                             "(default: the network's own: 32, widenet 64); cost grows with its square")
     parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training split")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per optimizer step (under torchrun: in all, split evenly among the processes)")

@@ -101,6 +101,7 @@ def test_bf16_autocast_and_a_compiled_model_train_and_save_plain_weights(tiny_da
 @pytest.mark.parametrize("arch, augment_flags, augmentation", [
     ("convnet", ["--augment"], "affine"),  # --augment alone: what suits digits
     ("resnet", ["--augment", "shift"], "shift"),
+    ("widenet", ["--augment", "erase"], "erase"),
 ])
 def test_the_stronger_models_train_with_augmentation_and_label_smoothing_at_any_width(tiny_data, tmp_path, arch,
                                                                                        augment_flags, augmentation):
@@ -118,7 +119,7 @@ def test_the_stronger_models_train_with_augmentation_and_label_smoothing_at_any_
 
 def test_a_width_for_the_lenet_is_refused_in_one_line():
     result = run_script("train.py", "--width", "48", "--dry-run", check=False)
-    assert result.returncode == 2 and "the lenet has none (architectures with a width: convnet, resnet)" in result.stderr
+    assert result.returncode == 2 and "the lenet has none (architectures with a width: convnet, resnet, widenet)" in result.stderr
     assert "Traceback" not in result.stderr
 
 
