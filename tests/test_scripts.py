@@ -119,7 +119,8 @@ def test_the_stronger_models_train_with_augmentation_and_label_smoothing_at_any_
 
 def test_a_width_for_the_lenet_is_refused_in_one_line():
     result = run_script("train.py", "--width", "48", "--dry-run", check=False)
-    assert result.returncode == 2 and "the lenet has none (architectures with a width: convnet, resnet, widenet)" in result.stderr
+    assert result.returncode == 2
+    assert "the lenet has none (architectures with a width: convnet, resnet, widenet)" in result.stderr
     assert "Traceback" not in result.stderr
 
 
