@@ -335,15 +335,18 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000,
-             tta: bool = False) -> Evaluation:
+             tta: bool = False, amp: bool = False) -> Evaluation:
     """Loss, accuracy and class probabilities of `model` on normalized images; leaves the model's mode as it was.
-    With `tta`, the probabilities are the mean over the image and its four one-pixel shifts."""
+    With `tta`, the probabilities are the mean over the image and its four one-pixel shifts;
+    with `amp`, the forward pass runs in bfloat16 autocast, as in training."""
     was_training = model.training
     model.eval()
     log_probabilities = []
     for start in range(0, len(images), batch_size):
         views = shifted_views(images[start:start + batch_size]) if tta else [images[start:start + batch_size]]
-        per_view = torch.stack([model(view).float().log_softmax(1) for view in views])
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = [model(view) for view in views]
+        per_view = torch.stack([view_logits.float().log_softmax(1) for view_logits in logits])
         log_probabilities.append(per_view.logsumexp(0) - math.log(len(views)))  # log of the mean probability
     model.train(was_training)
     log_probabilities = torch.cat(log_probabilities)

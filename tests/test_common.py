@@ -11,6 +11,7 @@ from torchvision.datasets import MNIST
 from common import (MNIST_MEAN, MNIST_STD, UserError, evaluate, load_dataset, normalize, pick_device,
                     augment, random_affine, random_erase, random_flip, random_shift, split_indices,
                     training_indices)
+from model import build_model
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
 
 
@@ -207,6 +208,19 @@ def test_evaluate_reports_loss_accuracy_and_probabilities_in_any_batch_size():
     assert result.probabilities.shape == (30, 10)
     assert torch.allclose(result.probabilities.sum(1), torch.ones(30))
     assert result.loss == pytest.approx(nn.functional.cross_entropy(Oracle()(images), labels).item())
+
+
+def test_evaluate_with_amp_runs_the_model_in_bfloat16_and_agrees_with_float32():
+    torch.manual_seed(0)
+    model = build_model("convnet", width=8)
+    images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    dtypes = []
+    model.classifier.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    full, half = evaluate(model, images, labels), evaluate(model, images, labels, amp=True)
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert half.probabilities.dtype == torch.float32
+    assert torch.allclose(half.probabilities, full.probabilities, atol=0.02)
+    assert half.loss == pytest.approx(full.loss, rel=0.02)
 
 
 def test_evaluate_leaves_the_model_in_the_mode_it_found_it():
