@@ -61,17 +61,18 @@ def draw_figures(report: dict, probabilities: Tensor, images: Tensor, labels: Te
 
 
 def format_report(name: str, report: dict, classes: list[str]) -> str:
+    label_width = max(5, *map(len, classes))  # "T-shirt/top" sets the column on Fashion-MNIST
     lines = [f"{name}: {report['images']:,} images  loss {report['loss']:.4f}  "
              f"accuracy {report['accuracy']:.2%}  errors {report['errors']}",
              "",
-             "class  precision  recall      f1  support"]
+             f"{'class':>{label_width}}  precision   recall       f1  support"]
     for label, scores in zip(classes, report["per_class"]):
-        lines.append(f"{label:>5}  {scores['precision']:9.2%}  {scores['recall']:6.2%}  {scores['f1']:6.2%}  "
-                     f"{scores['support']:7d}")
+        lines.append(f"{label:>{label_width}}  {scores['precision']:9.2%}  {scores['recall']:7.2%}  "
+                     f"{scores['f1']:7.2%}  {scores['support']:7d}")
     width = max(len(str(max(map(max, report["confusion"])))), max(map(len, classes))) + 1
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              " " * 6 + "".join(f"{label:>{width}}" for label in classes)]
-    lines += [f"{label:>5} " + "".join(f"{count:>{width}}" for count in row)
+              " " * (label_width + 1) + "".join(f"{label:>{width}}" for label in classes)]
+    lines += [f"{label:>{label_width}} " + "".join(f"{count:>{width}}" for count in row)
               for label, row in zip(classes, report["confusion"])]
     lines += ["", f"wrote {report['confusion_png']} and {report['errors_png']}"]
     return "\n".join(lines)

@@ -61,6 +61,9 @@ def test_evaluate_scores_a_fashion_model_on_fashion_test_images_and_names_the_cl
     assert report["images"] == 200 and report["accuracy"] > 0.3  # chance is 0.1
     text = run_script("evaluate.py", "--model", model, "--data-dir", root, "--no-download").stdout
     assert "Ankle boot" in text and "T-shirt/top" in text
+    header = next(line for line in text.splitlines() if line.strip().startswith("class"))
+    table = text.split(header + "\n")[1].split("\n\n")[0].splitlines()
+    assert len(table) == 10 and {len(row) for row in table} == {len(header)}  # long names keep the columns aligned
 
 
 def test_predictions_print_class_names(tiny_fashion, tmp_path):
