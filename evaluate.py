@@ -61,7 +61,8 @@ def draw_figures(report: dict, probabilities: Tensor, images: Tensor, labels: Te
 
 
 def format_report(name: str, report: dict, classes: list[str]) -> str:
-    label_width = max(5, *map(len, classes))  # "T-shirt/top" sets the column on Fashion-MNIST
+    longest_name = max(map(len, classes))
+    label_width = max(5, longest_name)  # "T-shirt/top" sets the column on Fashion-MNIST
     lines = [f"{name}: {report['images']:,} images  loss {report['loss']:.4f}  "
              f"accuracy {report['accuracy']:.2%}  errors {report['errors']}",
              "",
@@ -69,7 +70,7 @@ def format_report(name: str, report: dict, classes: list[str]) -> str:
     for label, scores in zip(classes, report["per_class"]):
         lines.append(f"{label:>{label_width}}  {scores['precision']:9.2%}  {scores['recall']:7.2%}  "
                      f"{scores['f1']:7.2%}  {scores['support']:7d}")
-    width = max(len(str(max(map(max, report["confusion"])))), max(map(len, classes))) + 1
+    width = max(len(str(max(map(max, report["confusion"])))), longest_name) + 1
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
               " " * (label_width + 1) + "".join(f"{label:>{width}}" for label in classes)]
     lines += [f"{label:>{label_width}} " + "".join(f"{count:>{width}}" for count in row)
