@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import train
-from common import (DATASETS, DEFAULT_DATA_DIR, PROJECT_DIR, UserError, evaluate, load_dataset, normalize,
+from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError, evaluate, load_dataset, normalize,
                     pick_device, run_cli, training_indices)
 from load_model import build_from_record, load_model, predict_images, preprocess_digit, read_image, read_model_file
 from model import build_model
@@ -200,7 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="test accuracy whose training time is measured (for fashion-mnist, try 0.9)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a subset: checks that it runs")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench.json", help="JSON file of the results")
-    parser.add_argument("--model", type=Path, default=PROJECT_DIR / "mnist_model.pth",
+    parser.add_argument("--model", type=Path, default=PRETRAINED_MODEL_PATH,
                         help="model file for the prediction latency")
     parser.add_argument("--image", type=Path, default=PROJECT_DIR / "examples" / "seven.png",
                         help="image file for the prediction latency")

@@ -25,7 +25,15 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
-DEFAULT_MODEL_PATH = PROJECT_DIR / "mnist_model.pth"
+DEFAULT_MODEL_PATH = PROJECT_DIR / "mnist_model.pth"  # what train.py writes; never committed
+# The model shipped with the code: training never writes it, so a user's run can't change what a clone holds.
+PRETRAINED_MODEL_PATH = PROJECT_DIR / "pretrained" / "mnist_model.pth"
+MODEL_HELP = "model file (default: mnist_model.pth once you have trained one, else pretrained/mnist_model.pth)"
+
+
+def default_model_path() -> Path:
+    """The model a script uses when none is named: the one you trained, else the shipped one."""
+    return DEFAULT_MODEL_PATH if DEFAULT_MODEL_PATH.is_file() else PRETRAINED_MODEL_PATH
 
 
 

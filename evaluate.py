@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEFAULT_VAL_SIZE, UserError, evaluate,
+from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, UserError, default_model_path, evaluate,
                     load_dataset, normalize, pick_device, run_cli, split_indices)
 from load_model import build_from_record, read_model_file
 from model import count_parameters
@@ -100,9 +100,10 @@ def load_split(data_dir: Path, split: str, record: dict, download: bool) -> tupl
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, nargs="+", default=[DEFAULT_MODEL_PATH],
+    parser.add_argument("--model", type=Path, nargs="+",
                         help="model files (.pth, training checkpoints or .onnx); several are also scored "
-                             "as an ensemble")
+                             "as an ensemble (default: mnist_model.pth once you have trained one, "
+                             "else pretrained/mnist_model.pth)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="the dataset to score on (default: the one the models learned; another is an error)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -117,7 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--errors-shown", type=int, default=50, help="most confident mistakes drawn in the grid")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model = args.model or [default_model_path()]
+    return args
 
 
 def main() -> None:

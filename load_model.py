@@ -27,7 +27,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from common import DATASETS, DEFAULT_MODEL_PATH, INPUT_SHAPE, UserError, positive_int, require, run_cli
+from common import (DATASETS, INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, positive_int, require,
+                    run_cli)
 from model import ARCHITECTURES, build_model
 
 MODEL_FORMAT = "mnist-pipeline/model"
@@ -161,10 +162,10 @@ def build_from_record(record: dict, device: str | torch.device = "cpu") -> nn.Mo
     return model.to(device).eval()
 
 
-def load_model(path: str | Path = DEFAULT_MODEL_PATH, device: str | torch.device = "cpu") -> nn.Module | OnnxModel:
-    """The model stored in `path` (.pth, training checkpoint or .onnx), in eval mode, returning logits
-    (softmax them for probabilities)."""
-    return build_from_record(read_model_file(path), device)
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module | OnnxModel:
+    """The model stored in `path` (.pth, training checkpoint or .onnx; by default the one you trained,
+    else the shipped one), in eval mode, returning logits (softmax them for probabilities)."""
+    return build_from_record(read_model_file(path or default_model_path()), device)
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -269,9 +270,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "background, for a Fashion-MNIST model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit or garment each")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="model file")
+    parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--top-k", type=positive_int, default=1, help="how many likeliest classes to print")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model = args.model or default_model_path()
+    return args
 
 
 def main() -> None:

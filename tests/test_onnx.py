@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common import DEFAULT_MODEL_PATH, UserError, evaluate, load_dataset, normalize
+from common import PRETRAINED_MODEL_PATH, UserError, evaluate, load_dataset, normalize
 from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
 from load_model import ModelFileError, load_model, read_model_file
 
@@ -50,8 +50,14 @@ def test_int8_is_a_third_of_the_size_and_agrees_with_float32(tiny_data, exported
     assert int8.stat().st_size <= fp32.stat().st_size / 3
     images, labels = load_dataset(tiny_data, train=False, download=False)
     x = normalize(images)
-    agreement = (load_model(int8)(x).argmax(1) == load_model(fp32)(x).argmax(1)).float().mean().item()
-    assert agreement >= 0.95
+    exact, quantized = load_model(fp32)(x), load_model(int8)(x)
+    # The tiny model leaves near-ties, which INT8 rounding may flip (how often depends on the CPU's
+    # integer kernels): agreement is required where float32's choice is clear.
+    top2 = exact.topk(2).values
+    clear = top2[:, 0] - top2[:, 1] > 1.0
+    assert clear.float().mean() >= 0.25
+    agreement = (quantized.argmax(1) == exact.argmax(1))[clear].float().mean().item()
+    assert agreement >= 0.98
 
 
 def test_evaluate_and_load_model_run_onnx_files(exported, tiny_data, tmp_path):
@@ -98,15 +104,15 @@ def test_an_onnx_file_cannot_be_turned_back_into_a_pth(exported, tmp_path):
 @needs_real_mnist
 def test_on_real_mnist_onnx_matches_pytorch_and_int8_keeps_the_accuracy(tmp_path):
     fp32, int8 = tmp_path / "mnist_model.onnx", tmp_path / "mnist_model.int8.onnx"
-    run_script("save_model.py", DEFAULT_MODEL_PATH, "--format", "onnx", "--out", fp32)
-    run_script("save_model.py", DEFAULT_MODEL_PATH, "--format", "onnx-int8", "--out", int8,
+    run_script("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx", "--out", fp32)
+    run_script("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx-int8", "--out", int8,
                "--data-dir", REAL_DATA_DIR)
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
     x = normalize(images)
-    original, onnx_model = load_model(DEFAULT_MODEL_PATH), load_model(fp32)
+    original, onnx_model = load_model(PRETRAINED_MODEL_PATH), load_model(fp32)
     with torch.no_grad():
         assert (onnx_model(x) - original(x)).abs().max().item() <= 1e-4
-    accuracy = {path: evaluate(load_model(path), x, labels).accuracy for path in (DEFAULT_MODEL_PATH, fp32, int8)}
-    assert accuracy[fp32] == accuracy[DEFAULT_MODEL_PATH]
-    assert abs(accuracy[int8] - accuracy[DEFAULT_MODEL_PATH]) <= 0.001
+    accuracy = {path: evaluate(load_model(path), x, labels).accuracy for path in (PRETRAINED_MODEL_PATH, fp32, int8)}
+    assert accuracy[fp32] == accuracy[PRETRAINED_MODEL_PATH]
+    assert abs(accuracy[int8] - accuracy[PRETRAINED_MODEL_PATH]) <= 0.001
     assert int8.stat().st_size <= fp32.stat().st_size / 3

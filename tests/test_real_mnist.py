@@ -7,7 +7,7 @@ import re
 import torch
 from PIL import Image
 
-from common import DEFAULT_MODEL_PATH, PROJECT_DIR, evaluate, load_dataset, normalize
+from common import PRETRAINED_MODEL_PATH, PROJECT_DIR, evaluate, load_dataset, normalize
 from conftest import REAL_DATA_DIR, needs_real_mnist, run_script
 from load_model import build_from_record, predict_images, preprocess_digit, read_model_file
 
@@ -24,7 +24,7 @@ def test_the_committed_model_scores_what_the_readme_says():
     readme = (PROJECT_DIR / "README.md").read_text()
     stated = re.search(r"committed\s+`mnist_model.pth`\s+scores\s+\*\*(\d+\.\d+)%\*\*", readme)
     assert stated, "the README states the committed model's test accuracy"
-    record = read_model_file(DEFAULT_MODEL_PATH)
+    record = read_model_file(PRETRAINED_MODEL_PATH)
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
     result = evaluate(build_from_record(record), normalize(images, **record["normalization"]), labels)
     assert f"{100 * result.accuracy:.2f}" == stated.group(1)
@@ -33,7 +33,7 @@ def test_the_committed_model_scores_what_the_readme_says():
 def test_real_digits_drawn_large_inverted_and_off_centre_are_still_recognised():
     """MNIST test digits, blown up 10x as dark ink on white paper in a corner of a larger page,
     go through the predictor's preprocessing and mostly come back as the model reads the originals."""
-    record = read_model_file(DEFAULT_MODEL_PATH)
+    record = read_model_file(PRETRAINED_MODEL_PATH)
     model = build_from_record(record)
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
     images, labels = images[:300], labels[:300]
