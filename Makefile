@@ -5,7 +5,10 @@ SHARED_DATA := ../shared/data
 
 .PHONY: train test data
 
+# The supported Pythons: 3.10 and newer (the code uses 3.10 syntax; CI runs 3.11).
 $(VENV)/installed: requirements.txt requirements-dev.txt requirements-deploy.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "error: Python 3.10 or newer is needed; $(PYTHON) is $$($(PYTHON) -V 2>&1)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import train
-from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError, evaluate, load_dataset, normalize,
+from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, make_parser, UserError, evaluate, load_dataset, normalize,
                     pick_device, run_cli, training_indices)
 from load_model import build_from_record, load_model, predict_images, preprocess_digit, read_image, read_model_file
 from model import build_model
@@ -191,8 +191,7 @@ def training_flops_per_image(batch_size: int = 64) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="dataset root holding MNIST/raw/ (and FashionMNIST/raw/)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="the images to train on")

@@ -117,10 +117,54 @@ def require(module: str):
                         "pip install -r requirements-deploy.txt") from None
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not where the help already says it, nor for options off by default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or "default" in text:
+            return text
+        if isinstance(default, Path):
+            default = default.relative_to(PROJECT_DIR) if default.is_relative_to(PROJECT_DIR) else default
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def make_parser(description: str, **kwargs) -> argparse.ArgumentParser:
+    """Every script's parser: defaults shown once, and no abbreviated flags (so that `--seed` can
+    never be taken for another flag that starts the same)."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter,
+                                   allow_abbrev=False, **kwargs)
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return int_in_range(text, 1, None)
+
+
+def int_in_range(text: str, low: int, high: int | None) -> int:
+    """An integer from `low` to `high` (no upper bound when None), as argparse's type check."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low:,} to {high:,}" if high is not None else f">= {low}"
+        raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed torch accepts: 0 to 2**64 - 1."""
+    return int_in_range(text, 0, 2**64 - 1)
+
+
+def fraction(text: str) -> float:
+    """A number from 0 up to, not including, 1."""
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
     return value
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, UserError, default_model_path, evaluate,
+                    make_parser,
                     load_dataset, normalize, pick_device, run_cli, split_indices)
 from load_model import build_from_record, read_model_file
 from model import count_parameters
@@ -98,8 +99,7 @@ def load_split(data_dir: Path, split: str, record: dict, download: bool) -> tupl
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, nargs="+",
                         help="model files (.pth, training checkpoints or .onnx); several are also scored "
                              "as an ensemble (default: mnist_model.pth once you have trained one, "

@@ -27,8 +27,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from common import (DATASETS, INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, positive_int, require,
-                    run_cli)
+from common import (DATASETS, INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, make_parser,
+                    positive_int, require, run_cli)
 from model import ARCHITECTURES, build_model
 
 MODEL_FORMAT = "mnist-pipeline/model"
@@ -264,11 +264,10 @@ def predict_images(model: nn.Module, record: dict, inputs: Tensor) -> Tensor:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
-                    "light paper or the reverse, for an MNIST model; the garment, photographed on a plain "
-                    "background, for a Fashion-MNIST model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(
+        "Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
+        "light paper or the reverse, for an MNIST model; the garment, photographed on a plain "
+        "background, for a Fashion-MNIST model.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit or garment each")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--top-k", type=positive_int, default=1, help="how many likeliest classes to print")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, INPUT_SHAPE, PROJECT_DIR, UserError, load_dataset,
+from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, INPUT_SHAPE, PROJECT_DIR, UserError, load_dataset, make_parser,
                     normalize, positive_int, require, run_cli, training_indices, writable_file)
 from load_model import (FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT,
                         build_from_record, read_model_file)
@@ -171,9 +171,8 @@ def calibration_images(record: dict, data_dir: Path, count: int) -> np.ndarray:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Write the lean model file (weights and metadata) from a training checkpoint or a model file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser("Write the lean model file (weights and metadata) from a training checkpoint "
+                         "or a model file.")
     parser.add_argument("source", type=Path, metavar="SRC", help="training checkpoint (.ckpt) or model file")
     parser.add_argument("--out", type=writable_file,
                         help="file to write (default: mnist_model.pth, .onnx or .int8.onnx in the project folder)")

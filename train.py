@@ -28,9 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from common import (AUGMENTATIONS, DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEFAULT_VAL_SIZE, UserError,
-                    augment, evaluate, load_dataset, non_negative_float, normalize, pick_device, positive_float,
-                    positive_int, run_cli, split_indices, writable_file)
+from common import (AUGMENTATIONS, DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEFAULT_VAL_SIZE,
+                    UserError, augment, evaluate, fraction, int_in_range, load_dataset, make_parser,
+                    non_negative_float, normalize, pick_device, positive_float, positive_int, run_cli,
+                    seed, split_indices, writable_file)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
 from plots import plot_history
@@ -53,13 +54,6 @@ def augmentation_list(text: str) -> str:
     return ",".join(name for name in AUGMENTATIONS if name in chosen)
 
 
-def ema_decay(text: str) -> float:
-    value = non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be below 1 (0 turns it off), got {text}")
-    return value
-
-
 def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
     """AveragedModel's update for an exponential moving average whose decay warms up as
     min(decay, (1 + n) / (10 + n)) after n steps (as TensorFlow's ExponentialMovingAverage does),
@@ -75,93 +69,148 @@ def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], N
     return update
 
 
-def config_flags(path: Path) -> list[str]:
-    """The settings in a JSON recipe (as tune.py writes) as command-line flags, so that argparse checks
-    them like any flag and flags given after them win."""
+def read_recipe(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """The settings in a JSON recipe (as tune.py writes), each checked as its flag's value would be:
+    a recipe can only set settings (never a path or another flag), and flags given beside it win."""
     try:
-        config = json.loads(path.read_text())
+        recipe = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise argparse.ArgumentTypeError(f"can't read {path}: {error}") from None
-    if not isinstance(config, dict) or not set(config) <= set(RUN_SETTINGS):
-        unknown = sorted(set(config) - set(RUN_SETTINGS)) if isinstance(config, dict) else "not a JSON object"
-        raise argparse.ArgumentTypeError(f"{path}: unknown settings {unknown}; known: {', '.join(RUN_SETTINGS)}")
-    flags = []
-    for name, value in config.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None:  # the flag's default: all the training images
-            continue
-        if isinstance(value, bool):
-            flags += [flag] if value else []
-        else:
-            flags += [flag, str(value)]
-    return flags
+    if not isinstance(recipe, dict):
+        raise argparse.ArgumentTypeError(f"{path} is not a JSON object of settings")
+    actions = {action.dest: action for action in parser._actions if action.dest in RUN_SETTINGS}
+    unknown = sorted(set(recipe) - set(actions))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{path}: unknown settings {unknown}; "
+                                         f"known: {', '.join(RUN_SETTINGS)}")
+    # null keeps the flag's default (all the training images, the network's own width)
+    return {name: recipe_value(path, actions[name], value)
+            for name, value in recipe.items() if value is not None}
+
+
+def recipe_value(path: Path, action: argparse.Action, value: object) -> object:
+    """One recipe value, held to what its flag accepts."""
+    if action.nargs == "?" and isinstance(value, bool):  # true: the flag alone, as `--augment`
+        return action.const if value else action.default
+    wanted = "true or false" if action.nargs == 0 else "a number or a string"
+    if (action.nargs == 0) != isinstance(value, bool) or not isinstance(value, (bool, int, float, str)):
+        raise argparse.ArgumentTypeError(f"{path}: {action.dest} must be {wanted}, got {value!r}")
+    if action.nargs == 0:
+        return value
+    try:
+        value = action.type(str(value)) if action.type else str(value)
+    except (argparse.ArgumentTypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{path}: {action.dest} {error}") from None
+    if action.choices is not None and value not in action.choices:
+        raise argparse.ArgumentTypeError(f"{path}: {action.dest} must be one of "
+                                         f"{', '.join(map(str, action.choices))}, got {value!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, metavar="RECIPE",
+                        help="JSON file of settings (configs/, or tune.py's best.json) to start from; "
+                             "flags given beside it win")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                      help="the images to learn: handwritten digits, or Zalando's clothing photos")
+    data.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                      help="dataset root holding MNIST/raw/ and FashionMNIST/raw/ "
+                           "(default: data/ in the project folder)")
+    data.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                      help="fetch missing dataset files from the internet")
+    data.add_argument("--val-size", type=positive_int, default=DEFAULT_VAL_SIZE,
+                      help="training images held out for validation (a fixed split)")
+    data.add_argument("--train-size", type=positive_int,
+                      help="train on only this many of the training split's images (quick checks)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", choices=sorted(ARCHITECTURES), default="lenet",
+                       help="network (model.py)")
+    model.add_argument("--width", type=lambda text: int_in_range(text, 4, 512),
+                       help="a stronger network's channels in its first stage, doubled in each of "
+                            "the next two (default: the network's own); cost grows with its square")
+    optimisation = parser.add_argument_group("optimisation")
+    optimisation.add_argument("--epochs", type=positive_int, default=8,
+                              help="passes over the training split")
+    optimisation.add_argument("--batch-size", type=positive_int, default=256,
+                              help="images per optimizer step (under torchrun: in all)")
+    optimisation.add_argument("--lr", type=positive_float, default=0.04,
+                              help="peak learning rate (AdamW)")
+    optimisation.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
+                              help="one-cycle warm-up then cosine decay, or constant --lr")
+    optimisation.add_argument("--weight-decay", type=non_negative_float, default=0.0,
+                              help="AdamW's decoupled weight decay")
+    optimisation.add_argument("--label-smoothing", type=fraction, default=0.0,
+                              help="weight of the uniform distribution mixed into the targets")
+    optimisation.add_argument("--ema", type=fraction, default=0.0,
+                              help="decay of a moving average of the weights, updated every step; "
+                                   "above 0 (e.g. 0.999) the average is validated and saved")
+    optimisation.add_argument("--seed", type=seed, default=0,
+                              help="seed of initialization, batch order and augmentation")
+    augmentation = parser.add_argument_group("augmentation")
+    augmentation.add_argument(
+        "--augment", type=augmentation_list, nargs="?", const="default", default="none",
+        metavar="LIST", help="distort every training batch: alone, as suits the dataset (mnist: "
+        "affine; fashion-mnist: flip,erase); or a list of affine (rotation, scale, shear, shift), "
+        "shift (whole pixels), flip (mirror) and erase (random erasing)")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--amp", action="store_true",
+                       help="bfloat16 autocast for the forward pass (CUDA, or CPUs with "
+                            "AVX512-BF16/AMX)")
+    speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="NHWC memory layout for the convolutions")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+    speed.add_argument("--device", default="auto",
+                       help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", type=writable_file, default=DEFAULT_MODEL_PATH,
+                        help="model file to write; the checkpoint, metrics and curves go beside it "
+                             "(default: mnist_model.pth in the project folder)")
+    output.add_argument("--resume", action="store_true",
+                        help="continue the run in the checkpoint beside --out, with its settings")
+    output.add_argument("--dry-run", action="store_true",
+                        help="check the set-up: a few batches of one epoch, nothing written")
+    return parser
+
+
+UNSET = object()  # marks the settings a command line (or recipe) did not name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", type=Path,
-                        help="JSON file of settings (tune.py writes one) to start from; flags given here win")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
-                        help="the images to learn: handwritten digits, or Zalando's clothing photos")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="lenet", help="network (model.py)")
-    parser.add_argument("--width", type=positive_int,
-                        help="a stronger network's channels in its first stage, doubled in each of the next two "
-                             "(default: the network's own: 32, widenet 64); cost grows with its square")
-    parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training split")
-    parser.add_argument("--batch-size", type=positive_int, default=256,
-                        help="images per optimizer step (under torchrun: in all, split evenly among the processes)")
-    parser.add_argument("--lr", type=positive_float, default=0.04, help="peak learning rate (AdamW)")
-    parser.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
-                        help="learning-rate schedule: one-cycle warm-up then cosine decay, or constant --lr")
-    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW's decoupled weight decay")
-    parser.add_argument("--label-smoothing", type=non_negative_float, default=0.0,
-                        help="weight of the uniform distribution mixed into the training targets")
-    parser.add_argument("--augment", type=augmentation_list, nargs="?", const="default", default="none",
-                        metavar="LIST", help="distort every training batch: alone, as suits the dataset (mnist: "
-                        "affine; fashion-mnist: flip,erase); or a list of affine (rotation, scale, shear, shift), "
-                        "shift (whole pixels, up to 2), flip (mirror) and erase (random erasing)")
-    parser.add_argument("--ema", type=ema_decay, default=0.0,
-                        help="decay of an exponential moving average of the weights, updated every step; when "
-                             "above 0 (e.g. 0.999) the average is validated and saved, not the raw weights")
-    parser.add_argument("--val-size", type=positive_int, default=DEFAULT_VAL_SIZE,
-                        help="training images held out for validation (a fixed split)")
-    parser.add_argument("--train-size", type=positive_int,
-                        help="train on only this many of the training split's images (quick checks; default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialization and batch order")
-    parser.add_argument("--amp", action="store_true",
-                        help="bfloat16 autocast for the forward pass, in training and validation "
-                             "(CUDA, or CPUs with AVX512-BF16/AMX)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="NHWC memory layout for the convolutions (10-20%% faster on a 2-core CPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on CUDA)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="dataset root holding MNIST/raw/ (and FashionMNIST/raw/)")
-    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                        help="fetch missing dataset files from the internet")
-    parser.add_argument("--out", type=writable_file, default=DEFAULT_MODEL_PATH,
-                        help="model file to write; the checkpoint, metrics and curves go beside it")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in the checkpoint beside --out, with that run's settings")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the set-up: a few batches of one epoch, nothing written")
-    args = parser.parse_args(argv)
+    """The run's settings: flags, over a --config recipe, over the defaults. `args.explicit` names
+    the settings asked for (on the command line or in the recipe), which --resume must not change."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(RUN_SETTINGS, UNSET)))
+    recipe = {}
     if args.config is not None:
         try:
-            recipe = config_flags(args.config)
+            recipe = read_recipe(args.config, parser)
         except argparse.ArgumentTypeError as error:
             parser.error(f"argument --config: {error}")
-        args = parser.parse_args(recipe + (sys.argv[1:] if argv is None else argv))
-    widened = [name for name, network in ARCHITECTURES.items() if "width" in inspect.signature(network).parameters]
+    args.explicit = {name for name in RUN_SETTINGS if getattr(args, name) is not UNSET} | set(recipe)
+    for name in RUN_SETTINGS:
+        if getattr(args, name) is UNSET:
+            setattr(args, name, recipe.get(name, parser.get_default(name)))
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What no single flag can check: how the settings fit together."""
+    widened = [name for name, network in ARCHITECTURES.items()
+               if "width" in inspect.signature(network).parameters]
     if args.width is not None and args.arch not in widened:
-        parser.error(f"argument --width: the {args.arch} has none (architectures with a width: {', '.join(widened)})")
+        parser.error(f"argument --width: the {args.arch} has none "
+                     f"(architectures with a width: {', '.join(widened)})")
     if args.augment == "default":
         args.augment = DATASETS[args.dataset].augmentation
     if not args.download and not args.data_dir.is_dir():
         parser.error(f"argument --data-dir: {args.data_dir} is not a folder (and --no-download is set)")
-    args.defaults = {name: parser.get_default(name) for name in RUN_SETTINGS}
-    return args
+    if args.out in output_paths(args.out).values():
+        parser.error(f"argument --out: {args.out} is the name of a file written beside the model; "
+                     "give a name ending in .pth")
 
 
 def output_paths(out: Path) -> dict[str, Path]:
@@ -251,22 +300,25 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace, steps_per_epoch: 
 
 
 def resume_settings(args: argparse.Namespace, checkpoint: dict) -> None:
-    """Takes the run's settings from its checkpoint; a flag that asks for a different one is an error."""
+    """Takes the run's settings from its checkpoint; asking for a different one is an error."""
     for name, recorded in checkpoint["settings"].items():
         given = getattr(args, name)
-        if given != args.defaults[name] and given != recorded:
-            raise UserError(f"--{name.replace('_', '-')} {given} differs from the checkpoint's {recorded}; "
-                            "a resumed run keeps its own settings")
+        if name in args.explicit and given != recorded:
+            raise UserError(f"--{name.replace('_', '-')} {given} differs from the checkpoint's "
+                            f"{recorded}; a resumed run keeps its own settings")
         setattr(args, name, recorded)
 
 
-def checkpoint_state(checkpoint: Path) -> tuple[str, bool]:
-    """What a stopped run leaves, read from the checkpoint on disk (an interrupt can land in the middle
-    of saving, and only the file knows whether the new epoch made it), and whether it can be resumed."""
+def checkpoint_state(checkpoint: Path, written: bool) -> tuple[str, bool]:
+    """What a stopped run leaves, and whether it can be resumed: read from the checkpoint on disk
+    (an interrupt can land in the middle of saving, and only the file knows whether the new epoch
+    made it), once this run has `written` it; a file left by an earlier run is not this run's."""
     try:
-        return f"{checkpoint} keeps epoch {read_torch_file(checkpoint)['history'][-1]['epoch']}", True
-    except (UserError, KeyError, IndexError):
-        return "no epoch was finished, so there is no checkpoint to resume from", False
+        if written:
+            return f"{checkpoint} keeps epoch {read_torch_file(checkpoint)['history'][-1]['epoch']}", True
+    except (UserError, KeyError, IndexError, TypeError):
+        pass
+    return "no epoch was finished, so there is no checkpoint to resume from", False
 
 
 def main() -> None:
@@ -331,7 +383,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
     generator = torch.Generator().manual_seed(args.seed)
     background = -dataset.mean / dataset.std  # a black pixel, normalized: what affine distortions pad with
     distort = (lambda batch: augment(batch, args.augment, generator, background)) if args.augment != "none" else None
-    history, best = [], None
+    history, best, written = [], None, checkpoint is not None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         if ema is not None:
@@ -357,7 +409,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
                                                      args.amp, rank, world, distort, args.label_smoothing, ema)
             if not math.isfinite(train_loss):
                 raise UserError(f"the training loss became {train_loss} in epoch {epoch}: training diverged; "
-                                f"try a lower --lr ({checkpoint_state(paths['checkpoint'])[0]})")
+                                f"try a lower --lr ({checkpoint_state(paths['checkpoint'], written)[0]})")
             val_loss, val_accuracy = evaluate_shards(kept, x_val, y_val, rank, world, args.amp)
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                    "val_loss": val_loss, "val_accuracy": val_accuracy}
@@ -376,6 +428,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
                 f"val loss {val_loss:.4f} acc {val_accuracy:.2%}{raw}{' *' if improved else '  '}  "
                 f"{row['seconds']:.1f}s")
             if rank == 0 and not args.dry_run:
+                written = True  # from here on, the file on disk says which epoch it keeps
                 save_atomic({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "settings": settings,
                              "model": best, "history": history,
                              "state_dict": {name: t.cpu() for name, t in model.state_dict().items()},
@@ -384,7 +437,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
                              "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
                             paths["checkpoint"])
     except KeyboardInterrupt:
-        state, resumable = checkpoint_state(paths["checkpoint"])
+        state, resumable = checkpoint_state(paths["checkpoint"], written)
         resume = f"; continue with: python train.py --resume --out {args.out}" if resumable else ""
         raise KeyboardInterrupt(state + resume) from None
     metrics = {"settings": settings, "history": history, "best_epoch": best["metadata"]["best_epoch"],

@@ -1,6 +1,6 @@
 """Search learning rate, epochs and batch size on the validation split; write the winner as a recipe.
 
-    python tune.py --lr 0.005 0.01 0.02 0.04 --batch-size 128 256 --epochs 8 --seeds 0 1
+    python tune.py --lr 0.005 0.01 0.02 0.04 --batch-size 128 256 --epochs 8 --seed 0 1
     python tune.py --arch convnet --augment --lr 0.002 0.004 --epochs 15 --out-dir runs/tune/convnet
 
 Every combination of the three lists is trained once per seed by train.py, with any other train.py
@@ -19,25 +19,25 @@ import statistics
 from pathlib import Path
 
 import train
-from common import PROJECT_DIR, positive_float, positive_int, run_cli
+from common import PROJECT_DIR, make_parser, positive_float, positive_int, run_cli, seed
 from plots import plot_sweep
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     """tune.py's own arguments, and the train.py flags to hold fixed."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Other flags go to train.py.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.split("\n\n")[0], epilog="Other flags go to train.py.")
     parser.add_argument("--lr", type=positive_float, nargs="+", default=[0.005, 0.01, 0.02, 0.04],
                         help="peak learning rates to try")
     parser.add_argument("--batch-size", type=positive_int, nargs="+", default=[128, 256], help="batch sizes to try")
     parser.add_argument("--epochs", type=positive_int, nargs="+", default=[8], help="epoch counts to try")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds each combination runs with")
+    parser.add_argument("--seed", "--seeds", type=seed, nargs="+", default=[0, 1], dest="seeds", metavar="SEED",
+                        help="seeds each combination runs with")
     parser.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune",
                         help="folder for the runs, results.json, lr.png and best.json")
     args, fixed = parser.parse_known_args(argv)
-    for flag in ("--seed", "--out", "--resume"):
+    for flag in ("--out", "--resume", "--dry-run"):
         if any(token == flag or token.startswith(flag + "=") for token in fixed):
-            parser.error(f"{flag} is set by tune.py for each run")
+            parser.error(f"{flag} is not for a sweep: tune.py trains each run in full into --out-dir")
     train.parse_args(fixed + ["--out", str(args.out_dir / "check.pth")])  # bad train.py flags fail here, before work
     return args, fixed
 

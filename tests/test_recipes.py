@@ -77,7 +77,7 @@ def test_evaluate_with_tta_averages_probabilities_and_without_it_matches_cross_e
 def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_accepts(tiny_data, tmp_path):
     out_dir = tmp_path / "sweep"
     result = run_script("tune.py", "--lr", "0.002", "0.02", "--batch-size", "50", "--epochs", "1", "2",
-                        "--seeds", "0", "1", "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100",
+                        "--seed", "0", "1", "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100",
                         "--no-download")
     rows = json.loads((out_dir / "results.json").read_text())["rows"]
     assert len(rows) == 4 and [row["val_accuracy"] for row in rows] == sorted(
@@ -88,7 +88,7 @@ def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_acc
     assert (recipe["lr"], recipe["epochs"]) == (rows[0]["lr"], rows[0]["epochs"]) and "seed" not in recipe
     args = train.parse_args(["--config", str(out_dir / "best.json")])
     assert (args.lr, args.batch_size, args.epochs, args.val_size) == (recipe["lr"], 50, recipe["epochs"], 100)
-    again = run_script("tune.py", "--lr", "0.002", "--batch-size", "50", "--epochs", "1", "--seeds", "0",
+    again = run_script("tune.py", "--lr", "0.002", "--batch-size", "50", "--epochs", "1", "--seed", "0",
                        "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100", "--no-download")
     assert "done before" in again.stdout  # a finished run is not trained again
 

@@ -1,0 +1,117 @@
+"""Command lines and recipes: what they may set, what is refused up front, and how --help reads."""
+
+import json
+
+import pytest
+
+import train
+from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
+
+SCRIPTS = ("train.py", "evaluate.py", "load_model.py", "save_model.py", "tune.py", "bench.py")
+
+
+def refused(script: str, *args: str) -> str:
+    """The one-line complaint of a command that must fail before doing any work."""
+    result = run_script(script, *args, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["--out=/tmp/elsewhere.pth", "--data-dir=/", "--resume"])
+def test_a_recipe_value_can_never_become_a_flag(tmp_path, value):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"epochs": 1, "augment": value}))
+    assert "unknown augmentation" in refused("train.py", "--config", recipe, "--dry-run")
+
+
+@pytest.mark.parametrize("content", [{"out": "x.pth"}, {"data_dir": "/"}, {"resume": True}, {"config": "a"}])
+def test_a_recipe_can_only_set_settings_never_paths_or_actions(tmp_path, content):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(content))
+    assert "unknown settings" in refused("train.py", "--config", recipe, "--dry-run")
+
+
+@pytest.mark.parametrize("content, complaint", [
+    ({"epochs": False}, "epochs must be a number or a string"),
+    ({"amp": "yes"}, "amp must be true or false"),
+    ({"lr": [0.1]}, "lr must be a number or a string"),
+    ({"arch": "transformer"}, "arch must be one of"),
+    ({"label_smoothing": 2}, "must be below 1"),
+])
+def test_a_recipe_value_of_the_wrong_type_or_range_is_refused(tmp_path, content, complaint):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(content))
+    assert complaint in refused("train.py", "--config", recipe, "--dry-run")
+
+
+@pytest.mark.parametrize("flags, complaint", [
+    (["--label-smoothing", "2"], "must be below 1"),
+    (["--seed", str(2**64)], "must be a whole number from 0 to"),
+    (["--seed", "-1"], "must be a whole number from 0 to"),
+    (["--arch", "convnet", "--width", "1"], "must be a whole number from 4 to 512"),
+    (["--arch", "convnet", "--width", "100000"], "must be a whole number from 4 to 512"),
+    (["--out", "run.ckpt"], "is the name of a file written beside the model"),
+])
+def test_arguments_that_could_only_fail_later_are_refused_before_any_work(tmp_path, flags, complaint):
+    assert complaint in refused("train.py", *flags, "--data-dir", tmp_path, "--dry-run")
+
+
+def test_resume_refuses_a_flag_that_differs_from_the_checkpoint_even_when_it_equals_the_default(
+        tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "model.pth"
+    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--lr", "0.01", *TINY_TRAINING]
+    ctrl_c_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.parse_args([*settings, "--arch", "convnet", "--out", str(out)]))
+    for flag, value in (("--arch", "lenet"), ("--lr", "0.04"), ("--epochs", "8")):  # the defaults
+        complaint = refused("train.py", "--resume", flag, value, "--out", out, "--data-dir", tiny_data)
+        assert f"{flag} {value} differs from the checkpoint's" in complaint
+
+
+def test_resume_with_flags_equal_to_the_checkpoints_goes_on(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "model.pth"
+    settings = ["--data-dir", str(tiny_data), "--epochs", "2", "--lr", "0.01", *TINY_TRAINING]
+    ctrl_c_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.parse_args([*settings, "--out", str(out)]))
+    result = run_script("train.py", "--resume", *settings, "--out", out)
+    assert "resuming" in result.stdout and out.is_file()
+
+
+def test_ctrl_c_before_the_first_epoch_never_offers_an_earlier_runs_checkpoint(tiny_data, tmp_path,
+                                                                               monkeypatch):
+    out = tmp_path / "model.pth"
+    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1", *TINY_TRAINING)
+    assert out.with_suffix(".ckpt").is_file()  # the earlier run's
+    ctrl_c_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        train.train(train.parse_args(["--data-dir", str(tiny_data), "--out", str(out), *TINY_TRAINING]))
+    assert "no epoch was finished" in str(interrupt.value) and "--resume" not in str(interrupt.value)
+
+
+def test_no_flag_can_be_abbreviated_so_tune_never_mistakes_seed_for_another_flag(tmp_path):
+    assert "unrecognized arguments: --see" in refused("train.py", "--see", "3", "--dry-run")
+    assert "unrecognized arguments: --ep" in refused("tune.py", "--ep", "3", "--out-dir", tmp_path)
+
+
+def test_tune_takes_its_seeds_with_the_same_flag_as_train_and_refuses_a_dry_run(tmp_path):
+    import tune
+
+    args, fixed = tune.parse_args(["--seed", "3", "4", "--out-dir", str(tmp_path)])
+    assert args.seeds == [3, 4] and fixed == []
+    assert "not for a sweep" in refused("tune.py", "--dry-run", "--out-dir", tmp_path)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_each_default_once_and_readably(script):
+    text = run_script(script, "--help").stdout
+    assert "usage:" in text
+    for line in text.splitlines():
+        assert line.count("(default:") <= 1, line
+    assert "(default: None)" not in text and "PosixPath" not in text and str(PROJECT_DIR) not in text
+
+
+def test_train_help_groups_its_flags_by_concern():
+    text = run_script("train.py", "--help").stdout
+    for group in ("data:", "model:", "optimisation:", "augmentation:", "speed:", "output:"):
+        assert f"\n{group}\n" in text
