@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="passes over the training split")
     optimisation.add_argument("--batch-size", type=positive_int, default=256,
                               help="images per optimizer step (under torchrun: in all)")
-    optimisation.add_argument("--lr", type=positive_float, default=0.04,
+    optimisation.add_argument("--lr", type=positive_float, default=0.01,
                               help="peak learning rate (AdamW)")
     optimisation.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
                               help="one-cycle warm-up then cosine decay, or constant --lr")

@@ -59,11 +59,13 @@ def test_arguments_that_could_only_fail_later_are_refused_before_any_work(tmp_pa
 def test_resume_refuses_a_flag_that_differs_from_the_checkpoint_even_when_it_equals_the_default(
         tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "model.pth"
-    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--lr", "0.01", *TINY_TRAINING]
+    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--lr", "0.003", *TINY_TRAINING]
     ctrl_c_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train.train(train.parse_args([*settings, "--arch", "convnet", "--out", str(out)]))
-    for flag, value in (("--arch", "lenet"), ("--lr", "0.04"), ("--epochs", "8")):  # the defaults
+    defaults = train.build_parser()
+    for flag in ("--arch", "--lr", "--epochs"):
+        value = str(defaults.get_default(flag[2:]))
         complaint = refused("train.py", "--resume", flag, value, "--out", out, "--data-dir", tiny_data)
         assert f"{flag} {value} differs from the checkpoint's" in complaint
 

@@ -4,6 +4,7 @@ model's score as the README states it, and the predictor on real digits photogra
 import json
 import re
 
+import pytest
 import torch
 from PIL import Image
 
@@ -14,10 +15,23 @@ from load_model import build_from_record, predict_images, preprocess_digit, read
 pytestmark = needs_real_mnist
 
 
-def test_the_default_training_run_reaches_99_percent_test_accuracy(tmp_path):
+def test_the_default_training_run_reaches_99_percent_test_accuracy_without_a_setback(tmp_path):
     out = tmp_path / "mnist_model.pth"
     run_script("train.py", "--data-dir", REAL_DATA_DIR, "--out", out, "--no-download")
-    assert json.loads(out.with_suffix(".metrics.json").read_text())["test"]["accuracy"] >= 0.99
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.99
+    accuracies = [row["val_accuracy"] for row in metrics["history"]]
+    assert all(later >= earlier - 0.005 for earlier, later in zip(accuracies, accuracies[1:]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_default_recipe_learns_from_5000_images_in_one_epoch(tmp_path, seed):
+    """A quick check on a subset learns too: the default's learning rate is not at the edge of
+    stability, where a short run can stay at chance."""
+    out = tmp_path / "quick.pth"
+    run_script("train.py", "--train-size", "5000", "--epochs", "1", "--seed", seed,
+               "--data-dir", REAL_DATA_DIR, "--out", out, "--no-download")
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["val_accuracy"] > 0.5
 
 
 def test_the_committed_model_scores_what_the_readme_says():
