@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from errors import UserError
+from outputs import check_output_file
+
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 DEFAULT_MODEL_PATH = PROJECT_DIR / "mnist_model.pth"  # what train.py writes; never committed
@@ -71,10 +74,6 @@ SPLIT_SEED = 0
 DEFAULT_VAL_SIZE = 5000
 
 
-class UserError(Exception):
-    """A mistake the user can fix (a missing file, a bad argument): shown as one line, no traceback."""
-
-
 def run_cli(main: Callable[[], None]) -> None:
     """Runs a script's main(): a UserError becomes `error: ...` on stderr and exit status 1;
     Ctrl-C or SIGTERM becomes `interrupted` (with what to do next, if main says) and status 130."""
@@ -94,18 +93,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def writable_file(text: str) -> Path:
-    """An output path whose folder exists (or can be made) and can be written."""
-    path = Path(text)
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"can't write {path}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"can't write {path}: {folder} is not writable")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
-    return path
+    """An output path (argparse's type): outputs.check_output_file's verdict, before any work."""
+    try:
+        return check_output_file(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def require(module: str):
