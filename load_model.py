@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from common import (INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, positive_int, require,
                     run_cli)
 from records import (MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT, ModelFileError, build_network,
-                     check_onnx_graph, check_record, probe_outputs)
+                     check_format, check_onnx_graph, check_record, probe_outputs)
 
 MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
@@ -91,16 +91,15 @@ def read_model_file(path: str | Path) -> dict:
     if Path(path).suffix == ".onnx":
         return read_onnx_file(Path(path))
     content = read_torch_file(path)
-    if content.get("format") == CHECKPOINT_FORMAT:
+    kind = content.get("format") if isinstance(content.get("format"), str) else None
+    if kind == CHECKPOINT_FORMAT:
         content = content.get("model")
         if not isinstance(content, dict):
             raise ModelFileError(f"{path} is a training checkpoint without a model record (no epoch finished)")
-    elif content.get("format") != MODEL_FORMAT:
+    elif kind != MODEL_FORMAT:
         hint = " (it looks like a bare state_dict)" if all(isinstance(v, Tensor) for v in content.values()) else ""
         raise ModelFileError(f"{path} is a PyTorch file but not a model file of this project{hint}")
-    if content.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path} has format version {content.get('version')!r}; "
-                             f"this code reads version {FORMAT_VERSION}")
+    check_format(content, path, FORMAT_VERSION)
     return check_record(with_dataset(content), path)
 
 
@@ -124,9 +123,7 @@ def read_onnx_file(path: Path) -> dict:
     if not isinstance(record, dict):
         raise ModelFileError(f"{path}: its {ONNX_METADATA_KEY} metadata is a {type(record).__name__}, "
                              "not a model description")
-    if record.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path} has format version {record.get('version')!r}; "
-                             f"this code reads version {FORMAT_VERSION}")
+    check_format(record, path, FORMAT_VERSION)
     record = check_record({**with_dataset(record), "onnx": str(path)}, path)
     check_onnx_graph(proto, len(record["classes"]), path)
     return record

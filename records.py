@@ -23,6 +23,8 @@ MODEL_KEYS = ("arch", "model_args", "state_dict", "dataset", "input_shape", "nor
 ONNX_INPUT, ONNX_OUTPUT, ONNX_METADATA_KEY = "image", "logits", "mnist_pipeline"
 # Operator domains ONNX Runtime's CPU provider implements; any other is a custom operator.
 ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
+# Far above any width or class count a 28 x 28 classifier uses; larger ones only make sizes overflow.
+MAX_MODEL_ARG = 65_536
 # The types of the metadata that scripts read (others are kept as they are, unread).
 METADATA_FIELDS = {"val_accuracy": "number", "val_loss": "number", "train_seconds": "number",
                    "best_epoch": "count", "epochs": "count", "val_size": "count"}
@@ -36,6 +38,18 @@ _SHORT = reprlib.Repr()  # a hostile value may be huge: show its start
 _SHORT.maxstring = _SHORT.maxother = 40
 
 
+def show(value: object) -> str:
+    """A value from an untrusted file, shortened to one line for an error message."""
+    return " ".join(_SHORT.repr(value).split())
+
+
+def check_format(content: dict, source: str | Path, version: int) -> None:
+    """The format version must be exactly `version` (an int: True or a tensor is not a version)."""
+    found = content.get("version")
+    if type(found) is not int or found != version:
+        raise ModelFileError(f"{source} has format version {show(found)}; this code reads version {version}")
+
+
 class _Field:
     """Checks of one record's fields, each failure a ModelFileError naming the file and the field."""
 
@@ -43,17 +57,16 @@ class _Field:
         self.source = source
 
     def fail(self, field: str, wanted: str, value: object) -> ModelFileError:
-        shown = _SHORT.repr(value)
-        return ModelFileError(f"{self.source}: {field} must be {wanted}, not {type(value).__name__} {shown}")
+        return ModelFileError(f"{self.source}: {field} must be {wanted}, not {type(value).__name__} {show(value)}")
 
     def number(self, field: str, value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self.fail(field, "a finite number", value)
         return value
 
-    def count(self, field: str, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.fail(field, "a positive whole number", value)
+    def count(self, field: str, value: object, most: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (most or value):
+            raise self.fail(field, "a positive whole number" + (f" up to {most:,}" if most else ""), value)
         return value
 
     def known(self, field: str, value: object, names: dict, what: str) -> str:
@@ -82,7 +95,7 @@ def check_record(record: object, source: str | Path) -> dict:
     field.known("arch", record["arch"], ARCHITECTURES, "an unknown architecture")
     arguments = set(inspect.signature(ARCHITECTURES[record["arch"]]).parameters)
     for name, value in field.mapping("model_args", record["model_args"], arguments).items():
-        field.count(f"model_args.{name}", value)
+        field.count(f"model_args.{name}", value, most=MAX_MODEL_ARG)
     field.known("dataset", record["dataset"], DATASETS, "an unknown dataset")
     if record["input_shape"] != list(INPUT_SHAPE) and record["input_shape"] != INPUT_SHAPE:
         raise field.fail("input_shape", f"{list(INPUT_SHAPE)}", record["input_shape"])
@@ -118,8 +131,11 @@ def build_network(record: dict) -> nn.Module:
     memory), so weights that don't fit it (missing, extra or misshapen) are refused before any
     allocation the record's model_args ask for."""
     arch, model_args = record["arch"], record["model_args"]
-    with torch.device("meta"):
-        skeleton = build_model(arch, **model_args)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(arch, **model_args)
+    except Exception as error:  # a width too small for the architecture's halvings, ...
+        raise ModelFileError(f"architecture {arch!r} can't be built with {model_args} ({error})") from None
     expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     given = {name: tuple(tensor.shape) for name, tensor in record["state_dict"].items()}
     problems = [f"missing {name}" for name in expected if name not in given]
