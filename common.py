@@ -71,16 +71,24 @@ MNIST_MEAN, MNIST_STD = DATASETS["mnist"].mean, DATASETS["mnist"].std
 # data/*/SOURCE.md). The .gz files' MD5s don't cover the uncompressed files, which are what is read.
 IDX_SHA256 = {
     "mnist": {
-        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "train-images-idx3-ubyte":
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte":
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte":
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte":
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     },
     "fashion-mnist": {
-        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        "train-images-idx3-ubyte":
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte":
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte":
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte":
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
 }
 # Their sizes (the same in both datasets): the IDX header, then 60,000 training or 10,000 test
@@ -188,7 +196,8 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
     spec = DATASETS[dataset]
     raw_dir = Path(data_dir) / spec.folder / "raw"
     names = idx_files(train)
-    present = lambda: all((raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file() for name in names)
+    present = lambda: all((raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file()
+                          for name in names)
     if download and not present():
         try:
             spec.source(str(data_dir), train=train, download=True)
@@ -200,8 +209,9 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
         raise UserError(f"{spec.folder} files missing in {raw_dir} ({', '.join(missing)}); "
                         f"put the four files {wanted} there (gzipped or not), "
                         f"or run once with a network connection to download them")
-    images = _parse_idx(_idx_bytes(raw_dir / names[0], dataset), raw_dir / names[0], dimensions=3)
-    labels = _parse_idx(_idx_bytes(raw_dir / names[1], dataset), raw_dir / names[1], dimensions=1).long()
+    image_file, label_file = raw_dir / names[0], raw_dir / names[1]
+    images = _parse_idx(_idx_bytes(image_file, dataset), image_file, dimensions=3)
+    labels = _parse_idx(_idx_bytes(label_file, dataset), label_file, dimensions=1).long()
     if images.shape[1:] != INPUT_SHAPE[1:] or len(images) != len(labels):
         raise UserError(f"{spec.folder} files in {raw_dir} disagree: {tuple(images.shape)} images "
                         f"but {len(labels)} labels; expected N x 28 x 28 images and N labels")
@@ -213,10 +223,10 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
 
 def _idx_bytes(path: Path, dataset: str) -> bytes:
     """The content of one IDX file of `dataset`: the uncompressed file at `path` (checked against
-    the real one's SHA-256 when it claims to be it, see _check_real), else its `.gz`, checked against
-    its published MD5 and decompressed, then kept beside it for next time when the folder can be
-    written (each process writes its own temporary file, so parallel runs don't collide); in a
-    read-only folder the bytes in memory serve."""
+    the real one's SHA-256 when it claims to be it, see _check_real), else its `.gz`, checked
+    against its published MD5 and decompressed, then kept beside it for next time when the folder
+    can be written (each process writes its own temporary file, so parallel runs don't collide);
+    in a read-only folder the bytes in memory serve."""
     compressed = path.with_name(f"{path.name}.gz")
     if compressed.is_file():
         _check_md5(compressed, DATASETS[dataset])
@@ -243,14 +253,15 @@ def _check_real(path: Path, data: bytes, dataset: str, beside_gz: bool) -> None:
     if digest == IDX_SHA256[dataset][path.name]:
         return
     others = [name for name, known in IDX_SHA256.items() if known[path.name] == digest]
-    what = f"it is {others[0]}'s file, not {dataset}'s" if others else "its SHA-256 is not the real file's"
+    what = (f"it is {others[0]}'s file, not {dataset}'s" if others
+            else "its SHA-256 is not the real file's")
     fix = "the .gz beside it rebuilds it" if beside_gz else "fetch it again"
     raise UserError(f"{path} is altered or corrupt ({what}); delete it and {fix}")
 
 
 def _check_md5(path: Path, spec: Dataset) -> None:
-    """The original .gz files have published MD5s (torchvision's resources lists): a damaged download
-    is caught here."""
+    """The original .gz files have published MD5s (torchvision's resources lists): a damaged
+    download is caught here."""
     expected = dict(spec.source.resources)[path.name]
     if hashlib.md5(path.read_bytes()).hexdigest() != expected:
         raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; "

@@ -150,8 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = pick_device(args.device)
-    # The figures of the test set (no TTA) are the model's own; others get their own names, not overwrite them.
-    variant = "".join(f".{name}" for name, used in (("val", args.split == "val"), ("tta", args.tta)) if used)
+    # The figures of the test set (no TTA) are the model's own; others get their own names.
+    variant = "".join(f".{name}" for name, used in (("val", args.split == "val"), ("tta", args.tta))
+                      if used)
     stems = figure_stems(args.model, args.out_dir, variant)
     records = [read_model_file(path) for path in args.model]
     check_datasets(args.model, records, args.dataset)
@@ -174,7 +175,8 @@ def main() -> None:
         result["accuracy_mean"], result["accuracy_std"] = accuracies.mean().item(), accuracies.std().item()
         ensemble = torch.stack(all_probabilities).mean(0)  # the mean of the models' probabilities
         result["ensemble"] = summarize(ensemble, labels, classes)
-        draw_figures(result["ensemble"], ensemble, images, labels, classes, stems[-1], args.errors_shown)
+        draw_figures(result["ensemble"], ensemble, images, labels, classes, stems[-1],
+                     args.errors_shown)
     if args.json:
         print(json.dumps(result, indent=2))
         return

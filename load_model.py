@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from common import (INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, positive_int, require,
                     run_cli)
-from records import (MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT, ModelFileError, build_network,
-                     check_format, check_onnx_graph, check_record, probe_outputs)
+from records import (MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT, ModelFileError,
+                     build_network, check_format, check_onnx_graph, check_record, probe_outputs)
 
 MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
@@ -71,17 +71,20 @@ def read_torch_file(path: str | Path) -> dict:
 
 
 def check_unpacked_size(path: Path) -> None:
-    """torch.save stores its entries uncompressed, so what one of its files holds is never larger than
-    the file: an archive that unpacks to more is a decompression bomb (a small file that fills memory)."""
+    """torch.save stores its entries uncompressed, so what one of its files holds is never larger
+    than the file: an archive that unpacks to more is a decompression bomb (a small file that
+    fills memory)."""
     size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as archive:
             unpacked = sum(entry.file_size for entry in archive.infolist())
     except Exception as error:  # zipfile reports damage as BadZipFile, ValueError, EOFError, ...
-        raise ModelFileError(f"{path} is damaged or not a PyTorch file ({type(error).__name__}: {error})") from None
+        raise ModelFileError(f"{path} is damaged or not a PyTorch file "
+                             f"({type(error).__name__}: {error})") from None
     if unpacked > size:
-        raise ModelFileError(f"{path} unpacks to {unpacked:,} bytes from {size:,}: torch.save never compresses, "
-                             "so this file was made to fill memory; refusing to load it")
+        raise ModelFileError(f"{path} unpacks to {unpacked:,} bytes from {size:,}: torch.save "
+                             "never compresses, so this file was made to fill memory; "
+                             "refusing to load it")
 
 
 def read_model_file(path: str | Path) -> dict:
@@ -95,7 +98,8 @@ def read_model_file(path: str | Path) -> dict:
     if kind == CHECKPOINT_FORMAT:
         content = content.get("model")
         if not isinstance(content, dict):
-            raise ModelFileError(f"{path} is a training checkpoint without a model record (no epoch finished)")
+            raise ModelFileError(f"{path} is a training checkpoint without a model record "
+                                 "(no epoch finished)")
     elif kind != MODEL_FORMAT:
         hint = " (it looks like a bare state_dict)" if all(isinstance(v, Tensor) for v in content.values()) else ""
         raise ModelFileError(f"{path} is a PyTorch file but not a model file of this project{hint}")
@@ -119,10 +123,11 @@ def read_onnx_file(path: Path) -> dict:
     try:
         record = json.loads(description)
     except ValueError as error:
-        raise ModelFileError(f"{path}: its {ONNX_METADATA_KEY} metadata is not JSON ({error})") from None
+        raise ModelFileError(f"{path}: its {ONNX_METADATA_KEY} metadata is not JSON "
+                             f"({error})") from None
     if not isinstance(record, dict):
-        raise ModelFileError(f"{path}: its {ONNX_METADATA_KEY} metadata is a {type(record).__name__}, "
-                             "not a model description")
+        raise ModelFileError(f"{path}: its {ONNX_METADATA_KEY} metadata is a "
+                             f"{type(record).__name__}, not a model description")
     check_format(record, path, FORMAT_VERSION)
     record = check_record({**with_dataset(record), "onnx": str(path)}, path)
     check_onnx_graph(proto, len(record["classes"]), path)

@@ -1,4 +1,4 @@
-"""Writing output files: one check of an output path, one atomic writer for every file a script writes.
+"""Writing output files: one check of an output path, one atomic writer for every file written.
 
 Every model, checkpoint, JSON report and figure goes through `write_atomic`, so a crash, a full disk
 or a Ctrl-C leaves either the old file or the new one, whole; and every output path goes through
@@ -42,28 +42,31 @@ def check_output_file(path: str | Path) -> Path:
     if stat.S_ISDIR(mode):
         raise UserError(f"{path} is a folder; give a file name")
     if stat.S_ISLNK(mode):
-        raise UserError(f"{path} is a symbolic link; writing would replace the link, not its target: "
-                        f"give the target's own path ({path.resolve()})")
+        raise UserError(f"{path} is a symbolic link; writing would replace the link, not its "
+                        f"target: give the target's own path ({path.resolve()})")
     if not stat.S_ISREG(mode):
-        raise UserError(f"{path} is not a regular file (a device, pipe or socket); refusing to replace it")
+        raise UserError(f"{path} is not a regular file (a device, pipe or socket); "
+                        "refusing to replace it")
     return path
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """`write` into a temporary file beside `path`, flushed to disk, then renamed over `path`: a crash
-    at any moment leaves either the old file or the new one, whole. Ctrl-C and SIGTERM wait until the
-    file is in place (a signal landing inside a writer such as torch.save's would otherwise surface
-    as that writer's own error). A write that fails (a full disk) is a UserError naming the file."""
+    """`write` into a temporary file beside `path`, flushed to disk, then renamed over `path`: a
+    crash at any moment leaves either the old file or the new one, whole. Ctrl-C and SIGTERM wait
+    until the file is in place (a signal landing inside a writer such as torch.save's would
+    otherwise surface as that writer's own error). A write that fails (a full disk) is a
+    UserError naming the file."""
     path = check_output_file(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp")
     except OSError as error:
         raise UserError(f"can't write {path}: {error.strerror or error}") from None
     try:
         with signals_deferred():
             with os.fdopen(handle, "wb") as file:
-                os.chmod(temporary, _file_mode(path))  # mkstemp makes it private; keep the usual mode
+                os.chmod(temporary, _file_mode(path))  # mkstemp's is private: keep the usual
                 write(file)
                 file.flush()
                 os.fsync(file.fileno())

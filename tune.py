@@ -58,20 +58,21 @@ def run_once(fixed: list[str], lr: float, batch_size: int, epochs: int, seed: in
 
 
 def finished_run(metrics_file: Path) -> dict | None:
-    """The metrics an earlier run left in `metrics_file`, if there is one; a damaged file is an error
-    that says what to do, never a traceback."""
+    """The metrics an earlier run left in `metrics_file`, if there is one; a damaged file is an
+    error that says what to do, never a traceback."""
     if not metrics_file.exists():
         return None
     try:
         metrics = json.loads(metrics_file.read_text())
         number = (int, float)
-        fields = {"settings": dict, "val_accuracy": number, "best_epoch": int, "train_seconds": number}
+        fields = {"settings": dict, "val_accuracy": number, "best_epoch": int,
+                  "train_seconds": number}
         wrong = [name for name, kind in fields.items() if not isinstance(metrics.get(name), kind)]
     except (OSError, ValueError, AttributeError) as error:  # not JSON, not UTF-8, not a JSON object
         wrong = [f"{type(error).__name__}: {error}"]
     if wrong:
-        raise UserError(f"{metrics_file} is damaged (bad or missing: {', '.join(wrong)}); delete it and "
-                        "tune.py trains that run again")
+        raise UserError(f"{metrics_file} is damaged (bad or missing: {', '.join(wrong)}); "
+                        "delete it and tune.py trains that run again")
     return metrics
 
 

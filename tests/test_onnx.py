@@ -129,7 +129,8 @@ def with_description(proto, text: str):
 
 
 def described(proto, **changes) -> str:
-    description = json.loads({entry.key: entry.value for entry in proto.metadata_props}["mnist_pipeline"])
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    description = json.loads(metadata["mnist_pipeline"])
     description.update(changes)
     return json.dumps({key: value for key, value in description.items() if value is not None})
 
@@ -142,9 +143,11 @@ def described(proto, **changes) -> str:
     ("normalization strings", "normalization.mean must be a finite number, not str"),
     ("parameters a string", "parameters must be a positive whole number"),
 ])
-def test_onnx_metadata_with_wrong_fields_is_refused_naming_the_field(exported, tmp_path, case, message):
+def test_onnx_metadata_with_wrong_fields_is_refused_naming_the_field(exported, tmp_path, case,
+                                                                     message):
     proto = onnx.load(str(exported[0]))
-    text = {"not JSON": "{classes: [0, 1", "a list": "[1, 2]", "no classes": described(proto, classes=None),
+    text = {"not JSON": "{classes: [0, 1", "a list": "[1, 2]",
+            "no classes": described(proto, classes=None),
             "5 classes for 10 outputs": described(proto, classes=list("01234")),
             "normalization strings": described(proto, normalization={"mean": "a", "std": "b"}),
             "parameters a string": described(proto, parameters="many")}[case]
@@ -160,9 +163,10 @@ def test_an_onnx_graph_with_a_custom_operator_is_refused(exported, tmp_path):
     output = proto.graph.output[0].name
     last = next(node for node in proto.graph.node if output in node.output)
     last.output[list(last.output).index(output)] = "before_backdoor"
-    proto.graph.node.append(onnx.helper.make_node("Backdoor", ["before_backdoor"], [output], domain="com.attacker"))
+    proto.graph.node.append(onnx.helper.make_node("Backdoor", ["before_backdoor"], [output],
+                                                  domain="com.attacker"))
     proto.opset_import.append(onnx.helper.make_opsetid("com.attacker", 1))
     path = tmp_path / "custom.onnx"
     onnx.save(proto, str(path))
-    with pytest.raises(ModelFileError, match="operators outside ONNX's standard set: com.attacker.Backdoor"):
+    with pytest.raises(ModelFileError, match="outside ONNX's standard set: com.attacker.Backdoor"):
         load_model(path)

@@ -21,8 +21,8 @@ import outputs
 import train
 import tune
 from common import UserError, load_dataset
-from conftest import (PROJECT_DIR, REAL_DATA_DIR, REAL_FASHION_PRESENT, TINY_TRAINING, needs_real_mnist, run_script,
-                      write_idx, write_mnist)
+from conftest import (PROJECT_DIR, REAL_DATA_DIR, REAL_FASHION_PRESENT, TINY_TRAINING,
+                      needs_real_mnist, run_script, write_idx, write_mnist)
 from evaluate import figure_paths, figure_stems
 from load_model import read_model_file, read_torch_file
 from outputs import check_output_file, write_json, write_text
@@ -154,10 +154,12 @@ def test_a_symlinked_checkpoint_beside_out_is_refused_before_training(tiny_data,
     elsewhere = tmp_path / "elsewhere.ckpt"
     elsewhere.write_bytes(b"someone else's file")
     (tmp_path / "model.ckpt").symlink_to(elsewhere)
-    result = run_script("train.py", "--data-dir", tiny_data, "--out", tmp_path / "model.pth", "--epochs", "1",
-                        *TINY_TRAINING, check=False)
-    assert result.returncode == 1 and result.stderr.startswith(f"error: {tmp_path / 'model.ckpt'} is a symbolic link")
-    assert elsewhere.read_bytes() == b"someone else's file" and not (tmp_path / "model.pth").exists()
+    result = run_script("train.py", "--data-dir", tiny_data, "--out", tmp_path / "model.pth",
+                        "--epochs", "1", *TINY_TRAINING, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {tmp_path / 'model.ckpt'} is a symbolic link")
+    assert elsewhere.read_bytes() == b"someone else's file"
+    assert not (tmp_path / "model.pth").exists()
 
 
 def test_a_full_disk_keeps_the_old_json_whole_and_says_so_in_one_line(tmp_path, monkeypatch):
@@ -178,7 +180,8 @@ def test_a_figure_that_fails_midway_leaves_the_old_png_whole(tmp_path, monkeypat
     from matplotlib.figure import Figure
 
     path = tmp_path / "model.curves.png"
-    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.5}]
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5,
+                "val_accuracy": 0.5}]
     plot_history(history, path)
     before = path.read_bytes()
 
@@ -192,11 +195,12 @@ def test_a_figure_that_fails_midway_leaves_the_old_png_whole(tmp_path, monkeypat
     assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
 
 
-@pytest.mark.parametrize("content", [b"", b"{\"settings\": ", b"[1, 2]", b"{\"settings\": {}}", b"\xff\xfe"])
+@pytest.mark.parametrize("content", [b"", b'{"settings": ', b"[1, 2]", b'{"settings": {}}',
+                                     b"\xff\xfe"])
 def test_tune_names_a_damaged_metrics_file_instead_of_a_json_traceback(tmp_path, content):
     path = tmp_path / "model.metrics.json"
     path.write_bytes(content)
-    with pytest.raises(UserError, match=f"{path} is damaged .*delete it and tune.py trains that run again"):
+    with pytest.raises(UserError, match=f"{path} is damaged .*delete it and tune.py trains"):
         tune.finished_run(path)
 
 
@@ -241,25 +245,28 @@ def test_a_signal_during_a_save_waits_until_the_file_is_whole_then_interrupts(tm
     assert os.listdir(tmp_path) == [path.name]
 
 
-def test_ctrl_c_inside_the_checkpoint_save_ends_in_the_resume_line_not_a_zip_writer_error(tiny_data, tmp_path,
-                                                                                          monkeypatch):
+def test_ctrl_c_inside_the_checkpoint_save_ends_in_the_resume_line_not_a_zip_writer_error(
+        tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "model.pth"
-    signal_in_the_middle_of_writing(monkeypatch, signal.SIGINT, [])  # the second save: epoch 2's checkpoint
+    signal_in_the_middle_of_writing(monkeypatch, signal.SIGINT, [])  # in epoch 2's checkpoint
     monkeypatch.setattr(sys, "argv", ["train.py", "--data-dir", str(tiny_data), "--out", str(out),
                                       "--epochs", "3", *TINY_TRAINING])
-    with pytest.raises(KeyboardInterrupt, match=f"keeps epoch 2; continue with: python train.py --resume --out {out}"):
+    resume_line = f"keeps epoch 2; continue with: python train.py --resume --out {out}"
+    with pytest.raises(KeyboardInterrupt, match=resume_line):
         train.main()
     assert read_torch_file(out.with_suffix(".ckpt"))["history"][-1]["epoch"] == 2
 
 
 def publish_as_real(monkeypatch, raw, dataset: str = "mnist") -> None:
-    """Makes the tiny files in `raw` the known real ones for the test: their sizes and SHA-256s, and the
-    MD5s of any .gz files there."""
-    known = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in raw.glob("*-ubyte")}
+    """Makes the tiny files in `raw` the known real ones for the test: their sizes and SHA-256s, and
+    the MD5s of any .gz files there."""
+    known = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+             for path in raw.glob("*-ubyte")}
     monkeypatch.setitem(common.IDX_SHA256, dataset, known)
     monkeypatch.setattr(common, "IDX_SIZES", {name: (raw / name).stat().st_size for name in known})
     published = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in raw.glob("*.gz")}
-    monkeypatch.setattr(MNIST, "resources", [(name, published.get(name, md5)) for name, md5 in MNIST.resources])
+    monkeypatch.setattr(MNIST, "resources",
+                        [(name, published.get(name, md5)) for name, md5 in MNIST.resources])
 
 
 def alter_a_label(path) -> None:
@@ -269,7 +276,8 @@ def alter_a_label(path) -> None:
 
 
 @pytest.mark.parametrize("with_gz", [True, False], ids=["beside its .gz", "of the real size"])
-def test_altered_labels_in_a_file_that_claims_to_be_the_real_one_are_refused(tmp_path, monkeypatch, with_gz):
+def test_altered_labels_in_a_file_that_claims_to_be_the_real_one_are_refused(tmp_path, monkeypatch,
+                                                                             with_gz):
     raw = write_mnist(tmp_path, train_count=30, test_count=20) / "MNIST" / "raw"
     labels = raw / "t10k-labels-idx1-ubyte"
     if with_gz:
@@ -277,15 +285,16 @@ def test_altered_labels_in_a_file_that_claims_to_be_the_real_one_are_refused(tmp
     publish_as_real(monkeypatch, raw)
     load_dataset(tmp_path, train=False, download=False)  # as published: read
     alter_a_label(labels)
-    with pytest.raises(UserError, match=f"{labels} is altered or corrupt .*SHA-256 is not the real file's"):
+    with pytest.raises(UserError, match=f"{labels} is altered or corrupt .*not the real file's"):
         load_dataset(tmp_path, train=False, download=False)
 
 
-def test_a_file_of_another_size_with_no_gz_is_a_dataset_of_ones_own_and_is_read(tmp_path, monkeypatch):
+def test_a_file_of_another_size_with_no_gz_is_a_dataset_of_ones_own_and_is_read(tmp_path,
+                                                                                monkeypatch):
     raw = write_mnist(tmp_path, train_count=30, test_count=20) / "MNIST" / "raw"
     publish_as_real(monkeypatch, raw)
     alter_a_label(raw / "t10k-labels-idx1-ubyte")
-    write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(19, dtype=np.uint8))  # another size than the real
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(19, dtype=np.uint8))  # not the real size
     write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((19, 28, 28), dtype=np.uint8))
     images, labels = load_dataset(tmp_path, train=False, download=False)
     assert len(images) == len(labels) == 19
@@ -302,7 +311,7 @@ def test_the_real_labels_altered_or_swapped_for_fashions_are_refused(tmp_path):
     labels.unlink()
     labels.write_bytes((REAL_DATA_DIR / "MNIST" / "raw" / labels.name).read_bytes())
     alter_a_label(labels)
-    with pytest.raises(UserError, match="altered or corrupt .*SHA-256 is not the real file's.*fetch it again"):
+    with pytest.raises(UserError, match="altered or corrupt .*not the real file's.*fetch it again"):
         load_dataset(tmp_path, train=False, download=False)
     if REAL_FASHION_PRESENT:
         labels.write_bytes((REAL_DATA_DIR / "FashionMNIST" / "raw" / labels.name).read_bytes())
@@ -311,7 +320,7 @@ def test_the_real_labels_altered_or_swapped_for_fashions_are_refused(tmp_path):
 
 
 def only_gz(tmp_path, monkeypatch):
-    """A tiny dataset whose test split is only its .gz files (published for the test); returns raw."""
+    """A tiny dataset whose test split is only its .gz files (published for the test); its raw/."""
     raw = write_mnist(tmp_path, train_count=30, test_count=20) / "MNIST" / "raw"
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes()))
@@ -328,7 +337,7 @@ def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monk
     def read_only_mount(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(outputs.tempfile, "mkstemp", read_only_mount)  # what a read-only mount answers
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", read_only_mount)  # a read-only mount's answer
     raw.chmod(0o555)  # and, for a user other than root, what a read-only folder answers
     try:
         images, labels = load_dataset(tmp_path, train=False, download=False)
@@ -341,24 +350,28 @@ def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monk
 def test_parallel_processes_decompressing_the_same_fresh_gz_all_succeed(tmp_path, monkeypatch):
     raw = only_gz(tmp_path, monkeypatch)
     published = dict(MNIST.resources)
-    child = ("import sys; sys.path.insert(0, sys.argv[1]); import common; from torchvision.datasets import MNIST;"
-             "MNIST.resources = eval(sys.argv[3]); common.IDX_SHA256['mnist'] = eval(sys.argv[4]);"
-             "images, _ = common.load_dataset(sys.argv[2], train=False, download=False); print(len(images))")
-    arguments = [str(PROJECT_DIR), str(tmp_path), repr(list(published.items())), repr(common.IDX_SHA256["mnist"])]
+    child = ("import sys; sys.path.insert(0, sys.argv[1]); import common;"
+             "from torchvision.datasets import MNIST; MNIST.resources = eval(sys.argv[3]);"
+             "common.IDX_SHA256['mnist'] = eval(sys.argv[4]);"
+             "images, _ = common.load_dataset(sys.argv[2], train=False, download=False);"
+             "print(len(images))")
+    arguments = [str(PROJECT_DIR), str(tmp_path), repr(list(published.items())),
+                 repr(common.IDX_SHA256["mnist"])]
     processes = [subprocess.Popen([sys.executable, "-c", child, *arguments], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for process in processes:
         stdout, stderr = process.communicate(timeout=120)
         assert process.returncode == 0 and stdout.strip() == "20", stderr
     assert sorted(name for name in os.listdir(raw) if name.startswith("t10k")) == [
-        "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte.gz"]
-    load_dataset(tmp_path, train=False, download=False)  # the kept files are whole: they pass the digest check
+        "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte",
+        "t10k-labels-idx1-ubyte.gz"]
+    load_dataset(tmp_path, train=False, download=False)  # the kept files are whole: they pass
 
 
 def test_evaluate_checks_where_its_figures_go_before_reading_anything(tmp_path):
     (tmp_path / "a_file").write_text("")
-    result = run_script("evaluate.py", "--model", tmp_path / "absent.pth", "--out-dir", tmp_path / "a_file" / "figs",
-                        "--json", check=False)
+    result = run_script("evaluate.py", "--model", tmp_path / "absent.pth",
+                        "--out-dir", tmp_path / "a_file" / "figs", "--json", check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"error: can't write {tmp_path / 'a_file' / 'figs'}")
 
@@ -370,8 +383,8 @@ def test_evaluate_refuses_a_read_only_model_folder_before_scoring(tiny_model, ti
     (folder / "model.pth").write_bytes(tiny_model.read_bytes())
     folder.chmod(0o555)
     try:
-        result = run_script("evaluate.py", "--model", folder / "model.pth", "--data-dir", tiny_data, "--json",
-                            check=False)
+        result = run_script("evaluate.py", "--model", folder / "model.pth", "--data-dir", tiny_data,
+                            "--json", check=False)
     finally:
         folder.chmod(0o755)
     assert result.returncode == 1 and "is not writable" in result.stderr and result.stdout == ""
@@ -384,5 +397,6 @@ def test_each_models_figures_get_their_own_names(tmp_path):
     stems = figure_stems([tmp_path / "a" / "m.pth", tmp_path / "m.pth"], tmp_path / "out", ".tta")
     assert [stem.name for stem in stems] == ["m-0.tta", "m-1.tta", "ensemble.tta"]
     assert [stem.name for stem in figure_stems([tmp_path / "m.pth"], None, "")] == ["m"]
-    paths = [path for stem in figure_stems([tmp_path / "m.pth"] * 2, None, "") for path in figure_paths(stem)]
+    stems = figure_stems([tmp_path / "m.pth"] * 2, None, "")
+    paths = [path for stem in stems for path in figure_paths(stem)]
     assert len(set(paths)) == len(paths) == 6
