@@ -267,7 +267,7 @@ WRONG_FIELDS = {
                               r"normalization.mean must be a finite number, not str"),
     "normalization without std": (setting("normalization", {"mean": 0.13}),
                                   r"normalization.std must be a finite number, not NoneType"),
-    "normalization mean beyond float's range": (setting("normalization.mean", -2 ** 63 - 1),
+    "normalization mean beyond float's range": (setting("normalization.mean", -10 ** 400),
                                                 r"normalization.mean must be a finite number"),
     "normalization std 0": (setting("normalization.std", 0.0),
                             r"normalization.std must be above 0"),
