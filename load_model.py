@@ -169,7 +169,7 @@ def build_from_record(record: dict, device: str | torch.device = "cpu") -> nn.Mo
     if "onnx" in record:
         model, device = OnnxModel(record["onnx"]), "cpu"
     else:
-        model = build_network(record).to(device).eval()
+        model = build_network(check_record(record, "the model record")).to(device).eval()
     probe_outputs(model, record, device)
     return model
 

@@ -129,22 +129,24 @@ def check_record(record: object, source: str | Path) -> dict:
     if "onnx" in record:
         field.count("parameters", record.get("parameters"))
     else:
-        _check_weights(field, record["state_dict"])
+        _check_weights(field, record)
     return record
 
 
-def _check_weights(field: _Field, state_dict: object) -> None:
-    for name, value in field.mapping("state_dict", state_dict).items():
+def _check_weights(field: _Field, record: dict) -> None:
+    """Tensors of real numbers, the names and shapes the architecture has, then finite: in that
+    order, so that a tensor the architecture lacks is refused unread (files are memory-mapped)."""
+    for name, value in field.mapping("state_dict", record["state_dict"]).items():
         if not isinstance(value, Tensor) or value.is_complex() or value.dtype == torch.bool:
             raise field.fail(f"state_dict[{name!r}]", "a tensor of real numbers", value)
-    if not all(torch.isfinite(value).all() for value in state_dict.values()):
+    _check_fit(record)
+    if not all(torch.isfinite(value).all() for value in record["state_dict"].values()):
         raise ModelFileError(f"{field.source} holds NaN or infinite weights")
 
 
-def build_network(record: dict) -> nn.Module:
-    """The record's network with its weights. The architecture is first built on the meta device
-    (no memory), so weights that don't fit it (missing, extra or misshapen) are refused before
-    any allocation the record's model_args ask for."""
+def _check_fit(record: dict) -> None:
+    """The weights must have the names and shapes of the architecture, built on the meta device
+    (no memory) to compare: nothing is allocated for weights that don't fit."""
     arch, model_args = record["arch"], record["model_args"]
     try:
         with torch.device("meta"):
@@ -162,7 +164,11 @@ def build_network(record: dict) -> nn.Module:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise ModelFileError(f"the weights do not fit architecture {arch!r} with {model_args}: "
                              + "; ".join(problems[:3]) + more)
-    model = build_model(arch, **model_args)
+
+
+def build_network(record: dict) -> nn.Module:
+    """The network of a record that check_record passed, with its weights."""
+    model = build_model(record["arch"], **record["model_args"])
     model.load_state_dict(record["state_dict"], strict=True)
     return model
 
