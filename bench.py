@@ -8,7 +8,6 @@ steps) is what CI runs so the benchmark never rots; the full run is for people.
 """
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -27,10 +26,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import train
-from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, make_parser, UserError, evaluate, load_dataset, normalize,
-                    pick_device, run_cli, training_indices)
+from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError, evaluate,
+                    load_dataset, make_parser, normalize, pick_device, run_cli, training_indices,
+                    writable_file)
 from load_model import build_from_record, load_model, predict_images, preprocess_digit, read_image, read_model_file
 from model import build_model
+from outputs import write_json
 from save_model import calibration_images, export_onnx, run_metadata
 
 
@@ -198,7 +199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=0.99,
                         help="test accuracy whose training time is measured (for fashion-mnist, try 0.9)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a subset: checks that it runs")
-    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench.json", help="JSON file of the results")
+    parser.add_argument("--out", type=writable_file, default=PROJECT_DIR / "bench.json",
+                        help="JSON file of the results")
     parser.add_argument("--model", type=Path, default=PRETRAINED_MODEL_PATH,
                         help="model file for the prediction latency")
     parser.add_argument("--image", type=Path, default=PROJECT_DIR / "examples" / "seven.png",
@@ -319,7 +321,7 @@ def main() -> None:
     print(f"  -> reached at epoch {reached['epoch']} after {reached['train_seconds']:.1f}s" if reached
           else "  -> not reached")
 
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     print(f"\nwrote {args.out}")
 
 

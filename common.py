@@ -11,6 +11,7 @@ import importlib
 import math
 import os
 import signal
+import struct
 import sys
 import zlib
 from collections.abc import Callable
@@ -21,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.datasets import MNIST, FashionMNIST
-from torchvision.datasets.mnist import read_image_file, read_label_file
+
+from errors import UserError
+from outputs import check_output_file, write_atomic
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
@@ -64,15 +67,39 @@ DATASETS = {
                              "flip,erase"),
 }
 MNIST_MEAN, MNIST_STD = DATASETS["mnist"].mean, DATASETS["mnist"].std
+# SHA-256 of the real uncompressed IDX files (what the published .gz files decompress to; see
+# data/*/SOURCE.md). The .gz files' MD5s don't cover the uncompressed files, which are what is read.
+IDX_SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte":
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte":
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte":
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte":
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte":
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte":
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte":
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte":
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+# Their sizes (the same in both datasets): the IDX header, then 60,000 training or 10,000 test
+# images of 28 x 28 bytes, or one byte a label.
+IDX_SIZES = {"train-images-idx3-ubyte": 16 + 60_000 * 784, "train-labels-idx1-ubyte": 8 + 60_000,
+             "t10k-images-idx3-ubyte": 16 + 10_000 * 784, "t10k-labels-idx1-ubyte": 8 + 10_000}
 INPUT_SHAPE = (1, 28, 28)
 # The validation split is fixed (not tied to --seed) so that every run, whatever
 # its seed, is judged on the same 5,000 images.
 SPLIT_SEED = 0
 DEFAULT_VAL_SIZE = 5000
-
-
-class UserError(Exception):
-    """A mistake the user can fix (a missing file, a bad argument): shown as one line, no traceback."""
 
 
 def run_cli(main: Callable[[], None]) -> None:
@@ -94,18 +121,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def writable_file(text: str) -> Path:
-    """An output path whose folder exists (or can be made) and can be written."""
-    path = Path(text)
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"can't write {path}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"can't write {path}: {folder} is not writable")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
-    return path
+    """An output path (argparse's type): outputs.check_output_file's verdict, before any work."""
+    try:
+        return check_output_file(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def require(module: str):
@@ -212,65 +232,108 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
                  dataset: str = "mnist") -> tuple[Tensor, Tensor]:
     """The uint8 images (N, 28, 28) and int64 labels (N,) of one split of a dataset of DATASETS.
 
-    Reads torchvision's layout, `data_dir/MNIST/raw/` (or `FashionMNIST/raw/`), gunzipping
-    the original `.gz` files there if needed. When files are missing and `download` is set,
-    torchvision fetches them; when that fails (offline), the error names the files and the
-    folder to put them in.
+    Reads torchvision's layout, `data_dir/MNIST/raw/` (or `FashionMNIST/raw/`): the uncompressed
+    IDX files, or the original `.gz` files there (see _idx_bytes). When files are missing and
+    `download` is set, torchvision fetches them; when that fails (offline), the error names the
+    files and the folder to put them in.
     """
     spec = DATASETS[dataset]
     raw_dir = Path(data_dir) / spec.folder / "raw"
     names = idx_files(train)
-    for name in names:
-        compressed = raw_dir / f"{name}.gz"
-        if compressed.is_file():
-            _check_md5(compressed, spec)
-            if not (raw_dir / name).is_file():
-                _gunzip(compressed, raw_dir / name)
-    if download and not all((raw_dir / name).is_file() for name in names):
+    present = lambda: all((raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file()
+                          for name in names)
+    if download and not present():
         try:
             spec.source(str(data_dir), train=train, download=True)
         except Exception:  # torchvision raises RuntimeError, URLError or OSError; all mean "not here"
             pass
-    missing = [name for name in names if not (raw_dir / name).is_file()]
-    if missing:
+    if not present():
+        missing = [name for name in names if not (raw_dir / name).is_file()]
         wanted = ", ".join(f"{gz}" for gz, _ in spec.source.resources)
         raise UserError(f"{spec.folder} files missing in {raw_dir} ({', '.join(missing)}); "
                         f"put the four files {wanted} there (gzipped or not), "
                         f"or run once with a network connection to download them")
-    images = _read_idx(raw_dir / names[0], read_image_file)
-    labels = _read_idx(raw_dir / names[1], read_label_file).long()
+    image_file, label_file = raw_dir / names[0], raw_dir / names[1]
+    images = _parse_idx(_idx_bytes(image_file, dataset), image_file, dimensions=3)
+    labels = _parse_idx(_idx_bytes(label_file, dataset), label_file, dimensions=1).long()
     if images.shape[1:] != INPUT_SHAPE[1:] or len(images) != len(labels):
         raise UserError(f"{spec.folder} files in {raw_dir} disagree: {tuple(images.shape)} images "
                         f"but {len(labels)} labels; expected N x 28 x 28 images and N labels")
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(spec.classes):
-        raise UserError(f"{raw_dir / names[1]} holds labels outside 0..{len(spec.classes) - 1}: the file is corrupt")
+        raise UserError(f"{raw_dir / names[1]} holds labels outside 0..{len(spec.classes) - 1}: "
+                        "the file is corrupt")
     return images, labels
 
 
+def _idx_bytes(path: Path, dataset: str) -> bytes:
+    """The content of one IDX file of `dataset`: the uncompressed file at `path` (checked against
+    the real one's SHA-256 when it claims to be it, see _check_real), else its `.gz`, checked
+    against its published MD5 and decompressed, then kept beside it for next time when the folder
+    can be written (each process writes its own temporary file, so parallel runs don't collide);
+    in a read-only folder the bytes in memory serve."""
+    compressed = path.with_name(f"{path.name}.gz")
+    if compressed.is_file():
+        _check_md5(compressed, DATASETS[dataset])
+    if path.is_file():
+        data = path.read_bytes()
+        _check_real(path, data, dataset, beside_gz=compressed.is_file())
+        return data
+    data = _gunzip(compressed)
+    try:
+        write_atomic(path, lambda file: file.write(data))
+    except UserError:
+        pass  # a read-only folder: decompressed again next time
+    return data
+
+
+def _check_real(path: Path, data: bytes, dataset: str, beside_gz: bool) -> None:
+    """A file that claims to be the real dataset's, by a `.gz` beside it or by the real file's size,
+    must be it: altered bytes would otherwise train and score without a word. Files of other sizes
+    with no `.gz` (a dataset of one's own in MNIST's format; the tests' tiny ones) are read as they
+    are: there is nothing to check them against."""
+    if not beside_gz and len(data) != IDX_SIZES[path.name]:
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if digest == IDX_SHA256[dataset][path.name]:
+        return
+    others = [name for name, known in IDX_SHA256.items() if known[path.name] == digest]
+    what = (f"it is {others[0]}'s file, not {dataset}'s" if others
+            else "its SHA-256 is not the real file's")
+    fix = "the .gz beside it rebuilds it" if beside_gz else "fetch it again"
+    raise UserError(f"{path} is altered or corrupt ({what}); delete it and {fix}")
+
+
 def _check_md5(path: Path, spec: Dataset) -> None:
-    """The original .gz files have published MD5s (torchvision's resources lists): a damaged download is caught here."""
+    """The original .gz files have published MD5s (torchvision's resources lists): a damaged
+    download is caught here."""
     expected = dict(spec.source.resources)[path.name]
     if hashlib.md5(path.read_bytes()).hexdigest() != expected:
-        raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; delete it and fetch it again")
+        raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; "
+                        "delete it and fetch it again")
 
 
-def _gunzip(source: Path, target: Path) -> None:
-    """Decompresses `source` into `target` whole or not at all: a bad archive leaves no partial file."""
+def _gunzip(source: Path) -> bytes:
     try:
-        content = gzip.decompress(source.read_bytes())
+        return gzip.decompress(source.read_bytes())
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{source} is truncated or corrupt ({error}); delete it and fetch it again") from None
-    partial = target.with_name(f".{target.name}.partial")
-    partial.write_bytes(content)
-    os.replace(partial, target)
 
 
-def _read_idx(path: Path, reader: Callable[[str], Tensor]) -> Tensor:
-    try:
-        return reader(str(path))
-    except Exception as error:  # torchvision's reader fails with bare asserts, ValueError or RuntimeError
-        raise UserError(f"{path} is truncated or corrupt ({type(error).__name__}: {error}); "
-                        "delete it and fetch it again") from None
+def _parse_idx(data: bytes, path: Path, dimensions: int) -> Tensor:
+    """The uint8 array in an IDX file's bytes: a header (two zero bytes, 0x08 for unsigned bytes,
+    the number of dimensions, then each size as a big-endian uint32), then the values."""
+    header = 4 + 4 * dimensions
+    if len(data) < header or data[:4] != bytes([0, 0, 0x08, dimensions]):
+        reason = f"not an IDX file of unsigned bytes in {dimensions} dimensions"
+    else:
+        shape = struct.unpack(f">{dimensions}I", data[4:header])
+        if len(data) == header + math.prod(shape):
+            values = bytearray(memoryview(data)[header:])  # writable: the tensor shares it
+            if not values:  # frombuffer refuses an empty buffer
+                return torch.zeros(shape, dtype=torch.uint8)
+            return torch.frombuffer(values, dtype=torch.uint8).view(shape)
+        reason = f"{len(data) - header:,} bytes of values for shape {shape}"
+    raise UserError(f"{path} is truncated or corrupt ({reason}); delete it and fetch it again")
 
 
 def normalize(images: Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> Tensor:

@@ -21,6 +21,7 @@ from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, UserError, def
                     load_dataset, normalize, pick_device, run_cli, split_indices)
 from load_model import build_from_record, read_model_file
 from model import count_parameters
+from outputs import check_output_file
 from plots import plot_confusion, plot_errors
 
 
@@ -55,10 +56,33 @@ def draw_figures(report: dict, probabilities: Tensor, images: Tensor, labels: Te
     confidence, predicted = probabilities.max(1)
     wrong = (predicted != labels).nonzero().squeeze(1)
     wrong = wrong[confidence[wrong].argsort(descending=True)][:errors_shown]
-    report["confusion_png"], report["errors_png"] = f"{stem}.confusion.png", f"{stem}.errors.png"
+    report["confusion_png"], report["errors_png"] = map(str, figure_paths(stem))
     plot_confusion(torch.tensor(report["confusion"]), classes, Path(report["confusion_png"]))
     plot_errors(images[wrong], [classes[i] for i in labels[wrong]], [classes[i] for i in predicted[wrong]],
                 confidence[wrong].tolist(), Path(report["errors_png"]))
+
+
+def figure_paths(stem: Path) -> tuple[Path, Path]:
+    """The confusion matrix's and the mistakes' PNG of the figures named `stem`."""
+    return stem.with_name(f"{stem.name}.confusion.png"), stem.with_name(f"{stem.name}.errors.png")
+
+
+def figure_stems(models: list[Path], out_dir: Path | None, variant: str) -> list[Path]:
+    """One distinct stem for each model's figures (then the ensemble's, given several models), every
+    figure's path checked before any work: beside each model, or in `out_dir`, named after the model
+    file without its suffix; after the whole file name where two would share one (m.pth and m.onnx);
+    numbered where even those agree (two model.pth from different folders into one `out_dir`)."""
+    namings = (lambda index, path: path.stem, lambda index, path: path.name,
+               lambda index, path: f"{path.stem}-{index}")
+    ensemble = [(out_dir or models[0].parent) / f"ensemble{variant}"] if len(models) > 1 else []
+    for naming in namings:
+        stems = [(out_dir or path.parent) / (naming(index, path) + variant)
+                 for index, path in enumerate(models)] + ensemble
+        if len(set(stems)) == len(stems):
+            break
+    for figure in (path for stem in stems for path in figure_paths(stem)):
+        check_output_file(figure)
+    return stems
 
 
 def format_report(name: str, report: dict, classes: list[str]) -> str:
@@ -126,16 +150,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = pick_device(args.device)
+    # The figures of the test set (no TTA) are the model's own; others get their own names.
+    variant = "".join(f".{name}" for name, used in (("val", args.split == "val"), ("tta", args.tta))
+                      if used)
+    stems = figure_stems(args.model, args.out_dir, variant)
     records = [read_model_file(path) for path in args.model]
     check_datasets(args.model, records, args.dataset)
     images, labels = load_split(args.data_dir, args.split, records[0], args.download)
     classes = records[0]["classes"]
     reports, all_probabilities = [], []
-    # The figures of the test set (no TTA) are the model's own; others get their own names, not overwrite them.
-    variant = "".join(f".{name}" for name, used in (("val", args.split == "val"), ("tta", args.tta)) if used)
-    stems = [path.stem + variant for path in args.model]
-    if args.out_dir and len(set(stems)) < len(stems):  # several mnist_model.pth from different folders
-        stems = [f"{path.stem}-{index}{variant}" for index, path in enumerate(args.model)]
     for path, record, stem in zip(args.model, records, stems):
         model = build_from_record(record, device)
         probabilities = evaluate(model, normalize(images, **record["normalization"]).to(device),
@@ -143,9 +166,7 @@ def main() -> None:
         parameters = record["parameters"] if "onnx" in record else count_parameters(model)
         report = {"model": str(path), "arch": record["arch"], "parameters": parameters,
                   **summarize(probabilities, labels, classes)}
-        out_dir = args.out_dir or path.parent
-        out_dir.mkdir(parents=True, exist_ok=True)
-        draw_figures(report, probabilities, images, labels, classes, out_dir / stem, args.errors_shown)
+        draw_figures(report, probabilities, images, labels, classes, stem, args.errors_shown)
         reports.append(report)
         all_probabilities.append(probabilities)
     result = {"models": reports}
@@ -154,8 +175,8 @@ def main() -> None:
         result["accuracy_mean"], result["accuracy_std"] = accuracies.mean().item(), accuracies.std().item()
         ensemble = torch.stack(all_probabilities).mean(0)  # the mean of the models' probabilities
         result["ensemble"] = summarize(ensemble, labels, classes)
-        draw_figures(result["ensemble"], ensemble, images, labels, classes,
-                     (args.out_dir or args.model[0].parent) / f"ensemble{variant}", args.errors_shown)
+        draw_figures(result["ensemble"], ensemble, images, labels, classes, stems[-1],
+                     args.errors_shown)
     if args.json:
         print(json.dumps(result, indent=2))
         return

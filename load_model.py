@@ -27,23 +27,17 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from common import (DATASETS, INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, make_parser,
-                    positive_int, require, run_cli)
-from model import ARCHITECTURES, build_model
+from common import (INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, make_parser, positive_int,
+                    require, run_cli)
+from records import (MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT, ModelFileError,
+                     build_network, check_format, check_onnx_graph, check_record, probe_outputs)
 
 MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
 FORMAT_VERSION = 1
-MODEL_KEYS = ("arch", "model_args", "state_dict", "dataset", "input_shape", "normalization", "classes", "metadata")
-# ONNX files (save_model.py --format onnx): these names, and the description as JSON in the metadata.
-ONNX_INPUT, ONNX_OUTPUT, ONNX_METADATA_KEY = "image", "logits", "mnist_pipeline"
 # A phone photo has 12-50 megapixels; far larger "images" are decompression bombs. This keeps
 # the decoded image, and its float copy, to a few hundred MB at most.
 MAX_IMAGE_PIXELS = 64_000_000
-
-
-class ModelFileError(UserError):
-    """A model or checkpoint file that is missing, damaged, foreign or inconsistent."""
 
 
 class ImageError(UserError):
@@ -59,8 +53,11 @@ def read_torch_file(path: str | Path) -> dict:
         raise ModelFileError(f"{path} is empty (0 bytes)")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a PyTorch file, or it is truncated")
+    check_unpacked_size(path)
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read from the file only where used, so one the record doesn't need
+        # (refused below) costs no memory.
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         # weights_only=True stopped at an object that is not a tensor or plain container.
         refused = re.search(r"GLOBAL (\S+)", str(error))
@@ -73,6 +70,23 @@ def read_torch_file(path: str | Path) -> dict:
     return content
 
 
+def check_unpacked_size(path: Path) -> None:
+    """torch.save stores its entries uncompressed, so what one of its files holds is never larger
+    than the file: an archive that unpacks to more is a decompression bomb (a small file that
+    fills memory)."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except Exception as error:  # zipfile reports damage as BadZipFile, ValueError, EOFError, ...
+        raise ModelFileError(f"{path} is damaged or not a PyTorch file "
+                             f"({type(error).__name__}: {error})") from None
+    if unpacked > size:
+        raise ModelFileError(f"{path} unpacks to {unpacked:,} bytes from {size:,}: torch.save "
+                             "never compresses, so this file was made to fill memory; "
+                             "refusing to load it")
+
+
 def read_model_file(path: str | Path) -> dict:
     """The model record (arch, model_args, state_dict, dataset, input_shape, normalization, classes, metadata) in a
     model file, or the best model's record in a training checkpoint. For an ONNX file, the
@@ -80,27 +94,17 @@ def read_model_file(path: str | Path) -> dict:
     if Path(path).suffix == ".onnx":
         return read_onnx_file(Path(path))
     content = read_torch_file(path)
-    if content.get("format") == CHECKPOINT_FORMAT:
-        content = content.get("model", {})
-    elif content.get("format") != MODEL_FORMAT:
+    kind = content.get("format") if isinstance(content.get("format"), str) else None
+    if kind == CHECKPOINT_FORMAT:
+        content = content.get("model")
+        if not isinstance(content, dict):
+            raise ModelFileError(f"{path} is a training checkpoint without a model record "
+                                 "(no epoch finished)")
+    elif kind != MODEL_FORMAT:
         hint = " (it looks like a bare state_dict)" if all(isinstance(v, Tensor) for v in content.values()) else ""
         raise ModelFileError(f"{path} is a PyTorch file but not a model file of this project{hint}")
-    if content.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path} has format version {content.get('version')!r}; "
-                             f"this code reads version {FORMAT_VERSION}")
-    content = with_dataset(content)
-    missing = [key for key in MODEL_KEYS if key not in content]
-    if missing:
-        raise ModelFileError(f"{path} lacks {', '.join(missing)}")
-    if content["dataset"] not in DATASETS:
-        raise ModelFileError(f"{path} was trained on an unknown dataset {content['dataset']!r}; "
-                             f"known: {', '.join(DATASETS)}")
-    if content["arch"] not in ARCHITECTURES:
-        raise ModelFileError(f"{path} names an unknown architecture {content['arch']!r}; "
-                             f"known: {', '.join(ARCHITECTURES)}")
-    if not all(torch.isfinite(value).all() for value in content["state_dict"].values()):
-        raise ModelFileError(f"{path} holds NaN or infinite weights")
-    return content
+    check_format(content, path, FORMAT_VERSION)
+    return check_record(with_dataset(content), path)
 
 
 def read_onnx_file(path: Path) -> dict:
@@ -116,11 +120,18 @@ def read_onnx_file(path: Path) -> dict:
     description = {entry.key: entry.value for entry in proto.metadata_props}.get(ONNX_METADATA_KEY)
     if description is None:
         raise ModelFileError(f"{path} is an ONNX model but not one of this project (no {ONNX_METADATA_KEY} metadata)")
-    record = json.loads(description)
-    if record.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path} has format version {record.get('version')!r}; "
-                             f"this code reads version {FORMAT_VERSION}")
-    return {**with_dataset(record), "onnx": str(path)}
+    try:
+        record = json.loads(description)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: its {ONNX_METADATA_KEY} metadata is not JSON "
+                             f"({error})") from None
+    if not isinstance(record, dict):
+        raise ModelFileError(f"{path}: its {ONNX_METADATA_KEY} metadata is a "
+                             f"{type(record).__name__}, not a model description")
+    check_format(record, path, FORMAT_VERSION)
+    record = check_record({**with_dataset(record), "onnx": str(path)}, path)
+    check_onnx_graph(proto, len(record["classes"]), path)
+    return record
 
 
 def with_dataset(record: dict) -> dict:
@@ -135,7 +146,11 @@ class OnnxModel:
 
     def __init__(self, path: str | Path) -> None:
         runtime = require("onnxruntime")
-        self.session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        try:
+            self.session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime's own Fail, InvalidGraph, NotImplemented, ...
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ModelFileError(f"{path} can't run in ONNX Runtime ({reason})") from None
 
     def __call__(self, images: Tensor) -> Tensor:
         logits = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: images.detach().float().cpu().contiguous().numpy()})[0]
@@ -149,17 +164,14 @@ class OnnxModel:
 
 
 def build_from_record(record: dict, device: str | torch.device = "cpu") -> nn.Module | OnnxModel:
-    """The network described by a model record, with its weights, in eval mode (ONNX files run in ONNX Runtime)."""
+    """The network described by a model record, with its weights, in eval mode (ONNX files run in
+    ONNX Runtime), once it has given finite outputs of the right shape on a few plain images."""
     if "onnx" in record:
-        return OnnxModel(record["onnx"])
-    model = build_model(record["arch"], **record["model_args"])
-    try:
-        model.load_state_dict(record["state_dict"], strict=True)
-    except RuntimeError as error:
-        details = " ".join(line.strip() for line in str(error).splitlines()[1:3])
-        raise ModelFileError(f"the weights do not fit architecture {record['arch']!r} "
-                             f"with {record['model_args']}: {details}") from None
-    return model.to(device).eval()
+        model, device = OnnxModel(record["onnx"]), "cpu"
+    else:
+        model = build_network(check_record(record, "the model record")).to(device).eval()
+    probe_outputs(model, record, device)
+    return model
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module | OnnxModel:

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from outputs import save_figure
+
 
 def _pyplot():
     import matplotlib
@@ -29,7 +31,7 @@ def plot_history(history: list[dict], path: Path) -> None:
         axes.grid(alpha=0.3)
         axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -47,7 +49,7 @@ def plot_confusion(confusion: Tensor, classes: list[str], path: Path) -> None:
     axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
              xlabel="predicted", ylabel="true", title="confusion matrix")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -64,7 +66,7 @@ def plot_errors(images: Tensor, true: list[str], predicted: list[str], probabili
             axes.set_title(f"{true[index]}→{predicted[index]} {probability[index]:.0%}", fontsize=8)
     figure.suptitle("misclassified: true → predicted (probability)", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -84,5 +86,5 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     plt.close(figure)

@@ -18,10 +18,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -32,6 +30,7 @@ from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, INPUT_SHAPE, PROJECT_D
 from load_model import (FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT,
                         build_from_record, read_model_file)
 from model import count_parameters
+from outputs import write_atomic
 
 FORMATS = {"pth": ".pth", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
 
@@ -39,39 +38,6 @@ FORMATS = {"pth": ".pth", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
 def save_atomic(obj: object, path: str | Path) -> None:
     """`torch.save`, atomically (see write_atomic)."""
     write_atomic(path, lambda file: torch.save(obj, file))
-
-
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """`write` into a temporary file beside `path`, flushed to disk, then renamed over
-    `path`: a crash at any moment leaves either the old file or the new one, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(temporary, _file_mode(path))  # mkstemp makes it private; keep the usual permissions
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
-def _file_mode(path: Path) -> int:
-    """The replaced file's permissions, or those a new file gets under the umask."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def git_commit() -> str | None:

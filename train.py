@@ -34,6 +34,7 @@ from common import (AUGMENTATIONS, DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PAT
                     seed, split_indices, writable_file)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
+from outputs import check_output_file, write_json
 from plots import plot_history
 from save_model import model_record, run_metadata, save_atomic, save_model
 
@@ -214,8 +215,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 def output_paths(out: Path) -> dict[str, Path]:
-    return {"checkpoint": out.with_suffix(".ckpt"), "metrics": out.with_suffix(".metrics.json"),
-            "curves": out.with_suffix(".curves.png")}
+    """The files a run writes beside its model file, each one an output path that can be written."""
+    paths = {"checkpoint": out.with_suffix(".ckpt"), "metrics": out.with_suffix(".metrics.json"),
+             "curves": out.with_suffix(".curves.png")}
+    return {name: check_output_file(path) for name, path in paths.items()}
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -462,7 +465,7 @@ def run(args: argparse.Namespace, paths: dict[str, Path], checkpoint: dict | Non
         test = evaluate(chosen, normalize(test_images, **best["normalization"]).to(device), test_labels.to(device))
         metrics["test"] = {"loss": test.loss, "accuracy": test.accuracy}
         print(f"test: loss {test.loss:.4f} acc {test.accuracy:.2%} (reported only; nothing was chosen on it)")
-    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(paths["metrics"], metrics)
     plot_history(history, paths["curves"])
     return metrics
 

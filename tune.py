@@ -19,7 +19,8 @@ import statistics
 from pathlib import Path
 
 import train
-from common import PROJECT_DIR, make_parser, positive_float, positive_int, run_cli, seed
+from common import PROJECT_DIR, UserError, make_parser, positive_float, positive_int, run_cli, seed
+from outputs import write_json
 from plots import plot_sweep
 
 
@@ -48,14 +49,31 @@ def run_once(fixed: list[str], lr: float, batch_size: int, epochs: int, seed: in
     args = train.parse_args(fixed + ["--lr", str(lr), "--batch-size", str(batch_size), "--epochs", str(epochs),
                                      "--seed", str(seed), "--out", str(out)])
     settings = {name: getattr(args, name) for name in train.RUN_SETTINGS}
-    metrics_file = train.output_paths(out)["metrics"]
-    if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
-        if metrics["settings"] == settings:
-            print(f"{out.parent}: done before, val acc {metrics['val_accuracy']:.2%}")
-            return metrics
+    metrics = finished_run(train.output_paths(out)["metrics"])
+    if metrics is not None and metrics["settings"] == settings:
+        print(f"{out.parent}: done before, val acc {metrics['val_accuracy']:.2%}")
+        return metrics
     print(f"--- {out.parent}")
     return train.train(args, report_test=False)
+
+
+def finished_run(metrics_file: Path) -> dict | None:
+    """The metrics an earlier run left in `metrics_file`, if there is one; a damaged file is an
+    error that says what to do, never a traceback."""
+    if not metrics_file.exists():
+        return None
+    try:
+        metrics = json.loads(metrics_file.read_text())
+        number = (int, float)
+        fields = {"settings": dict, "val_accuracy": number, "best_epoch": int,
+                  "train_seconds": number}
+        wrong = [name for name, kind in fields.items() if not isinstance(metrics.get(name), kind)]
+    except (OSError, ValueError, AttributeError) as error:  # not JSON, not UTF-8, not a JSON object
+        wrong = [f"{type(error).__name__}: {error}"]
+    if wrong:
+        raise UserError(f"{metrics_file} is damaged (bad or missing: {', '.join(wrong)}); "
+                        "delete it and tune.py trains that run again")
+    return metrics
 
 
 def sweep(args: argparse.Namespace, fixed: list[str]) -> list[dict]:
@@ -86,10 +104,10 @@ def main() -> None:
     args, fixed = parse_args()
     rows = sweep(args, fixed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "results.json").write_text(json.dumps({"seeds": args.seeds, "rows": rows}, indent=2) + "\n")
+    write_json(args.out_dir / "results.json", {"seeds": args.seeds, "rows": rows})
     plot_sweep(rows, args.out_dir / "lr.png")
     recipe = {name: rows[0][name] for name in train.RUN_SETTINGS if name != "seed"}
-    (args.out_dir / "best.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    write_json(args.out_dir / "best.json", recipe)
     print(format_table(rows))
     print(f"wrote {args.out_dir / 'results.json'}, {args.out_dir / 'lr.png'} and {args.out_dir / 'best.json'} "
           f"(train it: python train.py --config {args.out_dir / 'best.json'})")

@@ -15,7 +15,7 @@ from model import build_model
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
 
 
-def test_load_dataset_reads_idx_files_through_torchvision(tmp_path):
+def test_load_dataset_reads_idx_files_in_torchvisions_layout(tmp_path):
     write_mnist(tmp_path, train_count=30, test_count=20)
     expected_images, expected_labels = synthetic_digits(30, seed=0)
     images, labels = load_dataset(tmp_path, train=True, download=False)

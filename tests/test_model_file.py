@@ -9,8 +9,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import records
 import save_model as save_model_module
-from load_model import ModelFileError, load_model, read_model_file
+from conftest import PROJECT_DIR, run_script
+from load_model import MODEL_KEYS, ModelFileError, build_from_record, load_model, read_model_file
 from model import LeNet
 from save_model import model_record, save_atomic, save_model
 
@@ -226,3 +228,195 @@ def test_arbitrary_bytes_never_load_as_a_model(tmp_path, data):
     path.write_bytes(data)
     with pytest.raises(ModelFileError):
         load_model(path)
+
+
+# Round two: structurally valid files whose fields are wrong, silent NaN, memory bombs.
+
+def without(key: str):
+    return lambda record: record.pop(key)
+
+
+def setting(path: str, value):
+    """A change to a record: the field at `path` set to `value` (`normalization.std`: a field's own
+    field; `state_dict.features.0.weight`: a weight; `classes.0`: a list's item)."""
+    def change(record):
+        field, _, inner = path.partition(".")
+        if not inner:
+            record[field] = value
+        else:
+            target = record[field]
+            target[int(inner) if isinstance(target, list) else inner] = value
+    return change
+
+
+WRONG_FIELDS = {
+    "model_args a list": (setting("model_args", [10]),
+                          r"model_args must be a dict with text keys, not list"),
+    "model_args with an unknown key": (setting("model_args", {"num_classes": 10, "depth": 3}),
+                                       r"model_args must be a dict of num_classes, not dict"),
+    "model_args a string count": (setting("model_args.num_classes", "10"),
+                                  r"model_args.num_classes must be a positive whole number"),
+    "model_args an overflowing count": (setting("model_args.num_classes", 10 ** 30),
+                                        r"up to 65,536"),
+    "5 class names for 10 outputs": (setting("classes", list("01234")),
+                                     r"outputs of shape \(4, 10\) .* names 5 classes"),
+    "classes a string": (setting("classes", "0123456789"),
+                         r"classes must be a non-empty list of names"),
+    "normalization missing": (without("normalization"), r"lacks normalization"),
+    "normalization strings": (setting("normalization", {"mean": "0.13", "std": "0.31"}),
+                              r"normalization.mean must be a finite number, not str"),
+    "normalization without std": (setting("normalization", {"mean": 0.13}),
+                                  r"normalization.std must be a finite number, not NoneType"),
+    "normalization mean beyond float's range": (setting("normalization.mean", -10 ** 400),
+                                                r"normalization.mean must be a finite number"),
+    "normalization std 0": (setting("normalization.std", 0.0),
+                            r"normalization.std must be above 0"),
+    "normalization std infinite": (setting("normalization.std", float("inf")),
+                                   r"normalization.std must be a finite number"),
+    "a state_dict value not a tensor": (
+        setting("state_dict.features.0.weight", [[0.5]]),
+        r"state_dict\['features.0.weight'\] must be a tensor of real numbers"),
+    "state_dict a list": (setting("state_dict", [1, 2]), r"state_dict must be a dict"),
+    "metadata a list": (setting("metadata", ["val_accuracy", 0.5]), r"metadata must be a dict"),
+    "metadata accuracy a string": (setting("metadata", {"val_accuracy": "99%"}),
+                                   r"metadata.val_accuracy must be a finite number"),
+    "metadata val_size negative": (setting("metadata", {"val_size": -5}),
+                                   r"metadata.val_size must be a positive"),
+    "arch a number": (setting("arch", 5), r"arch must be a name, not int 5"),
+    "dataset unknown": (setting("dataset", "cifar"), r"dataset names an unknown dataset 'cifar'"),
+    "input_shape another": (setting("input_shape", [3, 32, 32]),
+                            r"input_shape must be \[1, 28, 28\]"),
+    "input_shape a tensor": (setting("input_shape", torch.tensor([1, 28, 28])),
+                             r"input_shape must be \[1, 28, 28\], not Tensor"),
+    "an extra 'weight' the architecture lacks": (
+        setting("state_dict.junk", torch.zeros(3)),
+        r"do not fit architecture 'lenet'.*unexpected junk"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_FIELDS)
+def test_a_record_with_a_wrong_field_is_refused_naming_the_field(tmp_path, case):
+    change, message = WRONG_FIELDS[case]
+    record = lenet_record()
+    change(record)
+    path = tmp_path / "wrong.pth"
+    path.write_bytes(save_bytes(record))
+    with pytest.raises(ModelFileError, match=message) as error:
+        load_model(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_whose_model_is_not_a_record_is_refused(tmp_path):
+    path = tmp_path / "odd.ckpt"
+    path.write_bytes(save_bytes({"format": "mnist-pipeline/training-checkpoint", "version": 1,
+                                 "model": [1]}))
+    with pytest.raises(ModelFileError, match="without a model record"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("change", ["enormous weights", "tiny std"])
+def test_finite_weights_that_give_nan_outputs_are_refused_at_load(tmp_path, change):
+    record = lenet_record()
+    if change == "enormous weights":
+        for name in ("features.0.weight", "features.3.weight", "classifier.1.weight"):
+            record["state_dict"][name] *= 1e30
+    else:
+        record["normalization"]["std"] = 1e-45
+    save_model(record, tmp_path / "overflow.pth")
+    assert all(torch.isfinite(tensor).all() for tensor in record["state_dict"].values())
+    with pytest.raises(ModelFileError, match="outputs are NaN or infinite on plain test images"):
+        load_model(tmp_path / "overflow.pth")
+
+
+def test_predicting_with_an_overflowing_model_is_one_line_not_nan_percent(tmp_path):
+    record = lenet_record()
+    record["state_dict"]["classifier.5.weight"] *= 1e38
+    record["state_dict"]["classifier.3.weight"] *= 1e38
+    save_model(record, tmp_path / "overflow.pth")
+    result = run_script("load_model.py", "--model", tmp_path / "overflow.pth",
+                        PROJECT_DIR / "examples" / "seven.png", check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and "NaN or infinite" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def deflated_copy(source, target) -> None:
+    """`source`, a torch.save file, re-zipped with compressed entries (torch.save never does)."""
+    with zipfile.ZipFile(source) as original, \
+            zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as packed:
+        for entry in original.infolist():
+            packed.writestr(entry.filename, original.read(entry.filename))
+
+
+def test_a_small_file_that_unpacks_to_an_unused_large_tensor_is_refused_unread(tmp_path,
+                                                                               monkeypatch):
+    record = lenet_record()
+    record["state_dict"]["junk"] = torch.zeros(16 * 2 ** 20)  # 64 MiB of zeros, a few KB compressed
+    save_model(record, tmp_path / "plain.pth")
+    deflated_copy(tmp_path / "plain.pth", tmp_path / "bomb.pth")
+    assert (tmp_path / "bomb.pth").stat().st_size < 2 ** 20
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("read the bomb"))
+    with pytest.raises(ModelFileError, match=r"bomb.pth unpacks to [\d,]+ bytes from [\d,]+: "):
+        load_model(tmp_path / "bomb.pth")
+
+
+def test_an_unused_large_tensor_stored_plainly_is_refused_before_the_network_is_built(
+        tmp_path, monkeypatch):
+    record = lenet_record()
+    record["state_dict"]["junk"] = torch.zeros(16 * 2 ** 20)
+    save_model(record, tmp_path / "padded.pth")
+    devices, build = [], records.build_model
+
+    def recorded(*args, **kwargs):
+        devices.append(torch.get_default_device().type)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(records, "build_model", recorded)
+    with pytest.raises(ModelFileError, match="unexpected junk"):
+        load_model(tmp_path / "padded.pth")
+    assert devices == ["meta"]  # compared on the meta device: nothing allocated for the network
+
+
+def test_a_deflated_copy_of_a_real_model_file_is_refused_too(model_file, tmp_path):
+    deflated_copy(model_file, tmp_path / "deflated.pth")
+    assert (tmp_path / "deflated.pth").stat().st_size < model_file.stat().st_size
+    with pytest.raises(ModelFileError, match="unpacks to"):
+        load_model(tmp_path / "deflated.pth")
+
+
+# What a pickle of weights_only's plain types can hold, for the hypothesis tests below.
+PLAIN_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    | st.builds(torch.zeros, st.integers(0, 5)),
+    lambda inner: (st.lists(inner, max_size=4)
+                   | st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=8)
+FIELDS = [*MODEL_KEYS, "version", "format", "model_args.num_classes", "model_args.width",
+          "normalization.mean", "normalization.std", "metadata.val_accuracy", "metadata.val_size",
+          "state_dict.features.0.weight", "state_dict.classifier.5.bias", "classes.0"]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.sampled_from(FIELDS), PLAIN_VALUES), min_size=1, max_size=3))
+def test_a_record_with_random_field_values_loads_and_predicts_or_gets_a_clear_error(tmp_path,
+                                                                                     changes):
+    """Whatever values a record's fields hold, the reader gives a model whose outputs are finite and
+    one per class, or one ModelFileError line: never a TypeError, KeyError or IndexError."""
+    record = lenet_record()
+    for path, value in changes:
+        try:
+            setting(path, value)(record)
+        except (TypeError, KeyError, IndexError, ValueError):
+            pass  # the field's parent was replaced by an earlier change: nothing to set
+    file = tmp_path / "random.pth"
+    file.write_bytes(save_bytes(record))
+    try:
+        loaded = read_model_file(file)
+        model = build_from_record(loaded)
+    except ModelFileError as error:
+        assert "\n" not in str(error)
+        return
+    logits = model(torch.randn(2, 1, 28, 28))
+    assert logits.shape == (2, len(loaded["classes"])) and torch.isfinite(logits).all()
+    f"{loaded['metadata'].get('val_accuracy', float('nan')):.2%}"  # what save_model.py prints

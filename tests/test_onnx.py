@@ -116,3 +116,57 @@ def test_on_real_mnist_onnx_matches_pytorch_and_int8_keeps_the_accuracy(tmp_path
     assert accuracy[fp32] == accuracy[PRETRAINED_MODEL_PATH]
     assert abs(accuracy[int8] - accuracy[PRETRAINED_MODEL_PATH]) <= 0.001
     assert int8.stat().st_size <= fp32.stat().st_size / 3
+
+
+def with_description(proto, text: str):
+    """A copy of `proto` whose project metadata is `text`."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for entry in copy.metadata_props:
+        if entry.key == "mnist_pipeline":
+            entry.value = text
+    return copy
+
+
+def described(proto, **changes) -> str:
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    description = json.loads(metadata["mnist_pipeline"])
+    description.update(changes)
+    return json.dumps({key: value for key, value in description.items() if value is not None})
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not JSON", "metadata is not JSON"),
+    ("a list", "metadata is a list, not a model description"),
+    ("no classes", "lacks classes"),
+    ("5 classes for 10 outputs", r"output must be logits \(N x 5"),
+    ("normalization strings", "normalization.mean must be a finite number, not str"),
+    ("parameters a string", "parameters must be a positive whole number"),
+])
+def test_onnx_metadata_with_wrong_fields_is_refused_naming_the_field(exported, tmp_path, case,
+                                                                     message):
+    proto = onnx.load(str(exported[0]))
+    text = {"not JSON": "{classes: [0, 1", "a list": "[1, 2]",
+            "no classes": described(proto, classes=None),
+            "5 classes for 10 outputs": described(proto, classes=list("01234")),
+            "normalization strings": described(proto, normalization={"mean": "a", "std": "b"}),
+            "parameters a string": described(proto, parameters="many")}[case]
+    path = tmp_path / "wrong.onnx"
+    onnx.save(with_description(proto, text), str(path))
+    with pytest.raises(ModelFileError, match=message) as error:
+        load_model(path)
+    assert "\n" not in str(error.value)
+
+
+def test_an_onnx_graph_with_a_custom_operator_is_refused(exported, tmp_path):
+    proto = onnx.load(str(exported[0]))
+    output = proto.graph.output[0].name
+    last = next(node for node in proto.graph.node if output in node.output)
+    last.output[list(last.output).index(output)] = "before_backdoor"
+    proto.graph.node.append(onnx.helper.make_node("Backdoor", ["before_backdoor"], [output],
+                                                  domain="com.attacker"))
+    proto.opset_import.append(onnx.helper.make_opsetid("com.attacker", 1))
+    path = tmp_path / "custom.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelFileError, match="outside ONNX's standard set: com.attacker.Backdoor"):
+        load_model(path)

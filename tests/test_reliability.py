@@ -1,5 +1,8 @@
 """Nothing lost, nothing let in: interruptions, kills at random moments, divergence, concurrent writers."""
 
+import errno
+import gzip
+import hashlib
 import json
 import os
 import random
@@ -8,11 +11,23 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from torchvision.datasets import MNIST
 
-from conftest import PROJECT_DIR, TINY_TRAINING, run_script
+import common
+import outputs
+import train
+import tune
+from common import UserError, load_dataset
+from conftest import (PROJECT_DIR, REAL_DATA_DIR, REAL_FASHION_PRESENT, TINY_TRAINING,
+                      needs_real_mnist, run_script, write_idx, write_mnist)
+from evaluate import figure_paths, figure_stems
 from load_model import read_model_file, read_torch_file
+from outputs import check_output_file, write_json, write_text
+from plots import plot_history
+from save_model import save_atomic
 
 
 def start_training(*args) -> subprocess.Popen:
@@ -98,3 +113,290 @@ def test_two_runs_writing_the_same_path_leave_whole_files(tiny_data, tmp_path):
         assert run.wait(timeout=120) == 0, run.stderr.read()
     assert read_model_file(out)["metadata"]["seed"] in (1, 2)
     assert read_torch_file(out.with_suffix(".ckpt"))["settings"]["seed"] in (1, 2)
+
+
+# Round two: what a hostile tester still broke.
+
+def test_an_output_path_is_refused_when_a_symlink_a_pipe_a_folder_or_a_device_is_there(tmp_path):
+    target = tmp_path / "target.pth"
+    target.write_bytes(b"kept")
+    (tmp_path / "link.pth").symlink_to(target)
+    os.mkfifo(tmp_path / "pipe.pth")
+    (tmp_path / "folder.pth").mkdir()
+    expected = {"link.pth": "is a symbolic link", "pipe.pth": "not a regular file",
+                "folder.pth": "is a folder"}
+    for name, reason in expected.items():
+        with pytest.raises(UserError, match=reason):
+            check_output_file(tmp_path / name)
+        with pytest.raises(UserError, match=reason):  # the writer checks again, at write time
+            write_text(tmp_path / name, "replaced?")
+    with pytest.raises(UserError, match="/dev/null is not a regular file"):
+        check_output_file("/dev/null")  # checked only: if the check failed, nothing is written
+    assert target.read_bytes() == b"kept" and (tmp_path / "link.pth").is_symlink()
+    assert check_output_file(target) == target  # a regular file is replaced; an absent one created
+
+
+@pytest.mark.parametrize("script", ["train.py", "save_model.py", "bench.py"])
+def test_every_scripts_out_refuses_a_pipe_before_any_work(tmp_path, script):
+    os.mkfifo(tmp_path / "pipe.pth")
+    arguments = [tmp_path / "model.ckpt"] if script == "save_model.py" else []
+    result = run_script(script, *arguments, "--out", tmp_path / "pipe.pth", check=False)
+    assert result.returncode == 2 and "pipe.pth is not a regular file" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pipe.pth"]
+
+
+def test_bench_refuses_a_folder_as_its_out_before_benchmarking(tmp_path):
+    result = run_script("bench.py", "--quick", "--out", tmp_path, check=False)
+    assert result.returncode == 2 and f"{tmp_path} is a folder; give a file name" in result.stderr
+
+
+def test_a_symlinked_checkpoint_beside_out_is_refused_before_training(tiny_data, tmp_path):
+    elsewhere = tmp_path / "elsewhere.ckpt"
+    elsewhere.write_bytes(b"someone else's file")
+    (tmp_path / "model.ckpt").symlink_to(elsewhere)
+    result = run_script("train.py", "--data-dir", tiny_data, "--out", tmp_path / "model.pth",
+                        "--epochs", "1", *TINY_TRAINING, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {tmp_path / 'model.ckpt'} is a symbolic link")
+    assert elsewhere.read_bytes() == b"someone else's file"
+    assert not (tmp_path / "model.pth").exists()
+
+
+def test_a_full_disk_keeps_the_old_json_whole_and_says_so_in_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "model.metrics.json"
+    write_json(path, {"val_accuracy": 0.5})
+
+    def disk_full(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outputs.os, "fsync", disk_full)
+    with pytest.raises(UserError, match=f"can't write {path}: No space left on device"):
+        write_json(path, {"val_accuracy": 0.9})
+    assert json.loads(path.read_text()) == {"val_accuracy": 0.5}
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_a_figure_that_fails_midway_leaves_the_old_png_whole(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "model.curves.png"
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5,
+                "val_accuracy": 0.5}]
+    plot_history(history, path)
+    before = path.read_bytes()
+
+    def half_then_full(self, file, **options):
+        file.write(before[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", half_then_full)
+    with pytest.raises(UserError, match="No space left on device"):
+        plot_history(history * 2, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("content", [b"", b'{"settings": ', b"[1, 2]", b'{"settings": {}}',
+                                     b"\xff\xfe"])
+def test_tune_names_a_damaged_metrics_file_instead_of_a_json_traceback(tmp_path, content):
+    path = tmp_path / "model.metrics.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=f"{path} is damaged .*delete it and tune.py trains"):
+        tune.finished_run(path)
+
+
+def signal_in_the_middle_of_writing(monkeypatch, signal_number: int, calls: list) -> None:
+    """Makes torch.save's writes send `signal_number` to this process halfway (a Ctrl-C or kill
+    landing in the zip writer), and counts the saves in `calls`."""
+    real_save = torch.save
+
+    class Interrupting:
+        def __init__(self, file):
+            self.file, self.writes = file, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                signal.raise_signal(signal_number)
+            return self.file.write(data)
+
+        def flush(self):
+            self.file.flush()
+
+    def save(obj, file, *args, **kwargs):
+        calls.append(1)
+        real_save(obj, Interrupting(file) if len(calls) == 2 else file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_save_waits_until_the_file_is_whole_then_interrupts(tmp_path, monkeypatch,
+                                                                                signal_number):
+    previous = signal.signal(signal.SIGTERM, common._interrupt)
+    try:
+        path, calls = tmp_path / "model.pth", []
+        signal_in_the_middle_of_writing(monkeypatch, signal_number, calls)
+        save_atomic({"epoch": 1}, path)
+        with pytest.raises(KeyboardInterrupt):
+            save_atomic({"epoch": 2, "weights": torch.zeros(1000)}, path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert torch.load(path, weights_only=True)["epoch"] == 2  # the new file, whole
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_ctrl_c_inside_the_checkpoint_save_ends_in_the_resume_line_not_a_zip_writer_error(
+        tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "model.pth"
+    signal_in_the_middle_of_writing(monkeypatch, signal.SIGINT, [])  # in epoch 2's checkpoint
+    monkeypatch.setattr(sys, "argv", ["train.py", "--data-dir", str(tiny_data), "--out", str(out),
+                                      "--epochs", "3", *TINY_TRAINING])
+    resume_line = f"keeps epoch 2; continue with: python train.py --resume --out {out}"
+    with pytest.raises(KeyboardInterrupt, match=resume_line):
+        train.main()
+    assert read_torch_file(out.with_suffix(".ckpt"))["history"][-1]["epoch"] == 2
+
+
+def publish_as_real(monkeypatch, raw, dataset: str = "mnist") -> None:
+    """Makes the tiny files in `raw` the known real ones for the test: their sizes and SHA-256s, and
+    the MD5s of any .gz files there."""
+    known = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+             for path in raw.glob("*-ubyte")}
+    monkeypatch.setitem(common.IDX_SHA256, dataset, known)
+    monkeypatch.setattr(common, "IDX_SIZES", {name: (raw / name).stat().st_size for name in known})
+    published = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in raw.glob("*.gz")}
+    monkeypatch.setattr(MNIST, "resources",
+                        [(name, published.get(name, md5)) for name, md5 in MNIST.resources])
+
+
+def alter_a_label(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] = (data[-1] + 1) % 10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("with_gz", [True, False], ids=["beside its .gz", "of the real size"])
+def test_altered_labels_in_a_file_that_claims_to_be_the_real_one_are_refused(tmp_path, monkeypatch,
+                                                                             with_gz):
+    raw = write_mnist(tmp_path, train_count=30, test_count=20) / "MNIST" / "raw"
+    labels = raw / "t10k-labels-idx1-ubyte"
+    if with_gz:
+        (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels.read_bytes()))
+    publish_as_real(monkeypatch, raw)
+    load_dataset(tmp_path, train=False, download=False)  # as published: read
+    alter_a_label(labels)
+    with pytest.raises(UserError, match=f"{labels} is altered or corrupt .*not the real file's"):
+        load_dataset(tmp_path, train=False, download=False)
+
+
+def test_a_file_of_another_size_with_no_gz_is_a_dataset_of_ones_own_and_is_read(tmp_path,
+                                                                                monkeypatch):
+    raw = write_mnist(tmp_path, train_count=30, test_count=20) / "MNIST" / "raw"
+    publish_as_real(monkeypatch, raw)
+    alter_a_label(raw / "t10k-labels-idx1-ubyte")
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(19, dtype=np.uint8))  # not the real size
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((19, 28, 28), dtype=np.uint8))
+    images, labels = load_dataset(tmp_path, train=False, download=False)
+    assert len(images) == len(labels) == 19
+
+
+@needs_real_mnist
+def test_the_real_labels_altered_or_swapped_for_fashions_are_refused(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).symlink_to(REAL_DATA_DIR / "MNIST" / "raw" / name)
+    load_dataset(tmp_path, train=False, download=False)
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.unlink()
+    labels.write_bytes((REAL_DATA_DIR / "MNIST" / "raw" / labels.name).read_bytes())
+    alter_a_label(labels)
+    with pytest.raises(UserError, match="altered or corrupt .*not the real file's.*fetch it again"):
+        load_dataset(tmp_path, train=False, download=False)
+    if REAL_FASHION_PRESENT:
+        labels.write_bytes((REAL_DATA_DIR / "FashionMNIST" / "raw" / labels.name).read_bytes())
+        with pytest.raises(UserError, match="it is fashion-mnist's file, not mnist's"):
+            load_dataset(tmp_path, train=False, download=False)
+
+
+def only_gz(tmp_path, monkeypatch):
+    """A tiny dataset whose test split is only its .gz files (published for the test); its raw/."""
+    raw = write_mnist(tmp_path, train_count=30, test_count=20) / "MNIST" / "raw"
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes()))
+    publish_as_real(monkeypatch, raw)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).unlink()
+    return raw
+
+
+def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monkeypatch):
+    raw = only_gz(tmp_path, monkeypatch)
+    before = sorted(os.listdir(raw))
+
+    def read_only_mount(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", read_only_mount)  # a read-only mount's answer
+    raw.chmod(0o555)  # and, for a user other than root, what a read-only folder answers
+    try:
+        images, labels = load_dataset(tmp_path, train=False, download=False)
+    finally:
+        raw.chmod(0o755)
+    assert images.shape == (20, 28, 28) and len(labels) == 20
+    assert sorted(os.listdir(raw)) == before
+
+
+def test_parallel_processes_decompressing_the_same_fresh_gz_all_succeed(tmp_path, monkeypatch):
+    raw = only_gz(tmp_path, monkeypatch)
+    published = dict(MNIST.resources)
+    child = ("import sys; sys.path.insert(0, sys.argv[1]); import common;"
+             "from torchvision.datasets import MNIST; MNIST.resources = eval(sys.argv[3]);"
+             "common.IDX_SHA256['mnist'] = eval(sys.argv[4]);"
+             "images, _ = common.load_dataset(sys.argv[2], train=False, download=False);"
+             "print(len(images))")
+    arguments = [str(PROJECT_DIR), str(tmp_path), repr(list(published.items())),
+                 repr(common.IDX_SHA256["mnist"])]
+    processes = [subprocess.Popen([sys.executable, "-c", child, *arguments], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0 and stdout.strip() == "20", stderr
+    assert sorted(name for name in os.listdir(raw) if name.startswith("t10k")) == [
+        "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte",
+        "t10k-labels-idx1-ubyte.gz"]
+    load_dataset(tmp_path, train=False, download=False)  # the kept files are whole: they pass
+
+
+def test_evaluate_checks_where_its_figures_go_before_reading_anything(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = run_script("evaluate.py", "--model", tmp_path / "absent.pth",
+                        "--out-dir", tmp_path / "a_file" / "figs", "--json", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: can't write {tmp_path / 'a_file' / 'figs'}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_evaluate_refuses_a_read_only_model_folder_before_scoring(tiny_model, tiny_data, tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    (folder / "model.pth").write_bytes(tiny_model.read_bytes())
+    folder.chmod(0o555)
+    try:
+        result = run_script("evaluate.py", "--model", folder / "model.pth", "--data-dir", tiny_data,
+                            "--json", check=False)
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 1 and "is not writable" in result.stderr and result.stdout == ""
+
+
+def test_each_models_figures_get_their_own_names(tmp_path):
+    (tmp_path / "a").mkdir()
+    stems = figure_stems([tmp_path / "m.pth", tmp_path / "m.onnx"], None, "")
+    assert [stem.name for stem in stems] == ["m.pth", "m.onnx", "ensemble"]
+    stems = figure_stems([tmp_path / "a" / "m.pth", tmp_path / "m.pth"], tmp_path / "out", ".tta")
+    assert [stem.name for stem in stems] == ["m-0.tta", "m-1.tta", "ensemble.tta"]
+    assert [stem.name for stem in figure_stems([tmp_path / "m.pth"], None, "")] == ["m"]
+    stems = figure_stems([tmp_path / "m.pth"] * 2, None, "")
+    paths = [path for stem in stems for path in figure_paths(stem)]
+    assert len(set(paths)) == len(paths) == 6

@@ -1,0 +1,144 @@
+"""Writing output files: one check of an output path, one atomic writer for every file written.
+
+Every model, checkpoint, JSON report and figure goes through `write_atomic`, so a crash, a full disk
+or a Ctrl-C leaves either the old file or the new one, whole; and every output path goes through
+`check_output_file`, so nothing but a regular file (or nothing) is ever replaced.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from errors import UserError
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def check_output_file(path: str | Path) -> Path:
+    """`path` if a file can be written there: its folder exists (or can be made) and is writable,
+    and what is there now, if anything, is a regular file. A folder, a symbolic link (writing
+    would replace the link, not its target), a device, a pipe or a socket is refused."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"can't write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"can't write {path}: {folder} is not writable")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as error:
+        raise UserError(f"can't write {path}: {error.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path} is a folder; give a file name")
+    if stat.S_ISLNK(mode):
+        raise UserError(f"{path} is a symbolic link; writing would replace the link, not its "
+                        f"target: give the target's own path ({path.resolve()})")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path} is not a regular file (a device, pipe or socket); "
+                        "refusing to replace it")
+    return path
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """`write` into a temporary file beside `path`, flushed to disk, then renamed over `path`: a
+    crash at any moment leaves either the old file or the new one, whole. Ctrl-C and SIGTERM wait
+    until the file is in place (a signal landing inside a writer such as torch.save's would
+    otherwise surface as that writer's own error). A write that fails (a full disk) is a
+    UserError naming the file."""
+    path = check_output_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp")
+    except OSError as error:
+        raise UserError(f"can't write {path}: {error.strerror or error}") from None
+    try:
+        with signals_deferred():
+            with os.fdopen(handle, "wb") as file:
+                os.chmod(temporary, _file_mode(path))  # mkstemp's is private: keep the usual
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+            _sync_folder(path.parent)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise UserError(f"can't write {path}: {error.strerror or error}") from None
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """A text file (UTF-8), atomically."""
+    write_atomic(path, lambda file: file.write(text.encode()))
+
+
+def write_json(path: str | Path, content: object) -> None:
+    """A JSON file, indented, atomically."""
+    write_text(path, json.dumps(content, indent=2) + "\n")
+
+
+def save_figure(figure, path: str | Path) -> None:
+    """A matplotlib figure as a PNG, atomically."""
+    write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=100))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM until the block ends, then acts on the first one that came, as its
+    handler would have (Ctrl-C raises KeyboardInterrupt after the block, not inside it). Only the
+    main thread can set handlers; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.getsignal(number) for number in DEFERRED_SIGNALS}
+    for number, handler in previous.items():
+        if handler is not None:  # None: a handler set outside Python, left alone
+            signal.signal(number, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)
+        if received:
+            _deliver(received[0], previous[received[0]])
+
+
+def _deliver(number: int, handler) -> None:
+    """Acts on a held signal as `handler` (what was installed before) would have."""
+    if callable(handler):
+        handler(number, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(number)  # the default action: for SIGTERM, the end of the process
+
+
+def _file_mode(path: Path) -> int:
+    """The replaced file's permissions, or those a new file gets under the umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _sync_folder(folder: Path) -> None:
+    """Makes a rename in `folder` durable (POSIX; elsewhere there is no folder to open)."""
+    if hasattr(os, "O_DIRECTORY"):
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

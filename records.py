@@ -1,0 +1,214 @@
+"""What a model record must be: one schema, checked whole when a model file is read.
+
+A model file (or a training checkpoint's best model, or an ONNX file's description) is untrusted:
+every field is checked for its type and values before anything uses it, and the network it
+describes is built only once its weights are known to fit, then tried on a few inputs. Every
+failure is one ModelFileError naming the field, never a TypeError or KeyError from deep inside.
+"""
+
+import inspect
+import math
+import reprlib
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from common import DATASETS, INPUT_SHAPE
+from errors import UserError
+from model import ARCHITECTURES, build_model
+
+MODEL_KEYS = ("arch", "model_args", "state_dict", "dataset", "input_shape", "normalization",
+              "classes", "metadata")
+# ONNX files (save_model.py --format onnx): these names, and the description as JSON in metadata.
+ONNX_INPUT, ONNX_OUTPUT, ONNX_METADATA_KEY = "image", "logits", "mnist_pipeline"
+# Operator domains ONNX Runtime's CPU provider implements; any other is a custom operator.
+ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
+# Far above any width or class count a 28 x 28 classifier uses; larger only make sizes overflow.
+MAX_MODEL_ARG = 65_536
+# The types of the metadata that scripts read (others are kept as they are, unread).
+METADATA_FIELDS = {"val_accuracy": "number", "val_loss": "number", "train_seconds": "number",
+                   "best_epoch": "count", "epochs": "count", "val_size": "count"}
+
+
+class ModelFileError(UserError):
+    """A model or checkpoint file that is missing, damaged, foreign or inconsistent."""
+
+
+_SHORT = reprlib.Repr()  # a hostile value may be huge: show its start
+_SHORT.maxstring = _SHORT.maxother = 40
+
+
+def show(value: object) -> str:
+    """A value from an untrusted file, shortened to one line for an error message."""
+    return " ".join(_SHORT.repr(value).split())
+
+
+def check_format(content: dict, source: str | Path, version: int) -> None:
+    """The format version must be exactly `version` (an int: True or a tensor is not a version)."""
+    found = content.get("version")
+    if type(found) is not int or found != version:
+        raise ModelFileError(f"{source} has format version {show(found)}; "
+                             f"this code reads version {version}")
+
+
+class _Field:
+    """Checks of one record's fields, each failure a ModelFileError naming the file and field."""
+
+    def __init__(self, source: str | Path) -> None:
+        self.source = source
+
+    def fail(self, field: str, wanted: str, value: object) -> ModelFileError:
+        return ModelFileError(f"{self.source}: {field} must be {wanted}, "
+                              f"not {type(value).__name__} {show(value)}")
+
+    def number(self, field: str, value: object) -> float:
+        try:
+            number = float(value) if type(value) in (int, float) else math.nan
+        except OverflowError:  # an int beyond float's range
+            number = math.inf
+        if not math.isfinite(number):
+            raise self.fail(field, "a finite number", value)
+        return number
+
+    def count(self, field: str, value: object, most: int | None = None) -> int:
+        if type(value) is not int or not 1 <= value <= (most or value):
+            limit = f" up to {most:,}" if most else ""
+            raise self.fail(field, f"a positive whole number{limit}", value)
+        return value
+
+    def known(self, field: str, value: object, names: dict, what: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(field, "a name", value)
+        if value not in names:
+            raise ModelFileError(f"{self.source}: {field} names {what} {show(value)}; "
+                                 f"known: {', '.join(names)}")
+        return value
+
+    def mapping(self, field: str, value: object, keys: set[str] | None = None) -> dict:
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise self.fail(field, "a dict with text keys", value)
+        if keys is not None and not set(value) <= keys:
+            raise self.fail(field, f"a dict of {', '.join(sorted(keys)) or 'nothing'}", value)
+        return value
+
+
+def check_record(record: object, source: str | Path) -> dict:
+    """`record` if it is a model record whose every field has the right type and a usable value;
+    for a .pth record, the weights must also be finite tensors (checked before building anything).
+    Unknown top-level keys are left alone, unread."""
+    field = _Field(source)
+    field.mapping("the record", record)
+    needed = [key for key in MODEL_KEYS if not (key == "state_dict" and "onnx" in record)]
+    missing = [key for key in needed if key not in record]
+    if missing:
+        raise ModelFileError(f"{source} lacks {', '.join(missing)}")
+    field.known("arch", record["arch"], ARCHITECTURES, "an unknown architecture")
+    arguments = set(inspect.signature(ARCHITECTURES[record["arch"]]).parameters)
+    for name, value in field.mapping("model_args", record["model_args"], arguments).items():
+        field.count(f"model_args.{name}", value, most=MAX_MODEL_ARG)
+    field.known("dataset", record["dataset"], DATASETS, "an unknown dataset")
+    shape = record["input_shape"]
+    if not (type(shape) in (list, tuple) and [type(size) for size in shape] == [int] * len(shape)
+            and list(shape) == list(INPUT_SHAPE)):
+        raise field.fail("input_shape", f"{list(INPUT_SHAPE)}", shape)
+    normalization = field.mapping("normalization", record["normalization"], {"mean", "std"})
+    normalization = {name: field.number(f"normalization.{name}", normalization.get(name))
+                     for name in ("mean", "std")}
+    record["normalization"] = normalization  # as floats: an int beyond float's range is refused
+    if not normalization["std"] > 0:
+        raise field.fail("normalization.std", "above 0 (the inputs are divided by it)",
+                         normalization["std"])
+    classes = record["classes"]
+    if type(classes) is not list or not classes or not all(type(name) is str for name in classes):
+        raise field.fail("classes", "a non-empty list of names", classes)
+    metadata = field.mapping("metadata", record["metadata"])
+    for name, kind in METADATA_FIELDS.items():
+        if name in metadata:
+            getattr(field, kind)(f"metadata.{name}", metadata[name])
+    if "onnx" in record:
+        field.count("parameters", record.get("parameters"))
+    else:
+        _check_weights(field, record)
+    return record
+
+
+def _check_weights(field: _Field, record: dict) -> None:
+    """Tensors of real numbers, the names and shapes the architecture has, then finite: in that
+    order, so that a tensor the architecture lacks is refused unread (files are memory-mapped)."""
+    for name, value in field.mapping("state_dict", record["state_dict"]).items():
+        if not isinstance(value, Tensor) or value.is_complex() or value.dtype == torch.bool:
+            raise field.fail(f"state_dict[{name!r}]", "a tensor of real numbers", value)
+    _check_fit(record)
+    if not all(torch.isfinite(value).all() for value in record["state_dict"].values()):
+        raise ModelFileError(f"{field.source} holds NaN or infinite weights")
+
+
+def _check_fit(record: dict) -> None:
+    """The weights must have the names and shapes of the architecture, built on the meta device
+    (no memory) to compare: nothing is allocated for weights that don't fit."""
+    arch, model_args = record["arch"], record["model_args"]
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(arch, **model_args)
+    except Exception as error:  # a width too small for the architecture's halvings, ...
+        raise ModelFileError(f"architecture {arch!r} can't be built with {model_args} "
+                             f"({error})") from None
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    given = {name: tuple(tensor.shape) for name, tensor in record["state_dict"].items()}
+    problems = [f"missing {name}" for name in expected if name not in given]
+    problems += [f"unexpected {name}" for name in given if name not in expected]
+    problems += [f"size mismatch for {name}: {given[name]} in the file, {shape} in the architecture"
+                 for name, shape in expected.items() if name in given and given[name] != shape]
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ModelFileError(f"the weights do not fit architecture {arch!r} with {model_args}: "
+                             + "; ".join(problems[:3]) + more)
+
+
+def build_network(record: dict) -> nn.Module:
+    """The network of a record that check_record passed, with its weights."""
+    model = build_model(record["arch"], **record["model_args"])
+    model.load_state_dict(record["state_dict"], strict=True)
+    return model
+
+
+@torch.no_grad()
+def probe_outputs(model, record: dict, device: str | torch.device = "cpu") -> None:
+    """Runs the model once on images at the edges of what real ones give (all black, all white,
+    mid grey, seeded noise), normalized as the record says. Finite weights can still overflow to NaN
+    (enormous values, a tiny std): such a model is refused here, not found out as `nan%`
+    predictions or a chance-level accuracy."""
+    pixels = torch.stack([torch.zeros(28, 28), torch.ones(28, 28), torch.full((28, 28), 0.5),
+                          torch.rand(28, 28, generator=torch.Generator().manual_seed(0))])
+    normalization = record["normalization"]
+    images = ((pixels - normalization["mean"]) / normalization["std"]).unsqueeze(1).to(device)
+    logits = model(images)
+    classes = len(record["classes"])
+    if tuple(logits.shape) != (len(images), classes):
+        raise ModelFileError(f"the model gives outputs of shape {tuple(logits.shape)} for "
+                             f"{len(images)} images, but its record names {classes} classes")
+    if not torch.isfinite(logits).all():
+        raise ModelFileError("the model's outputs are NaN or infinite on plain test images: "
+                             "its weights (or its normalization) are unusable")
+
+
+def check_onnx_graph(proto, classes: int, source: str | Path) -> None:
+    """An ONNX graph must take `image` (N x 1 x 28 x 28, float) and give `logits` (N x classes),
+    with standard operators only (a custom one would need code this project does not ship)."""
+    shape = lambda value: [dim.dim_value or dim.dim_param or "?"
+                           for dim in value.type.tensor_type.shape.dim]
+    inputs = [(value.name, shape(value)) for value in proto.graph.input]
+    outputs = [(value.name, shape(value)) for value in proto.graph.output]
+    if len(inputs) != 1 or inputs[0][0] != ONNX_INPUT or inputs[0][1][1:] != list(INPUT_SHAPE):
+        raise ModelFileError(f"{source}: the graph's input must be {ONNX_INPUT} (N x 1 x 28 x 28), "
+                             f"not {show(inputs)}")
+    if len(outputs) != 1 or outputs[0][0] != ONNX_OUTPUT or outputs[0][1][1:] != [classes]:
+        raise ModelFileError(f"{source}: the graph's output must be {ONNX_OUTPUT} (N x {classes}, "
+                             f"one score a class), not {show(outputs)}")
+    nodes = [*proto.graph.node, *(node for function in proto.functions for node in function.node)]
+    foreign = sorted({f"{node.domain}.{node.op_type}" for node in nodes
+                      if node.domain not in ONNX_DOMAINS})
+    if foreign:
+        raise ModelFileError(f"{source} uses operators outside ONNX's standard set: "
+                             + ", ".join(foreign))
