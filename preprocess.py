@@ -86,9 +86,10 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
     darkness = ink_darkness(to_grayscale(image, WORK_SIDE))
     if darkness.max() < 0.2:
         raise ImageError("no digit found (the image is blank or nearly uniform)")
-    strokes = digit_strokes(darkness)
-    level = np.percentile(darkness[strokes], 90)
-    near = ndimage.binary_dilation(strokes, iterations=2)  # keeps the strokes' soft edges
+    strokes, ink, half_width = digit_strokes(darkness)
+    level = np.percentile(darkness[strokes], 99)
+    # The strokes' soft edges, out to half a stroke's width, but not the ink that was dropped.
+    near = (ndimage.distance_transform_edt(~strokes) <= max(2.0, half_width / 2)) & (strokes | ~ink)
     return mnist_frame(np.where(near, np.clip(darkness / level, 0, 1), 0).astype(np.float32), box, size)
 
 
@@ -98,8 +99,15 @@ def ink_darkness(gray: np.ndarray) -> np.ndarray:
     ink on dark paper is inverted first."""
     if gray.size == 0 or gray.max() == gray.min():
         return np.zeros_like(gray)
-    if light_ink(gray):
-        gray = 1 - gray
+    inverted = light_ink(gray)
+    darkness = paper_darkness(1 - gray if inverted else gray)
+    if (darkness > max(otsu_threshold(darkness), 0.1)).mean() > 0.5:  # "ink" can't cover most of a page:
+        darkness = paper_darkness(gray if inverted else 1 - gray)  # thick strokes outvoted the paper
+    return darkness
+
+
+def paper_darkness(gray: np.ndarray) -> np.ndarray:
+    """How much darker than the paper's brightness (paper_brightness) each pixel is, in [0, 1]."""
     return np.clip(1 - gray / np.maximum(paper_brightness(gray), 1e-3), 0, 1)
 
 
@@ -146,29 +154,41 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(levels[np.nanargmax(np.nan_to_num(between[:-1], nan=-1))] + 0.5 / bins)
 
 
-def digit_strokes(darkness: np.ndarray) -> np.ndarray:
-    """The digit's ink: the pixels darker than Otsu's threshold, less anything thinner than
-    half the pen's strokes (ruling, grid lines, specks), in the largest connected component
-    and the large ones near it."""
+def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The digit's ink: the pixels darker than Otsu's threshold, less anything much thinner than
+    the pen's strokes (ruling, grid lines, specks), in the largest connected component and the
+    large ones near it. Returns it, all the ink (over the threshold), and the thickest strokes'
+    half-width."""
     ink = darkness > max(otsu_threshold(darkness), 0.1)
     distance = ndimage.distance_transform_edt(ink)
-    stroke = np.percentile(distance[ink], 97)  # the half-width of the thickest strokes
-    if stroke >= 2.5:
-        cores = distance > stroke / 2
-        thick = ink & (ndimage.distance_transform_edt(~cores) <= stroke / 2 + 0.5)
-        ink = thick if thick.any() else ink
-    labels, count = ndimage.label(ink, structure=np.ones((3, 3)))
+    stroke = float(np.percentile(distance[ink], 97))  # half the width of the thickest strokes
+    strokes = ink
+    if stroke >= 3.5:  # strokes thick enough to tell from lines a third as wide
+        radius = stroke / 3
+        thick = ink & (ndimage.distance_transform_edt(distance <= radius) <= radius + 0.5)
+        strokes = thick | short_pieces(ink & ~thick) if thick.any() else ink
+    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
     if count <= 1:
-        return ink
+        return strokes, ink, stroke
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
-    largest = int(np.argmax(areas))
-    top, left = boxes[largest][0].start, boxes[largest][1].start
-    bottom, right = boxes[largest][0].stop, boxes[largest][1].stop
-    margin_rows, margin_cols = (bottom - top) // 4, (right - left) // 4
+    largest = boxes[int(np.argmax(areas))]
+    margin = max(largest[0].stop - largest[0].start, largest[1].stop - largest[1].start) // 2
     keep = [index + 1 for index, (area, (rows, cols)) in enumerate(zip(areas, boxes))
-            if area >= 0.1 * areas[largest] and rows.stop > top - margin_rows and rows.start < bottom + margin_rows
-            and cols.stop > left - margin_cols and cols.start < right + margin_cols]
+            if area >= 0.1 * areas.max() and rows.stop > largest[0].start - margin
+            and rows.start < largest[0].stop + margin and cols.stop > largest[1].start - margin
+            and cols.start < largest[1].stop + margin]
+    return np.isin(labels, keep), ink, stroke
+
+
+def short_pieces(thin: np.ndarray) -> np.ndarray:
+    """The thin pieces that are not lines: those that neither reach the image's edge nor run a
+    third of its width or height (a digit's thin parts, say, between its thick ones)."""
+    labels, _ = ndimage.label(thin, structure=np.ones((3, 3)))
+    height, width = thin.shape
+    keep = [index + 1 for index, (rows, cols) in enumerate(ndimage.find_objects(labels))
+            if rows.start > 0 and cols.start > 0 and rows.stop < height and cols.stop < width
+            and rows.stop - rows.start < height / 3 and cols.stop - cols.start < width / 3]
     return np.isin(labels, keep)
 
 
