@@ -30,8 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import train
-from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError, evaluate, load_dataset,
-                    normalize, pick_device, positive_int, run_cli, training_indices)
+from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError,
+                    evaluate, load_dataset, normalize, pick_device, positive_int, run_cli,
+                    training_indices)
 from load_model import ImageError, Predictor, load_model, predict_images, read_model_file
 from model import build_model
 import photos
@@ -187,16 +188,18 @@ def phone_jpeg(path: Path, data_dir: Path, size: tuple[int, int] = (4000, 3000))
 def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int) -> dict:
     """Accuracy per photo condition, and the latency of one image from its file."""
     with tempfile.TemporaryDirectory() as folder:
-        print(f"\nreading digits as people hand them in: the first {count} MNIST test digits rendered under "
-              f"each condition (photos.py), predicted from the files by {model_path.name} as load_model.py does")
+        print(f"\nreading digits as people hand them in: the first {count} MNIST test digits "
+              "rendered under each condition (photos.py), predicted from their files by "
+              f"{model_path} as load_model.py does")
         accuracy = photo_accuracy(model_path, data_dir, count, Path(folder))
         for condition, share in accuracy.items():
             print(f"  {condition:<14} {share:7.1%}")
         small = Path(folder) / "mnist.png"
-        small.write_bytes(photos.encode(*photos.render(load_dataset(data_dir, train=False, download=False)[0][0]
-                                                        .numpy(), "mnist 28x28", seed=0)))
+        digit = load_dataset(data_dir, train=False, download=False)[0][0].numpy()
+        small.write_bytes(photos.encode(*photos.render(digit, "mnist 28x28", seed=0)))
         files = {"12 MP phone JPEG": phone_jpeg(Path(folder) / "phone.jpg", data_dir),
-                 "drawn PNG 240x320": PROJECT_DIR / "examples" / "seven.png", "MNIST PNG 28x28": small}
+                 "drawn PNG 240x320": PROJECT_DIR / "examples" / "seven.png",
+                 "MNIST PNG 28x28": small}
         print(f"\none image from its file to its prediction ({calls} calls; median and p99 ms)")
         latency = {}
         for name, path in files.items():
@@ -257,10 +260,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=0.99,
                         help="test accuracy whose training time is measured (for fashion-mnist, try 0.9)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a subset: checks that it runs")
-    parser.add_argument("--out", type=Path, help="JSON file of the results (default: bench.json; none with --photos)")
-    parser.add_argument("--photos", action="store_true",
-                        help="only the photo benchmark: accuracy on digits rendered as photos, and latency")
-    parser.add_argument("--count", type=positive_int, default=300, help="test digits per condition for --photos")
+    parser.add_argument("--out", type=Path,
+                        help="JSON file of the results (default: bench.json; none with --photos)")
+    parser.add_argument("--photos", action="store_true", help="only the photo benchmark: accuracy "
+                        "on digits rendered as photos, and latency from the file")
+    parser.add_argument("--count", type=positive_int, default=300,
+                        help="test digits per condition for --photos")
     parser.add_argument("--model", type=Path, default=PRETRAINED_MODEL_PATH,
                         help="model file for the prediction latency")
     parser.add_argument("--image", type=Path, default=PROJECT_DIR / "examples" / "seven.png",

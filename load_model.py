@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from common import (DATASETS, INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, positive_int, require,
                     run_cli)
 from model import ARCHITECTURES, build_model
-from preprocess import (MAX_IMAGE_PIXELS, MAX_JPEG_PIXELS, PREPROCESSING, ImageError, preprocess_digit,  # noqa: F401
-                        preprocess_garment, read_image, to_grayscale)
+from preprocess import (MAX_IMAGE_PIXELS, MAX_JPEG_PIXELS, PREPROCESSING, ImageError,  # noqa: F401
+                        preprocess_digit, preprocess_garment, read_image, to_grayscale)
 
 MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
@@ -197,7 +197,7 @@ class Prediction:
 class Predictor:
     """A model file, loaded once, that predicts images:
 
-        predictor = Predictor("mnist_model.pth")  # default: the one you trained, else the shipped one
+        predictor = Predictor("mnist_model.pth")  # default: yours if trained, else the shipped one
         prediction = predictor("digit.jpg")       # a path, PIL image, numpy array or tensor
         prediction.name, prediction.probability
 
@@ -208,7 +208,8 @@ class Predictor:
     A list, or a batch tensor, gives a list of predictions.
     """
 
-    def __init__(self, model: str | Path | None = None, device: str | torch.device = "cpu", top_k: int = 3) -> None:
+    def __init__(self, model: str | Path | None = None, device: str | torch.device = "cpu",
+                 top_k: int = 3) -> None:
         self.record = read_model_file(model or default_model_path())
         self.model = build_from_record(self.record, device)
         self.device, self.top_k = device, top_k
@@ -216,14 +217,15 @@ class Predictor:
         self.preprocess = PREPROCESSING[self.record["dataset"]]
 
     def __call__(self, images: "ImageLike | list[ImageLike]") -> Prediction | list[Prediction]:
-        batch = isinstance(images, (list, tuple)) or (isinstance(images, Tensor) and images.dim() >= 3)
+        batch = isinstance(images, (list, tuple)) or isinstance(images, Tensor) and images.dim() > 2
         inputs = self.inputs(images)
         probabilities = predict_images(self.model, self.record, inputs.to(self.device)).cpu()
         top = probabilities.topk(min(self.top_k, len(self.classes)))
-        predictions = [Prediction(label=int(indices[0]), name=self.classes[int(indices[0])],
-                                  probability=float(values[0]), input=image,
-                                  top=[(self.classes[i], p) for p, i in zip(values.tolist(), indices.tolist())])
-                       for image, values, indices in zip(inputs, top.values, top.indices)]
+        predictions = []
+        for image, values, indices in zip(inputs, top.values.tolist(), top.indices.tolist()):
+            top_k = [(self.classes[i], p) for p, i in zip(values, indices)]
+            predictions.append(Prediction(label=indices[0], name=top_k[0][0], probability=values[0],
+                                          top=top_k, input=image))
         return predictions if batch else predictions[0]
 
     def inputs(self, images: "ImageLike | list[ImageLike]") -> Tensor:
@@ -237,8 +239,8 @@ class Predictor:
         elif isinstance(images, np.ndarray):
             images = array_image(images)
         if not isinstance(images, Image.Image):
-            raise TypeError(f"can't predict a {type(images).__name__}: give a file path, a PIL image, "
-                            "a numpy array or a tensor")
+            raise TypeError(f"can't predict a {type(images).__name__}: give a file path, "
+                            "a PIL image, a numpy array or a tensor")
         return self.preprocess(images).unsqueeze(0)
 
 
@@ -251,8 +253,9 @@ def prepared_tensor(images: Tensor) -> Tensor:
     if images.dim() == 4 and shape[1] == 1:
         images = images[:, 0]
     if tuple(images.shape[-2:]) != INPUT_SHAPE[1:] or images.dim() not in (2, 3):
-        raise ImageError(f"a tensor of shape {shape} is not a prepared input: give (28, 28), (N, 28, 28) or "
-                         "(N, 1, 28, 28), white on black; pass other images as a path, PIL image or array")
+        raise ImageError(f"a tensor of shape {shape} is not a prepared input: give (28, 28), "
+                         "(N, 28, 28) or (N, 1, 28, 28), white on black; pass other images "
+                         "as a path, PIL image or array")
     images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     if not torch.isfinite(images).all():
         raise ImageError("the tensor holds NaN or infinite values")
@@ -278,27 +281,31 @@ def predict(images: "ImageLike | list[ImageLike]", model: str | Path | None = No
             device: str = "cpu") -> Prediction | list[Prediction]:
     """The model's prediction for an image (a file path, PIL image, numpy array or prepared tensor)
     or a list of them (or a batch tensor): see Predictor. Each model file is read once."""
-    return cached_predictor(Path(model or default_model_path()).resolve(), str(device), top_k)(images)
+    path = Path(model or default_model_path()).resolve()
+    return cached_predictor(path, str(device), top_k)(images)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
-                    "light paper or the reverse, scanned, drawn or photographed on a page, for an MNIST model; "
-                    "the garment, photographed on a plain background, for a Fashion-MNIST model.",
+        description="Predict the class of each image file (PNG, JPEG, ...; any size): the digit, "
+                    "dark ink on light paper or the reverse, scanned, drawn or photographed on a "
+                    "page, for an MNIST model; the garment, photographed on a plain background, "
+                    "for a Fashion-MNIST model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit or garment each")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--top-k", type=positive_int, default=1, help="how many likeliest classes to print")
     parser.add_argument("--save-input", type=Path, metavar="DIR",
-                        help="write the 28x28 input the model saw for each image into DIR, as NAME.input.png")
+                        help="write the 28x28 input the model saw for each image into DIR, "
+                             "as NAME.input.png")
     args = parser.parse_args(argv)
     args.model = args.model or default_model_path()
     return args
 
 
 def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set[str]) -> Path:
-    """Writes the model's 28x28 input as folder/NAME.input.png (NAME-2... if taken); returns its path."""
+    """Writes the model's 28x28 input as folder/NAME.input.png (NAME-2... if taken); returns
+    its path."""
     from save_model import write_atomic  # save_model imports this module
 
     stem, number = Path(image_path).stem, 1
@@ -317,18 +324,20 @@ def main() -> None:
     for path in args.images:
         try:
             prediction = predictor(path)
-            saved = save_input(prediction, path, args.save_input, taken) if args.save_input else None
+            saved = args.save_input and save_input(prediction, path, args.save_input, taken)
         except ImageError as error:
             print(f"{path}: error: {error}", file=sys.stderr)
             failures += 1
             continue
         except Exception as error:  # noqa: BLE001 -- one file's failure must not stop the others
-            print(f"{path}: error: could not predict it ({type(error).__name__}: {error})", file=sys.stderr)
+            print(f"{path}: error: could not predict it ({type(error).__name__}: {error})",
+                  file=sys.stderr)
             failures += 1
             continue
         guesses = ", ".join(f"{name} ({probability:.1%})" for name, probability in prediction.top)
-        notes = ([] if prediction.confident else [f"low confidence: under {LOW_CONFIDENCE:.0%}, check the input"]
-                 ) + ([f"input: {saved}"] if saved else [])
+        notes = [] if prediction.confident else [
+            f"low confidence: under {LOW_CONFIDENCE:.0%}, check the input"]
+        notes += [f"input: {saved}"] if saved else []
         print(f"{path}: {guesses}" + "".join(f"  [{note}]" for note in notes))
     if failures:
         sys.exit(1)

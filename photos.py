@@ -12,7 +12,8 @@ from PIL import Image
 
 # One condition each, then everything at once ("phone photo"); the first rows are clean images.
 CLEAN_CONDITIONS = ("mnist 28x28", "redrawn", "scan")
-PHOTO_CONDITIONS = ("gradient", "shadow", "ruled", "squared", "blue ink", "tilt", "noise+jpeg", "phone photo")
+PHOTO_CONDITIONS = ("gradient", "shadow", "ruled", "squared", "blue ink", "tilt", "noise+jpeg",
+                    "phone photo")
 CONDITIONS = CLEAN_CONDITIONS + PHOTO_CONDITIONS
 PAGE = (640, 480)  # width, height of a rendered photo: a phone photo, scaled down
 BLACK_INK, BLUE_INK = (0.12, 0.12, 0.14), (0.10, 0.18, 0.55)
@@ -56,7 +57,10 @@ def render(digit: np.ndarray, condition: str, seed: int) -> tuple[Image.Image, i
 def encode(image: Image.Image, quality: int | None) -> bytes:
     """The image file's bytes: a JPEG of that quality, or a PNG."""
     buffer = io.BytesIO()
-    image.save(buffer, "PNG" if quality is None else "JPEG", **({} if quality is None else {"quality": quality}))
+    if quality is None:
+        image.save(buffer, "PNG")
+    else:
+        image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -66,7 +70,7 @@ def photo(digit: np.ndarray, condition: str, seed: int) -> Image.Image:
 
 
 def paper(rng: np.random.Generator, effects: set, width: int, height: int) -> np.ndarray:
-    """Off-white paper, with ruling (plus a margin line) or a grid: (height, width, 3) reflectance."""
+    """Off-white paper, ruled (with a margin line) or squared: reflectance (height, width, 3)."""
     page = np.ones((height, width, 3), np.float32) * rng.uniform(0.9, 1.0, 3).astype(np.float32)
     digit_height = height * 0.45
     if "ruled" in effects:
@@ -74,7 +78,8 @@ def paper(rng: np.random.Generator, effects: set, width: int, height: int) -> np
         lines(page, (0.85, 0.3, 0.3), spacing=width, width=2, axis=1, rng=rng)  # the margin
     if "squared" in effects:
         for axis in (0, 1):
-            lines(page, GRID, spacing=digit_height * rng.uniform(0.2, 0.3), width=2, axis=axis, rng=rng)
+            spacing = digit_height * rng.uniform(0.2, 0.3)
+            lines(page, GRID, spacing=spacing, width=2, axis=axis, rng=rng)
     return page
 
 
@@ -84,7 +89,8 @@ def lines(page: np.ndarray, colour: tuple, spacing: float, width: int, axis: int
     strength = rng.uniform(0.6, 0.9)
     length = page.shape[axis]
     for start in np.arange(rng.uniform(0, spacing), length, spacing).astype(int):
-        band = (slice(start, start + width), slice(None)) if axis == 0 else (slice(None), slice(start, start + width))
+        across = slice(start, start + width)
+        band = (across, slice(None)) if axis == 0 else (slice(None), across)
         page[band] = page[band] * (1 - strength) + np.array(colour, np.float32) * strength
 
 
@@ -92,7 +98,8 @@ def ink_opacity(digit: np.ndarray, rng: np.random.Generator, width: int, height:
     """The digit's grey levels as ink opacity on the page: scaled to about half the page's height,
     somewhat off-centre."""
     side = int(height * rng.uniform(0.45, 0.65))  # MNIST's 28 pixels hold a 20-pixel digit
-    glyph = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), np.float32) / 255
+    glyph = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
+    glyph = np.asarray(glyph, np.float32) / 255
     canvas = np.zeros((height, width), np.float32)
     top = int((height - side) / 2 + rng.uniform(-0.1, 0.1) * height)
     left = int((width - side) / 2 + rng.uniform(-0.15, 0.15) * width)

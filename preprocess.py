@@ -44,8 +44,9 @@ def read_image(path: str | Path) -> Image.Image:
                 jpeg = image.format in ("JPEG", "MPO")
                 limit = MAX_JPEG_PIXELS if jpeg else MAX_IMAGE_PIXELS
                 if image.width * image.height > limit:
-                    raise ImageError(f"{image.width}x{image.height} pixels is too large to be a digit (the "
-                                     f"limit is {limit:,} pixels for {'JPEG' if jpeg else 'non-JPEG'} files)")
+                    kind = "JPEG" if jpeg else "non-JPEG"
+                    raise ImageError(f"{image.width}x{image.height} pixels is too large to be a "
+                                     f"digit (the limit is {limit:,} pixels for {kind} files)")
                 if jpeg:
                     image.draft(image.mode, (WORK_SIDE, WORK_SIDE))
                 image.load()
@@ -90,7 +91,8 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
     level = np.percentile(darkness[strokes], 99)
     # The strokes' soft edges, out to half a stroke's width, but not the ink that was dropped.
     near = (ndimage.distance_transform_edt(~strokes) <= max(2.0, half_width / 2)) & (strokes | ~ink)
-    return mnist_frame(np.where(near, np.clip(darkness / level, 0, 1), 0).astype(np.float32), box, size)
+    ink = np.where(near, np.clip(darkness / level, 0, 1), 0).astype(np.float32)
+    return mnist_frame(ink, box, size)
 
 
 def ink_darkness(gray: np.ndarray) -> np.ndarray:
@@ -101,8 +103,9 @@ def ink_darkness(gray: np.ndarray) -> np.ndarray:
         return np.zeros_like(gray)
     inverted = light_ink(gray)
     darkness = paper_darkness(1 - gray if inverted else gray)
-    if (darkness > max(otsu_threshold(darkness), 0.1)).mean() > 0.5:  # "ink" can't cover most of a page:
-        darkness = paper_darkness(gray if inverted else 1 - gray)  # thick strokes outvoted the paper
+    if (darkness > max(otsu_threshold(darkness), 0.1)).mean() > 0.5:
+        # Ink can't cover most of a page: thick strokes outvoted the paper.
+        darkness = paper_darkness(gray if inverted else 1 - gray)
     return darkness
 
 
@@ -117,9 +120,8 @@ def light_ink(gray: np.ndarray) -> bool:
     median: blocks vote (the image's border, or its overall median, mislead under a gradient
     or a shadow)."""
     block = max(9, round(0.12 * max(gray.shape)))
-    rows, cols = -(-gray.shape[0] // block), -(-gray.shape[1] // block)
-    padded = np.pad(gray, ((0, rows * block - gray.shape[0]), (0, cols * block - gray.shape[1])), mode="edge")
-    blocks = padded.reshape(rows, block, cols, block).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+    tiles = in_blocks(gray, block)
+    blocks = tiles.transpose(0, 2, 1, 3).reshape(tiles.shape[0] * tiles.shape[2], -1)
     low, middle, high = np.percentile(blocks, [2, 50, 98], axis=1)
     lean = (high - middle) - (middle - low)
     return int((lean > 0.1).sum()) > int((lean < -0.1).sum())
@@ -130,9 +132,8 @@ def paper_brightness(gray: np.ndarray) -> np.ndarray:
     closing, wider than a pen stroke, on a grid of the image's block maxima. A closing
     removes narrow dark things and keeps the light's gradients and the edges of shadows."""
     block = max(1, max(gray.shape) // 128)
-    rows, cols = -(-gray.shape[0] // block), -(-gray.shape[1] // block)
-    padded = np.pad(gray, ((0, rows * block - gray.shape[0]), (0, cols * block - gray.shape[1])), mode="edge")
-    coarse = padded.reshape(rows, block, cols, block).max(axis=(1, 3))
+    coarse = in_blocks(gray, block).max(axis=(1, 3))
+    rows, cols = coarse.shape
     width = max(9, round(0.12 * max(gray.shape))) // block + 1
     coarse = ndimage.grey_closing(coarse, size=(width, width), mode="nearest")
     if block == 1:
@@ -142,9 +143,17 @@ def paper_brightness(gray: np.ndarray) -> np.ndarray:
     return np.asarray(upsampled)[:gray.shape[0], :gray.shape[1]]
 
 
+def in_blocks(gray: np.ndarray, block: int) -> np.ndarray:
+    """The image as (rows, block, columns, block) tiles, edges repeated to fill the last ones."""
+    rows, cols = -(-gray.shape[0] // block), -(-gray.shape[1] // block)
+    padding = ((0, rows * block - gray.shape[0]), (0, cols * block - gray.shape[1]))
+    return np.pad(gray, padding, mode="edge").reshape(rows, block, cols, block)
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """The level that best splits `values` (in [0, 1]) into two classes (Otsu's method)."""
-    counts = np.bincount(np.minimum((values * bins).astype(np.int64), bins - 1).ravel(), minlength=bins)
+    indices = np.minimum((values * bins).astype(np.int64), bins - 1).ravel()
+    counts = np.bincount(indices, minlength=bins)
     levels = (np.arange(bins) + 0.5) / bins
     weight = np.cumsum(counts)
     mass = np.cumsum(counts * levels)
@@ -202,10 +211,11 @@ def mnist_frame(ink: np.ndarray, box: int = 20, size: int = 28) -> Tensor:
     ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     scale = box / max(ink.shape)
     height, width = (max(1, round(side * scale)) for side in ink.shape)
-    ink = np.asarray(Image.fromarray(ink).resize((width, height), Image.Resampling.LANCZOS)).clip(0, 1)
+    ink = np.asarray(Image.fromarray(ink).resize((width, height), Image.Resampling.LANCZOS))
+    ink = ink.clip(0, 1)
     if ink.max() <= 0:
         raise ImageError("no digit found (the ink vanishes at 28x28)")
-    ink = ink / ink.max()  # shrinking a large photo thins and greys its strokes; MNIST's are full-strength
+    ink = ink / ink.max()  # shrinking thins and greys a large photo's strokes; MNIST's are full
     total = ink.sum()
     centre_row = (ink.sum(1) * np.arange(height)).sum() / total
     centre_col = (ink.sum(0) * np.arange(width)).sum() / total
