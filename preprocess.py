@@ -182,9 +182,11 @@ def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
     largest = boxes[int(np.argmax(areas))]
-    margin = max(largest[0].stop - largest[0].start, largest[1].stop - largest[1].start) // 2
+    # Pieces within half the digit's size of it (at least 14 pixels, half MNIST's frame, for a
+    # digit drawn that small) are the digit's; farther ones are other marks on the page.
+    margin = max(largest[0].stop - largest[0].start, largest[1].stop - largest[1].start, 28) // 2
     keep = [index + 1 for index, (area, (rows, cols)) in enumerate(zip(areas, boxes))
-            if area >= 0.1 * areas.max() and rows.stop > largest[0].start - margin
+            if area >= 0.02 * areas.max() and rows.stop > largest[0].start - margin
             and rows.start < largest[0].stop + margin and cols.stop > largest[1].start - margin
             and cols.start < largest[1].stop + margin]
     return np.isin(labels, keep), ink, stroke
