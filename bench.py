@@ -1,6 +1,7 @@
 """Measure the pipeline's speed and memory, against the usual PyTorch MNIST pipeline, in one run.
 
     python bench.py [--data-dir data] [--dataset mnist] [--quick] [--out bench.json]
+    python bench.py --photos [--count 300]   # reading digits from photos: accuracy and latency
 
 Prints one table and writes it as JSON. Everything runs on the same machine in
 the same run, so the ratios hold on a noisy machine. --quick (a subset, few
@@ -18,20 +19,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import train
-from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError, evaluate,
-                    load_dataset, make_parser, normalize, pick_device, run_cli, training_indices,
-                    writable_file)
-from load_model import build_from_record, load_model, predict_images, preprocess_digit, read_image, read_model_file
+from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError,
+                    evaluate, load_dataset, make_parser, normalize, pick_device, positive_int, run_cli,
+                    training_indices, writable_file)
+from load_model import ImageError, Predictor, load_model, predict_images, read_model_file
 from model import build_model
 from outputs import write_json
+import photos
 from save_model import calibration_images, export_onnx, run_metadata
 
 
@@ -127,10 +131,10 @@ def time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
 
 
 def prediction_latency(model_path: Path, image_path: Path, calls: int) -> dict:
-    """Milliseconds for one image: the model alone on a preprocessed digit, and the whole path from the file."""
-    record = read_model_file(model_path)
-    model = build_from_record(record)
-    digit = preprocess_digit(read_image(image_path)).unsqueeze(0)
+    """Milliseconds for one image: the model alone on its prepared input, and the whole path from
+    the file as load_model.py takes it (decoding, preprocessing, predicting)."""
+    predictor = Predictor(model_path)
+    digit = predictor.inputs(image_path)
 
     def timings(predict) -> list[float]:
         predict()
@@ -141,12 +145,68 @@ def prediction_latency(model_path: Path, image_path: Path, calls: int) -> dict:
             result.append(1000 * (time.perf_counter() - started))
         return result
 
-    model_only = timings(lambda: predict_images(model, record, digit))
-    from_file = timings(lambda: predict_images(model, record, preprocess_digit(read_image(image_path)).unsqueeze(0)))
+    model_only = timings(lambda: predict_images(predictor.model, predictor.record, digit))
+    from_file = timings(lambda: predictor(image_path))
     percentile = lambda values, q: statistics.quantiles(values, n=100)[q - 1]
     return {"calls": calls,
             "model_median_ms": statistics.median(model_only), "model_p99_ms": percentile(model_only, 99),
             "file_median_ms": statistics.median(from_file), "file_p99_ms": percentile(from_file, 99)}
+
+
+def photo_accuracy(model_path: Path, data_dir: Path, count: int, folder: Path) -> dict[str, float]:
+    """The share of the first `count` test digits read right under each of photos.CONDITIONS:
+    each rendered (seeded by its index) into an image file, then predicted from the file as
+    load_model.py does. A file that raises ImageError counts as wrong."""
+    predictor = Predictor(model_path)
+    images, labels = load_dataset(data_dir, train=False, download=False)
+    accuracy = {}
+    for condition in photos.CONDITIONS:
+        right = 0
+        for index in range(count):
+            image, quality = photos.render(images[index].numpy(), condition, seed=index)
+            path = folder / f"{index}.{'png' if quality is None else 'jpg'}"
+            path.write_bytes(photos.encode(image, quality))
+            try:
+                right += predictor(path).label == labels[index].item()
+            except ImageError:
+                pass
+        accuracy[condition] = right / count
+    return accuracy
+
+
+def phone_jpeg(path: Path, data_dir: Path, size: tuple[int, int] = (4000, 3000)) -> Path:
+    """A 12-megapixel phone photo of a test digit, with sensor noise at full size (so that the
+    JPEG holds as much detail as a camera's does), saved at quality 90."""
+    images, _ = load_dataset(data_dir, train=False, download=False)
+    image, _ = photos.render(images[0].numpy(), "phone photo", seed=0)
+    pixels = np.asarray(image.resize(size, Image.Resampling.BICUBIC), np.float32)
+    noisy = pixels + np.random.default_rng(0).normal(0, 4, pixels.shape).astype(np.float32)
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    return path
+
+
+def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int) -> dict:
+    """Accuracy per photo condition, and the latency of one image from its file."""
+    with tempfile.TemporaryDirectory() as folder:
+        print(f"\nreading digits as people hand them in: the first {count} MNIST test digits "
+              "rendered under each condition (photos.py), predicted from their files by "
+              f"{model_path} as load_model.py does")
+        accuracy = photo_accuracy(model_path, data_dir, count, Path(folder))
+        for condition, share in accuracy.items():
+            print(f"  {condition:<14} {share:7.1%}")
+        small = Path(folder) / "mnist.png"
+        digit = load_dataset(data_dir, train=False, download=False)[0][0].numpy()
+        small.write_bytes(photos.encode(*photos.render(digit, "mnist 28x28", seed=0)))
+        files = {"12 MP phone JPEG": phone_jpeg(Path(folder) / "phone.jpg", data_dir),
+                 "drawn PNG 240x320": PROJECT_DIR / "examples" / "seven.png",
+                 "MNIST PNG 28x28": small}
+        print(f"\none image from its file to its prediction ({calls} calls; median and p99 ms)")
+        latency = {}
+        for name, path in files.items():
+            latency[name] = row = prediction_latency(model_path, path, calls)
+            print(f"  {name:<18} {row['file_median_ms']:7.2f} {row['file_p99_ms']:7.2f}"
+                  f"   ({path.stat().st_size / 1e6:.2f} MB file)")
+    return {"count": count, "accuracy": accuracy, "latency": latency}
 
 
 def training_run(data_dir: Path, dataset: str, quick: bool) -> dict:
@@ -199,8 +259,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=0.99,
                         help="test accuracy whose training time is measured (for fashion-mnist, try 0.9)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a subset: checks that it runs")
-    parser.add_argument("--out", type=writable_file, default=PROJECT_DIR / "bench.json",
-                        help="JSON file of the results")
+    parser.add_argument("--out", type=writable_file,
+                        help="JSON file of the results (default: bench.json; none with --photos)")
+    parser.add_argument("--photos", action="store_true", help="only the photo benchmark: accuracy "
+                        "on digits rendered as photos, and latency from the file")
+    parser.add_argument("--count", type=positive_int, default=300,
+                        help="test digits per condition for --photos")
     parser.add_argument("--model", type=Path, default=PRETRAINED_MODEL_PATH,
                         help="model file for the prediction latency")
     parser.add_argument("--image", type=Path, default=PROJECT_DIR / "examples" / "seven.png",
@@ -210,6 +274,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.photos:
+        results = photo_benchmark(args.model, args.data_dir, args.count, calls=200)
+        if args.out:
+            write_json(args.out, results)
+        return
+    args.out = args.out or PROJECT_DIR / "bench.json"
     steps, repeats = (10, 1) if args.quick else (200, 3)
     device = pick_device("cpu")  # the CPU figures are the ones this project promises
     threads = torch.get_num_threads()
@@ -308,6 +378,9 @@ def main() -> None:
                   f"{row['images_per_second']:>9,.0f} {row['model_median_ms']:>11.3f} {row['model_p99_ms']:>7.3f} "
                   f"{row['file_median_ms']:>13.3f}")
     results["evaluation"], results["latency"] = results["formats"][0], results["formats"][0]
+
+    if args.quick:  # the photo benchmark, run small so that it never rots
+        results["photos"] = photo_benchmark(args.model, args.data_dir, count=3, calls=5)
 
     subset = 2000 if args.quick else None
     results["time_to_accuracy"] = reach = time_to_accuracy(

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, UserError, default_model_path, evaluate,
-                    make_parser,
-                    load_dataset, normalize, pick_device, run_cli, split_indices)
+from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, DEVICE_HELP, UserError,
+                    default_model_path, evaluate, load_dataset, make_parser, normalize, pick_device,
+                    run_cli, split_indices)
 from load_model import build_from_record, read_model_file
 from model import count_parameters
 from outputs import check_output_file
@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="test-time augmentation: average each image's probabilities with its 1-pixel shifts")
     parser.add_argument("--out-dir", type=Path, help="folder for the PNGs (default: each model file's folder)")
     parser.add_argument("--errors-shown", type=int, default=50, help="most confident mistakes drawn in the grid")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     args.model = args.model or [default_model_path()]

@@ -1,11 +1,15 @@
 """Read model files, and predict the digit (or garment) in image files.
 
-    python load_model.py [--model mnist_model.pth] [--top-k K] IMAGE...
+    python load_model.py [--model mnist_model.pth] [--top-k K] [--save-input DIR] IMAGE...
 
-From other programs:
+From other programs (with this folder on sys.path):
+
+    from load_model import predict
+    prediction = predict("digit.jpg")  # or a PIL image, a numpy array, a prepared tensor, a list
+    print(prediction.name, prediction.probability, prediction.top)
 
     from load_model import load_model
-    model = load_model("mnist_model.pth")   # an nn.Module in eval mode, returning logits
+    model = load_model("mnist_model.pth")   # the bare nn.Module in eval mode, returning logits
 
 A model file is a plain dict saved by save_model.py: the architecture's name and
 arguments, the state_dict, the normalization constants, the class labels and the
@@ -15,33 +19,33 @@ model file can't run code.
 """
 
 import argparse
+import functools
 import json
 import pickle
 import re
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor, nn
 
-from common import (INPUT_SHAPE, MODEL_HELP, UserError, default_model_path, make_parser, positive_int,
-                    require, run_cli)
+from common import (DEVICE_HELP, INPUT_SHAPE, MODEL_HELP, default_model_path, make_parser, pick_device,
+                    positive_int, require, run_cli)
+from outputs import write_atomic
+from preprocess import (MAX_IMAGE_PIXELS, MAX_JPEG_PIXELS, PREPROCESSING, ImageError,  # noqa: F401
+                        preprocess_digit, preprocess_garment, read_image, to_grayscale)
 from records import (MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT, ModelFileError,
                      build_network, check_format, check_onnx_graph, check_record, probe_outputs)
 
 MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
 FORMAT_VERSION = 1
-# A phone photo has 12-50 megapixels; far larger "images" are decompression bombs. This keeps
-# the decoded image, and its float copy, to a few hundred MB at most.
-MAX_IMAGE_PIXELS = 64_000_000
-
-
-class ImageError(UserError):
-    """An image file that can't be read, or holds no digit (or garment)."""
+# Under this probability the CLI says that the model is unsure (Prediction.confident is False).
+LOW_CONFIDENCE = 0.6
 
 
 def read_torch_file(path: str | Path) -> dict:
@@ -180,93 +184,6 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     return build_from_record(read_model_file(path or default_model_path()), device)
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """The first frame of an image file, fully decoded; images over MAX_IMAGE_PIXELS are refused unread."""
-    try:
-        with Image.open(path) as image:  # reads the header only
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ImageError(f"{image.width}x{image.height} pixels is too large to be a digit "
-                                 f"(the limit is {MAX_IMAGE_PIXELS:,} pixels)")
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except FileNotFoundError:
-        raise ImageError("no such file") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"too large to be a digit ({error})") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"not a readable image ({error})") from None
-
-
-def to_grayscale(image: Image.Image) -> np.ndarray:
-    """Float32 gray levels stretched to [0, 1]; transparent areas count as white paper."""
-    if "A" in image.getbands() or "transparency" in image.info:
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-    if image.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
-        image = image.convert("L")
-    gray = np.asarray(image, dtype=np.float32)
-    low, high = float(gray.min()), float(gray.max())
-    return (gray - low) / (high - low) if high > low else np.zeros_like(gray)
-
-
-def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tensor:
-    """An image of one digit, as MNIST prepared its own: white ink on black, cropped to the
-    ink, the longer side scaled to `box` pixels, centred by centre of mass in `size` x `size`.
-
-    Returns float32 (size, size) in [0, 1], before normalization.
-    """
-    gray = to_grayscale(image)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 0.5:  # light paper, dark ink: MNIST's digits are the reverse
-        gray, border = 1 - gray, 1 - border
-    ink = np.clip(gray - np.median(border), 0, None)
-    if ink.max() < 0.2:
-        raise ImageError("no digit found (the image is blank or nearly uniform)")
-    ink /= ink.max()
-    rows, cols = np.nonzero(ink > 0.1)
-    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    scale = box / max(ink.shape)
-    height, width = (max(1, round(side * scale)) for side in ink.shape)
-    ink = np.asarray(Image.fromarray(ink).resize((width, height), Image.Resampling.LANCZOS)).clip(0, 1)
-    if ink.max() <= 0:
-        raise ImageError("no digit found (the ink vanishes at 28x28)")
-    ink = ink / ink.max()  # shrinking a large photo thins and greys its strokes; MNIST's are full-strength
-    total = ink.sum()
-    centre_row = (ink.sum(1) * np.arange(height)).sum() / total
-    centre_col = (ink.sum(0) * np.arange(width)).sum() / total
-    # MNIST's mean centre of mass is pixel (14, 14); clamp so that no ink is cut off.
-    top = min(max(round(size / 2 - centre_row), 0), size - height)
-    left = min(max(round(size / 2 - centre_col), 0), size - width)
-    canvas = np.zeros((size, size), dtype=np.float32)
-    canvas[top:top + height, left:left + width] = ink
-    return torch.from_numpy(canvas)
-
-
-def preprocess_garment(image: Image.Image, size: int = 28) -> Tensor:
-    """A photo of one garment on a plain background, as Fashion-MNIST prepared its own: light on
-    black, cropped to the garment, padded to a square and scaled so its longer side fills `size`.
-
-    Returns float32 (size, size) in [0, 1], before normalization.
-    """
-    gray = to_grayscale(image)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 0.5:  # a light background: Fashion-MNIST's is black
-        gray, border = 1 - gray, 1 - border
-    rows, cols = np.nonzero(gray > np.median(border) + 0.1)
-    if len(rows) == 0:
-        raise ImageError("no garment found (the image is blank or nearly uniform)")
-    gray = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    side = max(gray.shape)
-    square = np.zeros((side, side), dtype=np.float32)
-    top, left = (side - gray.shape[0]) // 2, (side - gray.shape[1]) // 2
-    square[top:top + gray.shape[0], left:left + gray.shape[1]] = gray
-    square = np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.LANCZOS))
-    return torch.from_numpy(square.clip(0, 1).copy())
-
-
-# How an image file becomes a model's 28x28 input, by the dataset the model learned.
-PREPROCESSING = {"mnist": preprocess_digit, "fashion-mnist": preprocess_garment}
-
-
 @torch.no_grad()
 def predict_images(model: nn.Module, record: dict, inputs: Tensor) -> Tensor:
     """Class probabilities (N, classes) for preprocessed images (N, 28, 28) in [0, 1]."""
@@ -275,36 +192,163 @@ def predict_images(model: nn.Module, record: dict, inputs: Tensor) -> Tensor:
     return torch.softmax(model(images), dim=1)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """What the model makes of one image."""
+    label: int  # the likeliest class's index
+    name: str  # its name: "7", or "Sneaker" for a Fashion-MNIST model
+    probability: float
+    top: list[tuple[str, float]]  # the top-k classes' names and probabilities, likeliest first
+    input: Tensor  # what the model saw: (28, 28) in [0, 1], white on black
+
+    @property
+    def confident(self) -> bool:
+        """False when the likeliest class has under LOW_CONFIDENCE: look at `input` to see why."""
+        return self.probability >= LOW_CONFIDENCE
+
+
+class Predictor:
+    """A model file, loaded once, that predicts images:
+
+        predictor = Predictor("mnist_model.pth")  # default: yours if trained, else the shipped one
+        prediction = predictor("digit.jpg")       # a path, PIL image, numpy array or tensor
+        prediction.name, prediction.probability
+
+    Files, PIL images and numpy arrays (H x W gray, or H x W x 3 or 4 colour) go through the
+    preprocessing of the model's dataset (any size, dark ink on light paper or the reverse,
+    photos included). Tensors are taken as already prepared: (28, 28) or a batch (N, 28, 28) or
+    (N, 1, 28, 28), white on black, floats in [0, 1] or uint8, as torchvision's MNIST gives them.
+    A list, or a batch tensor, gives a list of predictions.
+    """
+
+    def __init__(self, model: str | Path | None = None, device: str | torch.device = "cpu",
+                 top_k: int = 3) -> None:
+        self.record = read_model_file(model or default_model_path())
+        self.model = build_from_record(self.record, device)
+        self.device, self.top_k = device, top_k
+        self.classes = self.record["classes"]
+        self.preprocess = PREPROCESSING[self.record["dataset"]]
+
+    def __call__(self, images: "ImageLike | list[ImageLike]") -> Prediction | list[Prediction]:
+        batch = isinstance(images, (list, tuple)) or isinstance(images, Tensor) and images.dim() > 2
+        inputs = self.inputs(images)
+        probabilities = predict_images(self.model, self.record, inputs.to(self.device)).cpu()
+        top = probabilities.topk(min(self.top_k, len(self.classes)))
+        predictions = []
+        for image, values, indices in zip(inputs, top.values.tolist(), top.indices.tolist()):
+            top_k = [(self.classes[i], p) for p, i in zip(values, indices)]
+            predictions.append(Prediction(label=indices[0], name=top_k[0][0], probability=values[0],
+                                          top=top_k, input=image))
+        return predictions if batch else predictions[0]
+
+    def inputs(self, images: "ImageLike | list[ImageLike]") -> Tensor:
+        """The model's inputs (N, 28, 28) in [0, 1] for `images`, before normalization."""
+        if isinstance(images, Tensor):
+            return prepared_tensor(images)
+        if isinstance(images, (list, tuple)):
+            return torch.cat([self.inputs(image) for image in images])
+        if isinstance(images, (str, Path)):
+            images = read_image(images)
+        elif isinstance(images, np.ndarray):
+            images = array_image(images)
+        if not isinstance(images, Image.Image):
+            raise TypeError(f"can't predict a {type(images).__name__}: give a file path, "
+                            "a PIL image, a numpy array or a tensor")
+        return self.preprocess(images).unsqueeze(0)
+
+
+ImageLike = str | Path | Image.Image | np.ndarray | Tensor
+
+
+def prepared_tensor(images: Tensor) -> Tensor:
+    """A tensor of prepared 28x28 inputs as (N, 28, 28) floats in [0, 1]."""
+    shape = tuple(images.shape)
+    if images.dim() == 4 and shape[1] == 1:
+        images = images[:, 0]
+    if tuple(images.shape[-2:]) != INPUT_SHAPE[1:] or images.dim() not in (2, 3):
+        raise ImageError(f"a tensor of shape {shape} is not a prepared input: give (28, 28), "
+                         "(N, 28, 28) or (N, 1, 28, 28), white on black; pass other images "
+                         "as a path, PIL image or array")
+    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    if not torch.isfinite(images).all():
+        raise ImageError("the tensor holds NaN or infinite values")
+    return images.cpu().reshape(-1, *INPUT_SHAPE[1:])
+
+
+def array_image(array: np.ndarray) -> Image.Image:
+    """A numpy image (H x W gray, or H x W x 3 or 4 colour) as a PIL image."""
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return Image.fromarray(array)
+    if array.ndim != 2:
+        raise ImageError(f"an array of shape {array.shape} is not an image: give H x W gray, "
+                         "or H x W x 3 (RGB) or x 4 (RGBA) uint8")
+    return Image.fromarray(array if array.dtype == np.uint8 else array.astype(np.float32))
+
+
+@functools.cache
+def cached_predictor(model: Path, device: str, top_k: int) -> Predictor:
+    return Predictor(model, device, top_k)
+
+
+def predict(images: "ImageLike | list[ImageLike]", model: str | Path | None = None, top_k: int = 3,
+            device: str = "cpu") -> Prediction | list[Prediction]:
+    """The model's prediction for an image (a file path, PIL image, numpy array or prepared tensor)
+    or a list of them (or a batch tensor): see Predictor. Each model file is read once."""
+    path = Path(model or default_model_path()).resolve()
+    return cached_predictor(path, str(device), top_k)(images)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(
         "Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
-        "light paper or the reverse, for an MNIST model; the garment, photographed on a plain "
-        "background, for a Fashion-MNIST model.")
+        "light paper or the reverse, scanned, drawn or photographed on a page, for an MNIST "
+        "model; the garment, photographed on a plain background, for a Fashion-MNIST model.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit or garment each")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--top-k", type=positive_int, default=1, help="how many likeliest classes to print")
+    parser.add_argument("--save-input", type=Path, metavar="DIR",
+                        help="write the 28x28 input the model saw for each image into DIR, "
+                             "as NAME.input.png")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
     args.model = args.model or default_model_path()
     return args
 
 
+def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set[str]) -> Path:
+    """Writes the model's 28x28 input as folder/NAME.input.png (NAME-2... if taken); returns
+    its path."""
+    stem, number = Path(image_path).stem, 1
+    while (name := f"{stem}{f'-{number}' if number > 1 else ''}.input.png") in taken:
+        number += 1
+    taken.add(name)
+    pixels = (prediction.input.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    write_atomic(folder / name, lambda file: Image.fromarray(pixels).save(file, "PNG"))
+    return folder / name
+
+
 def main() -> None:
     args = parse_args()
-    record = read_model_file(args.model)
-    model = build_from_record(record)
-    classes = record["classes"]
-    failures = 0
+    predictor = Predictor(args.model, device=pick_device(args.device), top_k=args.top_k)
+    failures, taken = 0, set()
     for path in args.images:
         try:
-            image = PREPROCESSING[record["dataset"]](read_image(path))
+            prediction = predictor(path)
+            saved = args.save_input and save_input(prediction, path, args.save_input, taken)
         except ImageError as error:
             print(f"{path}: error: {error}", file=sys.stderr)
             failures += 1
             continue
-        probabilities = predict_images(model, record, image.unsqueeze(0))[0]
-        top = probabilities.topk(min(args.top_k, len(classes)))
-        guesses = ", ".join(f"{classes[i]} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist()))
-        print(f"{path}: {guesses}")
+        except Exception as error:  # noqa: BLE001 -- one file's failure must not stop the others
+            print(f"{path}: error: could not predict it ({type(error).__name__}: {error})",
+                  file=sys.stderr)
+            failures += 1
+            continue
+        guesses = ", ".join(f"{name} ({probability:.1%})" for name, probability in prediction.top)
+        notes = [] if prediction.confident else [
+            f"low confidence: under {LOW_CONFIDENCE:.0%}, check the input"]
+        notes += [f"input: {saved}"] if saved else []
+        print(f"{path}: {guesses}" + "".join(f"  [{note}]" for note in notes))
     if failures:
         sys.exit(1)
 

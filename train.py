@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from common import (AUGMENTATIONS, DATASETS, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEFAULT_VAL_SIZE,
-                    UserError, augment, evaluate, fraction, int_in_range, load_dataset, make_parser,
+                    DEVICE_HELP, UserError, augment, evaluate, fraction, int_in_range, load_dataset, make_parser,
                     non_negative_float, normalize, pick_device, positive_float, positive_int, run_cli,
                     seed, split_indices, writable_file)
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
@@ -162,8 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                        help="NHWC memory layout for the convolutions")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
-    speed.add_argument("--device", default="auto",
-                       help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    speed.add_argument("--device", default="auto", help=DEVICE_HELP)
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=writable_file, default=DEFAULT_MODEL_PATH,
                         help="model file to write; the checkpoint, metrics and curves go beside it "

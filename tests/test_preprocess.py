@@ -153,9 +153,9 @@ def test_any_grayscale_image_gives_a_valid_input_or_a_clear_error(pixels):
 
 
 def test_an_image_over_our_pixel_limit_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
-    import load_model
+    import preprocess
 
-    monkeypatch.setattr(load_model, "MAX_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setattr(preprocess, "MAX_IMAGE_PIXELS", 100 * 100)
     drawn_digit(size=(101, 100), box=(10, 10, 60, 90)).save(tmp_path / "big.png")
     with pytest.raises(ImageError, match="101x100 pixels is too large"):
         read_image(tmp_path / "big.png")

@@ -6,11 +6,11 @@ import re
 
 import pytest
 import torch
-from PIL import Image
 
 from common import PRETRAINED_MODEL_PATH, PROJECT_DIR, evaluate, load_dataset, normalize
 from conftest import REAL_DATA_DIR, needs_real_mnist, run_script
 from load_model import build_from_record, predict_images, preprocess_digit, read_model_file
+from photos import redrawn
 
 pytestmark = needs_real_mnist
 
@@ -51,11 +51,7 @@ def test_real_digits_drawn_large_inverted_and_off_centre_are_still_recognised():
     model = build_from_record(record)
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
     images, labels = images[:300], labels[:300]
-    pages = []
-    for image in images:
-        page = Image.new("L", (400, 360), 255)
-        page.paste(Image.fromarray(255 - image.numpy()).resize((280, 280), Image.Resampling.BICUBIC), (10, 70))
-        pages.append(preprocess_digit(page))
+    pages = [preprocess_digit(redrawn(image.numpy())) for image in images]
     predicted = predict_images(model, record, torch.stack(pages)).argmax(1)
     assert (predicted == labels).float().mean().item() >= 0.97
 

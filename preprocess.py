@@ -1,0 +1,255 @@
+"""How an image file becomes a model's 28x28 input: reading it safely, and finding the digit
+(or garment) in it, whether it is a clean scan, a drawing or a phone photo of a page.
+
+A photo of a digit is ink on paper under uneven light. The digit's preprocessing divides
+out the page's light (a large-scale estimate of the paper's brightness), separates ink from
+paper with a threshold fitted to the image (Otsu's), drops structures thinner than the
+pen's strokes (ruling, grid lines, specks) and keeps the digit's connected strokes, then
+frames them as MNIST framed its own digits.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from scipy import ndimage
+from torch import Tensor
+
+from common import UserError
+
+# JPEG files decode at a reduced scale (Pillow's draft mode), so even a 108-megapixel phone photo
+# costs a few megabytes; other formats decode whole, and 24 megapixels (a full-resolution camera
+# image) keeps that, and its copies, to a few hundred MB.
+MAX_JPEG_PIXELS = 120_000_000
+MAX_IMAGE_PIXELS = 24_000_000
+# The digit is found at this resolution (the longer side, at most twice it): fine enough for a
+# digit that fills a tenth of the photo's height, small enough to take a few milliseconds.
+WORK_SIDE = 320
+GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class ImageError(UserError):
+    """An image file that can't be read, or holds no digit (or garment)."""
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """The first frame of an image file, upright as its EXIF orientation says. JPEG files are
+    decoded at a reduced scale near WORK_SIDE; images over the pixel limits are refused unread."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limits apply
+            with Image.open(path) as image:  # reads the header only
+                jpeg = image.format in ("JPEG", "MPO")
+                limit = MAX_JPEG_PIXELS if jpeg else MAX_IMAGE_PIXELS
+                if image.width * image.height > limit:
+                    kind = "JPEG" if jpeg else "non-JPEG"
+                    raise ImageError(f"{image.width}x{image.height} pixels is too large to be a "
+                                     f"digit (the limit is {limit:,} pixels for {kind} files)")
+                if jpeg:
+                    image.draft(image.mode, (WORK_SIDE, WORK_SIDE))
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"too large to be a digit ({error})") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"not a readable image ({error})") from None
+
+
+def to_grayscale(image: Image.Image, side: int | None = None) -> np.ndarray:
+    """Float32 gray levels stretched to [0, 1]; transparent areas count as white paper. With
+    `side`, an image more than twice that size is first shrunk by an integer factor."""
+    if "A" in image.getbands() or "transparency" in image.info:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    if image.mode not in GRAY_MODES:
+        image = image.convert("L")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")  # 16-bit gray: reduce() takes 32-bit
+    if side and max(image.size) >= 2 * side:
+        image = image.reduce(max(image.size) // side)
+    gray = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(gray).all():
+        raise ImageError("the image holds NaN or infinite pixel values")
+    low, high = float(gray.min()), float(gray.max())
+    return (gray - low) / (high - low) if high > low else np.zeros_like(gray)
+
+
+def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tensor:
+    """An image of one digit, as MNIST prepared its own: white ink on black, cropped to the
+    digit's strokes, the longer side scaled to `box` pixels, centred by centre of mass in
+    `size` x `size`.
+
+    Returns float32 (size, size) in [0, 1], before normalization.
+    """
+    darkness = ink_darkness(to_grayscale(image, WORK_SIDE))
+    if darkness.max() < 0.2:
+        raise ImageError("no digit found (the image is blank or nearly uniform)")
+    strokes, ink, half_width = digit_strokes(darkness)
+    level = np.percentile(darkness[strokes], 99)
+    # The strokes' soft edges, out to half a stroke's width, but not the ink that was dropped.
+    near = (ndimage.distance_transform_edt(~strokes) <= max(2.0, half_width / 2)) & (strokes | ~ink)
+    ink = np.where(near, np.clip(darkness / level, 0, 1), 0).astype(np.float32)
+    return mnist_frame(ink, box, size)
+
+
+def ink_darkness(gray: np.ndarray) -> np.ndarray:
+    """How much darker than the paper around it each pixel is, in [0, 1] (0: paper, 1: black):
+    the image divided by an estimate of the paper's brightness under the page's light. Light
+    ink on dark paper is inverted first."""
+    if gray.size == 0 or gray.max() == gray.min():
+        return np.zeros_like(gray)
+    inverted = light_ink(gray)
+    darkness = paper_darkness(1 - gray if inverted else gray)
+    if (darkness > max(otsu_threshold(darkness), 0.1)).mean() > 0.5:
+        # Ink can't cover most of a page: thick strokes outvoted the paper.
+        darkness = paper_darkness(gray if inverted else 1 - gray)
+    return darkness
+
+
+def paper_darkness(gray: np.ndarray) -> np.ndarray:
+    """How much darker than the paper's brightness (paper_brightness) each pixel is, in [0, 1]."""
+    return np.clip(1 - gray / np.maximum(paper_brightness(gray), 1e-3), 0, 1)
+
+
+def light_ink(gray: np.ndarray) -> bool:
+    """Whether the ink is lighter than the paper. In most blocks wider than a stroke the paper is
+    the majority, so the ink is the side on which the block's rare pixels stray far from its
+    median: blocks vote (the image's border, or its overall median, mislead under a gradient
+    or a shadow)."""
+    block = max(9, round(0.12 * max(gray.shape)))
+    tiles = in_blocks(gray, block)
+    blocks = tiles.transpose(0, 2, 1, 3).reshape(tiles.shape[0] * tiles.shape[2], -1)
+    low, middle, high = np.percentile(blocks, [2, 50, 98], axis=1)
+    lean = (high - middle) - (middle - low)
+    return int((lean > 0.1).sum()) > int((lean < -0.1).sum())
+
+
+def paper_brightness(gray: np.ndarray) -> np.ndarray:
+    """The paper's brightness at each pixel, as if the ink were not there: a morphological
+    closing, wider than a pen stroke, on a grid of the image's block maxima. A closing
+    removes narrow dark things and keeps the light's gradients and the edges of shadows."""
+    block = max(1, max(gray.shape) // 128)
+    coarse = in_blocks(gray, block).max(axis=(1, 3))
+    rows, cols = coarse.shape
+    width = max(9, round(0.12 * max(gray.shape))) // block + 1
+    coarse = ndimage.grey_closing(coarse, size=(width, width), mode="nearest")
+    if block == 1:
+        return coarse
+    upsampled = Image.fromarray(coarse.astype(np.float32)).resize(
+        (cols * block, rows * block), Image.Resampling.BILINEAR)
+    return np.asarray(upsampled)[:gray.shape[0], :gray.shape[1]]
+
+
+def in_blocks(gray: np.ndarray, block: int) -> np.ndarray:
+    """The image as (rows, block, columns, block) tiles, edges repeated to fill the last ones."""
+    rows, cols = -(-gray.shape[0] // block), -(-gray.shape[1] // block)
+    padding = ((0, rows * block - gray.shape[0]), (0, cols * block - gray.shape[1]))
+    return np.pad(gray, padding, mode="edge").reshape(rows, block, cols, block)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The level that best splits `values` (in [0, 1]) into two classes (Otsu's method)."""
+    indices = np.minimum((values * bins).astype(np.int64), bins - 1).ravel()
+    counts = np.bincount(indices, minlength=bins)
+    levels = (np.arange(bins) + 0.5) / bins
+    weight = np.cumsum(counts)
+    mass = np.cumsum(counts * levels)
+    total, total_mass = weight[-1], mass[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mass * weight - total * mass) ** 2 / (weight * (total - weight))
+    return float(levels[np.nanargmax(np.nan_to_num(between[:-1], nan=-1))] + 0.5 / bins)
+
+
+def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The digit's ink: the pixels darker than Otsu's threshold, less anything much thinner than
+    the pen's strokes (ruling, grid lines, specks), in the largest connected component and the
+    large ones near it. Returns it, all the ink (over the threshold), and the thickest strokes'
+    half-width."""
+    ink = darkness > max(otsu_threshold(darkness), 0.1)
+    distance = ndimage.distance_transform_edt(ink)
+    stroke = float(np.percentile(distance[ink], 97))  # half the width of the thickest strokes
+    strokes = ink
+    if stroke >= 3.5:  # strokes thick enough to tell from lines a third as wide
+        radius = stroke / 3
+        thick = ink & (ndimage.distance_transform_edt(distance <= radius) <= radius + 0.5)
+        strokes = thick | short_pieces(ink & ~thick) if thick.any() else ink
+    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
+    if count <= 1:
+        return strokes, ink, stroke
+    areas = np.bincount(labels.ravel())[1:]
+    boxes = ndimage.find_objects(labels)
+    largest = boxes[int(np.argmax(areas))]
+    # Pieces within half the digit's size of it (at least 14 pixels, half MNIST's frame, for a
+    # digit drawn that small) are the digit's; farther ones are other marks on the page.
+    margin = max(largest[0].stop - largest[0].start, largest[1].stop - largest[1].start, 28) // 2
+    keep = [index + 1 for index, (area, (rows, cols)) in enumerate(zip(areas, boxes))
+            if area >= 0.02 * areas.max() and rows.stop > largest[0].start - margin
+            and rows.start < largest[0].stop + margin and cols.stop > largest[1].start - margin
+            and cols.start < largest[1].stop + margin]
+    return np.isin(labels, keep), ink, stroke
+
+
+def short_pieces(thin: np.ndarray) -> np.ndarray:
+    """The thin pieces that are not lines: those that neither reach the image's edge nor run a
+    third of its width or height (a digit's thin parts, say, between its thick ones)."""
+    labels, _ = ndimage.label(thin, structure=np.ones((3, 3)))
+    height, width = thin.shape
+    keep = [index + 1 for index, (rows, cols) in enumerate(ndimage.find_objects(labels))
+            if rows.start > 0 and cols.start > 0 and rows.stop < height and cols.stop < width
+            and rows.stop - rows.start < height / 3 and cols.stop - cols.start < width / 3]
+    return np.isin(labels, keep)
+
+
+def mnist_frame(ink: np.ndarray, box: int = 20, size: int = 28) -> Tensor:
+    """White ink on black (float in [0, 1]) cropped to the ink, its longer side scaled to `box`
+    pixels, centred by centre of mass in `size` x `size`, as MNIST framed its digits."""
+    if ink.max() <= 0:
+        raise ImageError("no digit found (the image is blank or nearly uniform)")
+    ink = ink / ink.max()
+    rows, cols = np.nonzero(ink > 0.1)
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = box / max(ink.shape)
+    height, width = (max(1, round(side * scale)) for side in ink.shape)
+    ink = np.asarray(Image.fromarray(ink).resize((width, height), Image.Resampling.LANCZOS))
+    ink = ink.clip(0, 1)
+    if ink.max() <= 0:
+        raise ImageError("no digit found (the ink vanishes at 28x28)")
+    ink = ink / ink.max()  # shrinking thins and greys a large photo's strokes; MNIST's are full
+    total = ink.sum()
+    centre_row = (ink.sum(1) * np.arange(height)).sum() / total
+    centre_col = (ink.sum(0) * np.arange(width)).sum() / total
+    # MNIST's mean centre of mass is pixel (14, 14); clamp so that no ink is cut off.
+    top = min(max(round(size / 2 - centre_row), 0), size - height)
+    left = min(max(round(size / 2 - centre_col), 0), size - width)
+    canvas = np.zeros((size, size), dtype=np.float32)
+    canvas[top:top + height, left:left + width] = ink
+    return torch.from_numpy(canvas)
+
+
+def preprocess_garment(image: Image.Image, size: int = 28) -> Tensor:
+    """A photo of one garment on a plain background, as Fashion-MNIST prepared its own: light on
+    black, cropped to the garment, padded to a square and scaled so its longer side fills `size`.
+
+    Returns float32 (size, size) in [0, 1], before normalization.
+    """
+    gray = to_grayscale(image, WORK_SIDE)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 0.5:  # a light background: Fashion-MNIST's is black
+        gray, border = 1 - gray, 1 - border
+    rows, cols = np.nonzero(gray > np.median(border) + 0.1)
+    if len(rows) == 0:
+        raise ImageError("no garment found (the image is blank or nearly uniform)")
+    gray = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    side = max(gray.shape)
+    square = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - gray.shape[0]) // 2, (side - gray.shape[1]) // 2
+    square[top:top + gray.shape[0], left:left + gray.shape[1]] = gray
+    square = np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.LANCZOS))
+    return torch.from_numpy(square.clip(0, 1).copy())
+
+
+# How an image becomes a model's 28x28 input, by the dataset the model learned.
+PREPROCESSING = {"mnist": preprocess_digit, "fashion-mnist": preprocess_garment}

@@ -1,0 +1,251 @@
+"""Digits as people hand them in: photos of a page (uneven light, shadows, ruled or squared paper,
+coloured ink), read through one predict() call; bad files reported one by one."""
+
+import io
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import load_model
+import photos
+import preprocess
+from common import PRETRAINED_MODEL_PATH
+from conftest import PROJECT_DIR, needs_real_mnist, run_script
+from load_model import ImageError, Prediction, Predictor, predict, preprocess_digit, read_image
+
+SEVEN = PROJECT_DIR / "examples" / "seven.png"
+
+
+def four() -> np.ndarray:
+    """A '4' drawn as MNIST's digits are: white strokes on black, 28x28, in a 20-pixel box."""
+    image = Image.new("L", (28, 28), 0)
+    draw = ImageDraw.Draw(image)
+    draw.line([(17, 4), (8, 16), (21, 16)], fill=255, width=3)
+    draw.line([(17, 8), (17, 24)], fill=255, width=3)
+    return np.asarray(image)
+
+
+def centre_of_mass(digit: torch.Tensor) -> tuple[float, float]:
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    total = digit.sum().item()
+    return (digit * rows).sum().item() / total, (digit * cols).sum().item() / total
+
+
+def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The share of the two inputs' ink (pixels over 0.5) within a pixel of the other's ink."""
+    a, b = (a > 0.5).float()[None], (b > 0.5).float()[None]
+    near_a, near_b = (torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1) for x in (a, b))
+    return ((a * near_b).sum() + (b * near_a).sum()).item() / (a.sum() + b.sum()).item()
+
+
+@pytest.mark.parametrize("condition", ["gradient", "shadow", "ruled", "squared", "blue ink",
+                                       "noise+jpeg"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_photo_of_a_digit_comes_back_centred_with_its_strokes_without_the_page(condition, seed):
+    clean = preprocess_digit(Image.fromarray(four()))
+    seen = preprocess_digit(photos.photo(four(), condition, seed))
+    row, col = centre_of_mass(seen)
+    assert abs(row - 14) <= 1 and abs(col - 14) <= 1
+    assert overlap(seen, clean) >= 0.8  # the same strokes: kept lines or shadows spoil the crop
+    assert seen[:, :3].max() < 0.5 and seen[:, -3:].max() < 0.5  # nothing at the sides: no lines
+
+
+def test_ruling_lines_through_the_digit_are_dropped_and_the_strokes_kept():
+    page = np.full((300, 400), 240, np.uint8)
+    page[::40] = 150  # ruling every 40 rows, across the digit too
+    page[:, 30] = 150  # a margin line
+    plain = Image.new("L", (400, 300), 240)
+    ImageDraw.Draw(plain).ellipse((150, 60, 250, 240), outline=20, width=16)
+    ruled = Image.fromarray(np.minimum(np.asarray(plain), page))
+    assert overlap(preprocess_digit(ruled), preprocess_digit(plain)) >= 0.9
+
+
+def test_blue_ink_and_black_ink_give_the_same_input():
+    ink = Image.new("L", (300, 300), 0)
+    ImageDraw.Draw(ink).line([(80, 60), (220, 60), (120, 250)], fill=255, width=14)
+    opacity = np.asarray(ink, np.float32)[..., None] / 255
+    paper = np.array([245, 245, 240], np.float32)
+
+    def written(colour: tuple) -> Image.Image:
+        pixels = paper * (1 - opacity) + np.array(colour) * opacity
+        return Image.fromarray(pixels.astype(np.uint8))
+
+    blue, black = written((30, 50, 160)), written((20, 20, 20))
+    assert overlap(preprocess_digit(blue), preprocess_digit(black)) >= 0.95
+
+
+def test_a_photo_saved_sideways_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    upright = photos.photo(four(), "gradient", 0)
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # the pixels as the sensor stored them
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to display": undoes ROTATE_90 (anticlockwise)
+    sideways.save(tmp_path / "sideways.jpg", quality=95, exif=exif)
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    turned, plain = read_image(tmp_path / "sideways.jpg"), read_image(tmp_path / "upright.jpg")
+    assert turned.size == plain.size == upright.size
+    difference = np.abs(np.asarray(turned, np.float32) - np.asarray(plain, np.float32)).mean()
+    assert difference < 3  # the same pixels, but for JPEG's rounding
+    assert overlap(preprocess_digit(turned), preprocess_digit(plain)) >= 0.9
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
+    photos.photo(four(), "ruled", 0).resize((4000, 3000)).save(tmp_path / "phone.jpg", quality=85)
+    image = read_image(tmp_path / "phone.jpg")
+    assert max(image.size) <= 4 * preprocess.WORK_SIDE  # Pillow's draft mode: not 12 megapixels
+    assert preprocess_digit(image).shape == (28, 28)
+
+
+def png_header_only(path, width: int, height: int) -> None:
+    """A PNG that declares width x height pixels and holds only its first rows."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        checksum = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + checksum
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (width + 1) * 4)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+
+
+def test_an_8000_by_8000_png_is_refused_from_its_header_with_the_limit_in_the_message(tmp_path):
+    png_header_only(tmp_path / "huge.png", 8000, 8000)  # decoding it would fail: it has 4 rows
+    with pytest.raises(ImageError, match=r"8000x8000 pixels is too large .*limit is 24,000,000"):
+        read_image(tmp_path / "huge.png")
+
+
+def test_a_float_image_with_an_infinite_pixel_is_an_image_error(tmp_path):
+    pixels = np.zeros((40, 40), np.float32)
+    pixels[10:30, 18:22] = 1.0
+    pixels[0, 0] = np.inf
+    Image.fromarray(pixels).save(tmp_path / "infinite.tif")
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        preprocess_digit(read_image(tmp_path / "infinite.tif"))
+
+
+def test_one_bad_file_never_stops_the_others(tmp_path):
+    pixels = np.full((40, 40), np.nan, np.float32)
+    Image.fromarray(pixels).save(tmp_path / "nan.tif")
+    (tmp_path / "text.png").write_text("not pixels")
+    result = run_script("load_model.py", "--model", PRETRAINED_MODEL_PATH, tmp_path / "nan.tif",
+                        tmp_path / "text.png", SEVEN, check=False)
+    assert result.returncode == 1
+    assert "nan.tif: error: the image holds NaN or infinite pixel values" in result.stderr
+    assert "text.png: error: not a readable image" in result.stderr
+    assert result.stdout.startswith(f"{SEVEN}: 7 (")
+
+
+def test_an_unexpected_failure_on_one_file_is_reported_and_the_rest_go_on(monkeypatch, capsys):
+    real = load_model.Predictor.inputs
+
+    def failing_once(self, images):
+        if str(images).endswith("first.png"):
+            raise RuntimeError("something unforeseen")
+        return real(self, images)
+
+    monkeypatch.setattr(load_model.Predictor, "inputs", failing_once)
+    monkeypatch.setattr(sys, "argv", ["load_model.py", "--model", str(PRETRAINED_MODEL_PATH),
+                                      "first.png", str(SEVEN)])
+    with pytest.raises(SystemExit) as exit_status:
+        load_model.main()
+    output = capsys.readouterr()
+    assert exit_status.value.code == 1
+    assert "first.png: error: could not predict it (RuntimeError: something unforeseen)" \
+        in output.err
+    assert output.out.startswith(f"{SEVEN}: 7 (")
+
+
+def test_predict_takes_a_path_a_pil_image_a_numpy_array_or_a_tensor():
+    image = Image.open(SEVEN)
+    prepared = preprocess_digit(image)
+    for given in (SEVEN, str(SEVEN), image, np.asarray(image), np.asarray(image.convert("L")),
+                  prepared, (prepared * 255).round().to(torch.uint8)):
+        prediction = predict(given, model=PRETRAINED_MODEL_PATH)
+        assert isinstance(prediction, Prediction), type(given)
+        assert (prediction.label, prediction.name) == (7, "7") and prediction.probability > 0.9
+        assert prediction.top[0] == ("7", prediction.probability) and len(prediction.top) == 3
+        assert prediction.input.shape == (28, 28)
+
+
+def test_a_list_or_a_tensor_batch_gives_a_list_of_predictions():
+    prepared = preprocess_digit(Image.open(SEVEN))
+    predictor = Predictor(PRETRAINED_MODEL_PATH, top_k=2)
+    pair = torch.stack([prepared, prepared])
+    for batch in ([SEVEN, SEVEN], pair, pair[:, None]):
+        predictions = predictor(batch)
+        assert [prediction.name for prediction in predictions] == ["7", "7"]
+        assert all(len(prediction.top) == 2 for prediction in predictions)
+
+
+@pytest.mark.parametrize("given, message", [
+    (torch.zeros(3, 32, 32), "not a prepared input"),
+    (np.zeros((5, 5, 7), np.uint8), "not an image"),
+    (torch.full((28, 28), float("nan")), "NaN or infinite")])
+def test_an_input_predict_cannot_take_is_a_clear_error(given, message):
+    with pytest.raises(ImageError, match=message):
+        predict(given, model=PRETRAINED_MODEL_PATH)
+
+
+def test_the_readme_snippet_works_from_another_folder(tmp_path):
+    code = (f"import sys; sys.path.insert(0, {str(PROJECT_DIR)!r})\n"
+            "from load_model import predict\n"
+            f"prediction = predict({str(SEVEN)!r})\n"
+            "print(prediction.name, f'{prediction.probability:.2f}', prediction.top[0][0])\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    name, probability, first = result.stdout.split()
+    assert name == first == "7" and 0.9 < float(probability) <= 1
+
+
+def test_a_low_confidence_prediction_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(load_model, "LOW_CONFIDENCE", 1.01)  # over any probability: all are unsure
+    monkeypatch.setattr(sys, "argv", ["load_model.py", "--model", str(PRETRAINED_MODEL_PATH),
+                                      str(SEVEN)])
+    load_model.main()
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{SEVEN}: 7 (")
+    assert line.endswith("[low confidence: under 101%, check the input]")
+    assert not predict(SEVEN, model=PRETRAINED_MODEL_PATH).confident
+
+
+def test_a_confident_prediction_prints_no_warning():
+    result = run_script("load_model.py", "--model", PRETRAINED_MODEL_PATH, SEVEN)
+    assert "low confidence" not in result.stdout and result.stdout.startswith(f"{SEVEN}: 7 (")
+
+
+def test_save_input_writes_the_28x28_the_model_saw_beside_each_prediction(tmp_path):
+    other = tmp_path / "other" / "seven.png"
+    other.parent.mkdir()
+    other.write_bytes(SEVEN.read_bytes())
+    result = run_script("load_model.py", "--model", PRETRAINED_MODEL_PATH, "--save-input",
+                        tmp_path / "seen", SEVEN, other)
+    first, second = result.stdout.splitlines()
+    assert first.endswith(f"[input: {tmp_path / 'seen' / 'seven.input.png'}]")
+    assert second.endswith(f"[input: {tmp_path / 'seen' / 'seven-2.input.png'}]")  # kept apart
+    saved = Image.open(tmp_path / "seen" / "seven.input.png")
+    assert saved.size == (28, 28) and saved.mode == "L"
+    expected = (preprocess_digit(Image.open(SEVEN)) * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(np.asarray(saved), expected)
+
+
+@needs_real_mnist
+def test_most_real_digits_are_read_right_from_phone_photos():
+    """Real MNIST test digits rendered as phone photos (every condition at once) and read from
+    their JPEG files by the shipped model. The photo benchmark (bench.py --photos) measures more."""
+    from common import load_dataset
+    from conftest import REAL_DATA_DIR
+
+    images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
+    predictor = Predictor(PRETRAINED_MODEL_PATH)
+    right = 0
+    for index in range(60):
+        file = photos.encode(*photos.render(images[index].numpy(), "phone photo", seed=index))
+        right += predictor(Image.open(io.BytesIO(file))).label == labels[index].item()
+    assert right / 60 >= 0.9
