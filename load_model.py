@@ -345,8 +345,7 @@ def main() -> None:
             failures += 1
             continue
         guesses = ", ".join(f"{name} ({probability:.1%})" for name, probability in prediction.top)
-        notes = [] if prediction.confident else [
-            f"low confidence: under {LOW_CONFIDENCE:.0%}, check the input"]
+        notes = [] if prediction.confident else ["low confidence: check the input"]
         notes += [f"input: {saved}"] if saved else []
         print(f"{path}: {guesses}" + "".join(f"  [{note}]" for note in notes))
     if failures:
