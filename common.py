@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import importlib
 import math
-import os
 import signal
 import struct
 import sys
