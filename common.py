@@ -31,7 +31,8 @@ DEFAULT_MODEL_PATH = PROJECT_DIR / "mnist_model.pth"  # what train.py writes; ne
 # The model shipped with the code: training never writes it, so a user's run can't change what a clone holds.
 PRETRAINED_MODEL_PATH = PROJECT_DIR / "pretrained" / "mnist_model.pth"
 DEVICE_HELP = "where the model runs: auto (cuda, then mps, then cpu), cuda, mps or cpu"
-MODEL_HELP = "model file (default: mnist_model.pth once you have trained one, else pretrained/mnist_model.pth)"
+MODEL_DEFAULT = "(default: mnist_model.pth once you have trained one, else pretrained/mnist_model.pth)"
+MODEL_HELP = f"model file {MODEL_DEFAULT}"
 
 
 def default_model_path() -> Path:

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, DEVICE_HELP, UserError,
-                    default_model_path, evaluate, load_dataset, make_parser, normalize, pick_device,
-                    run_cli, split_indices)
+from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, DEVICE_HELP, MODEL_DEFAULT,
+                    UserError, default_model_path, evaluate, load_dataset, make_parser, normalize,
+                    pick_device, run_cli, split_indices)
 from load_model import build_from_record, read_model_file
 from model import count_parameters
 from outputs import check_output_file
@@ -126,8 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, nargs="+",
                         help="model files (.pth, training checkpoints or .onnx); several are also scored "
-                             "as an ensemble (default: mnist_model.pth once you have trained one, "
-                             "else pretrained/mnist_model.pth)")
+                             f"as an ensemble {MODEL_DEFAULT}")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="the dataset to score on (default: the one the models learned; another is an error)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,

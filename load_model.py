@@ -310,9 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="write the 28x28 input the model saw for each image into DIR, "
                              "as NAME.input.png")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    args = parser.parse_args(argv)
-    args.model = args.model or default_model_path()
-    return args
+    return parser.parse_args(argv)  # no --model: Predictor takes the default
 
 
 def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set[str]) -> Path:
