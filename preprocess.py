@@ -8,6 +8,7 @@ pen's strokes (ruling, grid lines, specks) and keeps the digit's connected strok
 frames them as MNIST framed its own digits.
 """
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from common import UserError
 # image) keeps that, and its copies, to a few hundred MB.
 MAX_JPEG_PIXELS = 120_000_000
 MAX_IMAGE_PIXELS = 24_000_000
-# The digit is found at this resolution (the longer side, at most twice it): fine enough for a
-# digit that fills a tenth of the photo's height, small enough to take a few milliseconds.
+# The digit is found at this resolution (the longer side, at most): fine enough for a digit
+# that fills a tenth of the photo's height, small enough to take a few milliseconds.
 WORK_SIDE = 320
 GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F")
 
@@ -36,7 +37,8 @@ class ImageError(UserError):
 
 def read_image(path: str | Path) -> Image.Image:
     """The first frame of an image file, upright as its EXIF orientation says. JPEG files are
-    decoded at a reduced scale near WORK_SIDE; images over the pixel limits are refused unread."""
+    decoded at a reduced scale near WORK_SIDE, colour ones straight to luminance (all the
+    preprocessing uses); images over the pixel limits are refused unread."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limits apply
@@ -48,7 +50,9 @@ def read_image(path: str | Path) -> Image.Image:
                     raise ImageError(f"{image.width}x{image.height} pixels is too large to be a "
                                      f"digit (the limit is {limit:,} pixels for {kind} files)")
                 if jpeg:
-                    image.draft(image.mode, (WORK_SIDE, WORK_SIDE))
+                    # Draft mode skips the fine detail, and "L" the colour conversion; decoding
+                    # the file's entropy-coded data, which neither skips, is most of what's left.
+                    image.draft("L" if image.mode == "RGB" else image.mode, (WORK_SIDE, WORK_SIDE))
                 image.load()
                 return ImageOps.exif_transpose(image)
     except FileNotFoundError:
@@ -61,7 +65,7 @@ def read_image(path: str | Path) -> Image.Image:
 
 def to_grayscale(image: Image.Image, side: int | None = None) -> np.ndarray:
     """Float32 gray levels stretched to [0, 1]; transparent areas count as white paper. With
-    `side`, an image more than twice that size is first shrunk by an integer factor."""
+    `side`, an image larger than that is first shrunk to fit it."""
     if "A" in image.getbands() or "transparency" in image.info:
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     if image.mode not in GRAY_MODES:
@@ -70,6 +74,10 @@ def to_grayscale(image: Image.Image, side: int | None = None) -> np.ndarray:
         image = image.convert("I")  # 16-bit gray: reduce() takes 32-bit
     if side and max(image.size) >= 2 * side:
         image = image.reduce(max(image.size) // side)
+    if side and max(image.size) > side:  # the rest in floats, which keep ink and paper symmetric
+        scale = side / max(image.size)
+        fit = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.convert("F").resize(fit, Image.Resampling.BOX)
     gray = np.asarray(image, dtype=np.float32)
     if not np.isfinite(gray).all():
         raise ImageError("the image holds NaN or infinite pixel values")
@@ -90,7 +98,7 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
     strokes, ink, half_width = digit_strokes(darkness)
     level = np.percentile(darkness[strokes], 99)
     # The strokes' soft edges, out to half a stroke's width, but not the ink that was dropped.
-    near = (ndimage.distance_transform_edt(~strokes) <= max(2.0, half_width / 2)) & (strokes | ~ink)
+    near = within(strokes, max(2.0, half_width / 2)) & (strokes | ~ink)
     ink = np.where(near, np.clip(darkness / level, 0, 1), 0).astype(np.float32)
     return mnist_frame(ink, box, size)
 
@@ -132,7 +140,10 @@ def paper_brightness(gray: np.ndarray) -> np.ndarray:
     closing, wider than a pen stroke, on a grid of the image's block maxima. A closing
     removes narrow dark things and keeps the light's gradients and the edges of shadows."""
     block = max(1, max(gray.shape) // 128)
-    coarse = in_blocks(gray, block).max(axis=(1, 3))
+    tiles = in_blocks(gray, block)
+    # One maximum per offset in the block: numpy reduces a short strided axis slowly.
+    coarse = functools.reduce(np.maximum, (tiles[:, row, :, col] for row in range(block)
+                                           for col in range(block)))
     rows, cols = coarse.shape
     width = max(9, round(0.12 * max(gray.shape))) // block + 1
     coarse = ndimage.grey_closing(coarse, size=(width, width), mode="nearest")
@@ -169,12 +180,12 @@ def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     large ones near it. Returns it, all the ink (over the threshold), and the thickest strokes'
     half-width."""
     ink = darkness > max(otsu_threshold(darkness), 0.1)
-    distance = ndimage.distance_transform_edt(ink)
+    distance = depth(ink)
     stroke = float(np.percentile(distance[ink], 97))  # half the width of the thickest strokes
     strokes = ink
     if stroke >= 3.5:  # strokes thick enough to tell from lines a third as wide
         radius = stroke / 3
-        thick = ink & (ndimage.distance_transform_edt(distance <= radius) <= radius + 0.5)
+        thick = ink & within(distance > radius, radius + 0.5)  # an opening: strokes, not lines
         strokes = thick | short_pieces(ink & ~thick) if thick.any() else ink
     labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
     if count <= 1:
@@ -190,6 +201,37 @@ def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
             and rows.start < largest[0].stop + margin and cols.stop > largest[1].start - margin
             and cols.start < largest[1].stop + margin]
     return np.isin(labels, keep), ink, stroke
+
+
+def depth(mask: np.ndarray) -> np.ndarray:
+    """Each True pixel's distance to the nearest False one (0 elsewhere): the Euclidean distance
+    transform, computed on the bounding box of `mask` grown by a pixel, which gives the same
+    values as on the whole image and costs much less where the ink is a small part of it."""
+    distance = np.zeros(mask.shape)
+    box = bounding_box(mask, margin=1)
+    if box is not None:
+        distance[box] = ndimage.distance_transform_edt(mask[box])
+    return distance
+
+
+def within(mask: np.ndarray, radius: float) -> np.ndarray:
+    """The pixels at most `radius` from a True pixel of `mask` (a dilation by a disc), computed on
+    the only part of the image it can reach: the bounding box of `mask` grown by `radius`."""
+    near = np.zeros(mask.shape, dtype=bool)
+    box = bounding_box(mask, margin=int(radius) + 1)
+    if box is not None:
+        near[box] = ndimage.distance_transform_edt(~mask[box]) <= radius
+    return near
+
+
+def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The slices of the smallest box holding every True pixel of `mask`, grown by `margin` on
+    each side within the image; None when there is none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+            slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
 
 
 def short_pieces(thin: np.ndarray) -> np.ndarray:

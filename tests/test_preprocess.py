@@ -159,3 +159,23 @@ def test_an_image_over_our_pixel_limit_is_refused_before_it_is_decoded(tmp_path,
     drawn_digit(size=(101, 100), box=(10, 10, 60, 90)).save(tmp_path / "big.png")
     with pytest.raises(ImageError, match="101x100 pixels is too large"):
         read_image(tmp_path / "big.png")
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.bool_, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40)))
+def test_distances_on_the_ink_s_bounding_box_equal_those_on_the_whole_image(mask):
+    from scipy import ndimage
+
+    from preprocess import depth, within
+    assert np.array_equal(depth(mask), ndimage.distance_transform_edt(mask) * mask)
+    for radius in (0.5, 2.0, 3.7):
+        expected = mask.any() & (ndimage.distance_transform_edt(~mask) <= radius)
+        assert np.array_equal(within(mask, radius), expected)
+
+
+def test_a_colour_jpeg_is_read_as_its_luminance_at_a_reduced_scale(tmp_path):
+    large = drawn_digit().resize((2400, 1800), Image.Resampling.BICUBIC)
+    large.convert("RGB").save(tmp_path / "big.jpg", quality=90)
+    image = read_image(tmp_path / "big.jpg")
+    assert image.mode == "L" and max(image.size) <= 2400 / 4  # decoded at a quarter of its side
+    assert torch.allclose(preprocess_digit(image), preprocess_digit(drawn_digit()), atol=0.2)
