@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import train
-from common import (DATASETS, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError,
-                    evaluate, load_dataset, make_parser, normalize, pick_device, positive_int, run_cli,
-                    training_indices, writable_file)
+from common import (DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError, make_parser,
+                    pick_device, positive_int, run_cli, writable_file)
+from datasets import DATASETS, load_dataset, normalize, training_indices
+from evaluate import evaluate
 from load_model import ImageError, Predictor, load_model, predict_images, read_model_file
 from model import build_model
 from outputs import write_json
@@ -72,19 +74,19 @@ def our_throughput(images: Tensor, labels: Tensor, batch_size: int, steps: int, 
                    amp: bool = False, seed: int = 0) -> float:
     """Training images/s of train.py's loop: the dataset as one tensor, batches by indexing a permutation.
     `shipped` adds what train.py does beyond the data path: channels_last and the fused AdamW."""
-    torch.manual_seed(seed)
-    model = build_model("lenet").to(images.device)
+    config = train.TrainConfig(batch_size=batch_size, lr=1e-3, schedule="constant", amp=amp,
+                               seed=seed)
+    training = train.setup_training(config, steps, images.device, channels_last=shipped)
     if shipped:
-        model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=shipped)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    generator = torch.Generator().manual_seed(seed)
+    else:  # the optimizer of the usual example: one kernel a parameter
+        training.optimizer = torch.optim.AdamW(training.model.parameters(), lr=config.lr)
+        training.scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, lambda _: 1.0)
     warm_up = 2 * batch_size
-    train.train_epoch(model, optimizer, scheduler, images[:warm_up], labels[:warm_up], batch_size, generator, amp=amp)
+    train.train_epoch(training, images[:warm_up], labels[:warm_up], config)
     subset = images[:steps * batch_size], labels[:steps * batch_size]
     started = time.perf_counter()
-    train.train_epoch(model, optimizer, scheduler, *subset, batch_size, generator, amp=amp)
+    train.train_epoch(training, *subset, config)
     return len(subset[0]) / (time.perf_counter() - started)
 
 
@@ -103,31 +105,23 @@ def max_difference(model, reference: Tensor, images: Tensor) -> float:
     return (model(images) - reference).abs().max().item()
 
 
-def time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, target: float,
-                     dataset: str, epochs: int | None = None) -> dict:
-    """Trains train.py's default recipe, scoring the test set after each epoch (a measurement, not a
-    choice), and reports the training seconds until test accuracy first reaches `target`."""
-    args = train.parse_args(["--dataset", dataset])
-    args.epochs = epochs or args.epochs
-    torch.manual_seed(args.seed)
-    model = build_model(args.arch).to(x_train.device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x_train = x_train.contiguous(memory_format=torch.channels_last)
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
-    optimizer, scheduler = train.make_optimizer(model, args, steps_per_epoch)
-    generator = torch.Generator().manual_seed(args.seed)
+def time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
+                     target: float, config: train.TrainConfig) -> dict:
+    """Trains `config` as train.py does, scoring the test set after each epoch (a measurement,
+    not a choice), and reports the training seconds until test accuracy first reaches `target`."""
+    x_train = x_train.contiguous(memory_format=torch.channels_last)
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
+    training = train.setup_training(config, steps_per_epoch, x_train.device)
     seconds, curve, reached = 0.0, [], None
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        train.train_epoch(model, optimizer, scheduler, x_train, y_train, args.batch_size, generator, amp=args.amp)
+        train.train_epoch(training, x_train, y_train, config)
         seconds += time.perf_counter() - started
-        accuracy = evaluate(model, x_test, y_test).accuracy
+        accuracy = evaluate(training.model, x_test, y_test).accuracy
         curve.append({"epoch": epoch, "train_seconds": seconds, "test_accuracy": accuracy})
         if reached is None and accuracy >= target:
             reached = curve[-1]
-    return {"target": target, "reached": reached, "curve": curve,
-            "recipe": {name: getattr(args, name) for name in train.RUN_SETTINGS}}
+    return {"target": target, "reached": reached, "curve": curve, "recipe": asdict(config)}
 
 
 def prediction_latency(model_path: Path, image_path: Path, calls: int) -> dict:
@@ -383,8 +377,10 @@ def main() -> None:
         results["photos"] = photo_benchmark(args.model, args.data_dir, count=3, calls=5)
 
     subset = 2000 if args.quick else None
+    config = train.TrainConfig(dataset=args.dataset)
+    config = replace(config, epochs=1) if args.quick else config
     results["time_to_accuracy"] = reach = time_to_accuracy(
-        x_train[:subset], y_train[:subset], x_test, y_test, args.target, args.dataset, 1 if args.quick else None)
+        x_train[:subset], y_train[:subset], x_test, y_test, args.target, config)
     print(f"\ntime to {args.target:.1%} test accuracy, default recipe ({reach['recipe']['epochs']} epochs; test scored "
           "after each epoch only to measure this):")
     for point in reach["curve"]:

@@ -6,23 +6,68 @@ Prints loss, accuracy, errors, per-class precision/recall/F1 and the confusion
 matrix, and writes two PNGs beside each model: the confusion matrix and the
 misclassified digits. Given several models, it also reports their accuracy's
 mean and standard deviation, and their ensemble (the mean of their probabilities).
+
+`evaluate()`, the one scoring of a model on normalized images (with test-time augmentation if
+asked), lives here: train.py validates with it and bench.py measures with it.
 """
 
 import argparse
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from common import (DATASETS, DEFAULT_DATA_DIR, DEFAULT_VAL_SIZE, DEVICE_HELP, MODEL_DEFAULT,
-                    UserError, default_model_path, evaluate, load_dataset, make_parser, normalize,
-                    pick_device, run_cli, split_indices)
+from common import (DEFAULT_DATA_DIR, DEVICE_HELP, MODEL_DEFAULT, UserError, default_model_path,
+                    make_parser, pick_device, run_cli)
+from datasets import DATASETS, DEFAULT_VAL_SIZE, load_dataset, normalize, split_indices
 from load_model import build_from_record, read_model_file
 from model import count_parameters
 from outputs import check_output_file
 from plots import plot_confusion, plot_errors
+
+
+@dataclass
+class Evaluation:
+    loss: float  # mean cross-entropy
+    accuracy: float  # fraction correct, 0..1
+    probabilities: Tensor  # (N, classes), on the CPU
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000,
+             tta: bool = False, amp: bool = False) -> Evaluation:
+    """Loss, accuracy and class probabilities of `model` on normalized images; leaves the model's
+    mode as it was. With `tta`, the probabilities are the mean over the image and its four
+    one-pixel shifts; with `amp`, the forward pass runs in bfloat16 autocast, as in training."""
+    was_training = model.training
+    model.eval()
+    log_probabilities = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        views = shifted_views(batch) if tta else [batch]
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = [model(view) for view in views]
+        per_view = torch.stack([view_logits.float().log_softmax(1) for view_logits in logits])
+        # The log of the mean probability over the views.
+        log_probabilities.append(per_view.logsumexp(0) - math.log(len(views)))
+    model.train(was_training)
+    log_probabilities = torch.cat(log_probabilities)
+    loss = F.nll_loss(log_probabilities, labels).item()
+    accuracy = (log_probabilities.argmax(1) == labels).float().mean().item()
+    return Evaluation(loss, accuracy, log_probabilities.exp().cpu())
+
+
+def shifted_views(images: Tensor, shift: int = 1) -> list[Tensor]:
+    """The images and their copies moved by `shift` pixels left, right, up and down (edges
+    repeated): the views that test-time augmentation averages over."""
+    padded = F.pad(images, (shift,) * 4, mode="replicate")
+    height, width = images.shape[-2:]
+    offsets = [(shift, shift), (shift, 0), (shift, 2 * shift), (0, shift), (2 * shift, shift)]
+    return [padded[..., top:top + height, left:left + width] for top, left in offsets]
 
 
 def confusion_matrix(true: Tensor, predicted: Tensor, num_classes: int) -> Tensor:

@@ -33,8 +33,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from common import (DEVICE_HELP, INPUT_SHAPE, MODEL_HELP, default_model_path, make_parser, pick_device,
+from common import (DEVICE_HELP, MODEL_HELP, default_model_path, make_parser, pick_device,
                     positive_int, require, run_cli)
+from datasets import INPUT_SHAPE
 from outputs import write_atomic
 from preprocess import (MAX_IMAGE_PIXELS, MAX_JPEG_PIXELS, PREPROCESSING, ImageError,  # noqa: F401
                         preprocess_digit, preprocess_garment, read_image, to_grayscale)

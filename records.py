@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from common import DATASETS, INPUT_SHAPE
+from datasets import DATASETS, INPUT_SHAPE
 from errors import UserError
 from model import ARCHITECTURES, build_model
 

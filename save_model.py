@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, INPUT_SHAPE, PROJECT_DIR, UserError, load_dataset, make_parser,
-                    normalize, positive_int, require, run_cli, training_indices, writable_file)
+from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, PROJECT_DIR, UserError, make_parser,
+                    positive_int, require, run_cli, writable_file)
+from datasets import INPUT_SHAPE, load_dataset, normalize, training_indices
 from load_model import (FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT,
                         build_from_record, read_model_file)
 from model import count_parameters

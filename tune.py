@@ -16,16 +16,18 @@ import argparse
 import itertools
 import json
 import statistics
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import train
 from common import PROJECT_DIR, UserError, make_parser, positive_float, positive_int, run_cli, seed
-from outputs import write_json
+from outputs import check_output_file, write_json
 from plots import plot_sweep
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """tune.py's own arguments, and the train.py flags to hold fixed."""
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, train.TrainConfig,
+                                                      argparse.Namespace]:
+    """tune.py's own arguments, and the settings and options of train.py's flags given here."""
     parser = make_parser(__doc__.split("\n\n")[0], epilog="Other flags go to train.py.")
     parser.add_argument("--lr", type=positive_float, nargs="+", default=[0.005, 0.01, 0.02, 0.04],
                         help="peak learning rates to try")
@@ -39,22 +41,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     for flag in ("--out", "--resume", "--dry-run"):
         if any(token == flag or token.startswith(flag + "=") for token in fixed):
             parser.error(f"{flag} is not for a sweep: tune.py trains each run in full into --out-dir")
-    train.parse_args(fixed + ["--out", str(args.out_dir / "check.pth")])  # bad train.py flags fail here, before work
-    return args, fixed
+    # train.py's flags, checked before any work: the settings every run of the sweep shares.
+    config, options = train.parse_args(fixed + ["--out", str(args.out_dir / "check.pth")])
+    return args, config, options
 
 
-def run_once(fixed: list[str], lr: float, batch_size: int, epochs: int, seed: int, out_dir: Path) -> dict:
-    """The metrics of one training run, read back from its folder when an earlier sweep already made it."""
-    out = out_dir / f"lr{lr:g}-batch{batch_size}-epochs{epochs}" / f"seed{seed}" / "model.pth"
-    args = train.parse_args(fixed + ["--lr", str(lr), "--batch-size", str(batch_size), "--epochs", str(epochs),
-                                     "--seed", str(seed), "--out", str(out)])
-    settings = {name: getattr(args, name) for name in train.RUN_SETTINGS}
+def run_once(config: train.TrainConfig, options: argparse.Namespace, out_dir: Path) -> dict:
+    """The metrics of one training run, read back from its folder when an earlier sweep already
+    made it."""
+    out = (out_dir / f"lr{config.lr:g}-batch{config.batch_size}-epochs{config.epochs}"
+           / f"seed{config.seed}" / "model.pth")
     metrics = finished_run(train.output_paths(out)["metrics"])
-    if metrics is not None and metrics["settings"] == settings:
+    if metrics is not None and metrics["settings"] == asdict(config):
         print(f"{out.parent}: done before, val acc {metrics['val_accuracy']:.2%}")
         return metrics
     print(f"--- {out.parent}")
-    return train.train(args, report_test=False)
+    options = argparse.Namespace(**{**vars(options), "out": check_output_file(out)})
+    return train.train(config, options, report_test=False)
 
 
 def finished_run(metrics_file: Path) -> dict | None:
@@ -76,11 +79,13 @@ def finished_run(metrics_file: Path) -> dict | None:
     return metrics
 
 
-def sweep(args: argparse.Namespace, fixed: list[str]) -> list[dict]:
+def sweep(args: argparse.Namespace, config: train.TrainConfig,
+          options: argparse.Namespace) -> list[dict]:
     """One row per combination, best first: its settings, the mean and spread of validation accuracy over seeds."""
     rows = []
     for lr, batch_size, epochs in itertools.product(args.lr, args.batch_size, args.epochs):
-        runs = [run_once(fixed, lr, batch_size, epochs, seed, args.out_dir) for seed in args.seeds]
+        runs = [run_once(replace(config, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed),
+                         options, args.out_dir) for seed in args.seeds]
         accuracies = [run["val_accuracy"] for run in runs]
         settings = {name: value for name, value in runs[0]["settings"].items() if name != "seed"}
         rows.append({**settings, "val_accuracy": statistics.mean(accuracies),
@@ -101,12 +106,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    args, fixed = parse_args()
-    rows = sweep(args, fixed)
+    args, config, options = parse_args()
+    rows = sweep(args, config, options)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.out_dir / "results.json", {"seeds": args.seeds, "rows": rows})
     plot_sweep(rows, args.out_dir / "lr.png")
-    recipe = {name: rows[0][name] for name in train.RUN_SETTINGS if name != "seed"}
+    recipe = {name: rows[0][name] for name in train.SETTINGS if name != "seed"}
     write_json(args.out_dir / "best.json", recipe)
     print(format_table(rows))
     print(f"wrote {args.out_dir / 'results.json'}, {args.out_dir / 'lr.png'} and {args.out_dir / 'best.json'} "

@@ -1,4 +1,5 @@
-"""common.py: reading MNIST files, normalization, the validation split, evaluation, device choice."""
+"""The pipeline's parts: reading MNIST files, normalization and the validation split
+(datasets.py), augmentation (augmentation.py), evaluation (evaluate.py), device choice (common.py)."""
 
 import gzip
 import hashlib
@@ -8,11 +9,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.datasets import MNIST
 
-from common import (MNIST_MEAN, MNIST_STD, UserError, evaluate, load_dataset, normalize, pick_device,
-                    augment, random_affine, random_erase, random_flip, random_shift, split_indices,
-                    training_indices)
+from augmentation import augment, random_affine, random_erase, random_flip, random_shift
+from common import UserError, pick_device
+from datasets import DATASETS, load_dataset, normalize, split_indices, training_indices
+from evaluate import evaluate
 from model import build_model
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
+
+MNIST_MEAN, MNIST_STD = DATASETS["mnist"].mean, DATASETS["mnist"].std
 
 
 def test_load_dataset_reads_idx_files_in_torchvisions_layout(tmp_path):
@@ -105,7 +109,7 @@ def test_labels_outside_0_to_9_are_an_error(tmp_path):
 def test_normalize_adds_a_channel_and_standardizes_with_the_training_statistics():
     images = torch.zeros(1, 28, 28, dtype=torch.uint8)
     images[0, 0, 0] = 255
-    x = normalize(images)
+    x = normalize(images, MNIST_MEAN, MNIST_STD)
     assert x.shape == (1, 1, 28, 28) and x.dtype == torch.float32
     assert x.min().item() == pytest.approx(-MNIST_MEAN / MNIST_STD)
     assert x.max().item() == pytest.approx((1 - MNIST_MEAN) / MNIST_STD)
@@ -131,7 +135,7 @@ def test_a_validation_split_as_large_as_the_data_is_an_error():
 
 def test_random_affine_distorts_each_image_reproducibly_and_keeps_the_black_background():
     images, _ = synthetic_digits(8, seed=3)
-    x = normalize(torch.from_numpy(images))
+    x = normalize(torch.from_numpy(images), MNIST_MEAN, MNIST_STD)
     x[:, :, :8], x[:, :, -8:] = x.min(), x.min()  # black margins, as around MNIST's digits
     black = -MNIST_MEAN / MNIST_STD
     first = random_affine(x, torch.Generator().manual_seed(1), black)

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 from torchvision.datasets import FashionMNIST
 
-from common import DATASETS, UserError, load_dataset, normalize
+from common import UserError
+from datasets import DATASETS, load_dataset, normalize
 from conftest import REAL_DATA_DIR, TINY_TRAINING, needs_real_fashion, run_script, write_mnist
 from load_model import preprocess_garment, read_model_file, with_dataset
 

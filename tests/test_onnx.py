@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common import PRETRAINED_MODEL_PATH, UserError, evaluate, load_dataset, normalize
+from common import PRETRAINED_MODEL_PATH, UserError
+from datasets import DATASETS, load_dataset, normalize
+from evaluate import evaluate
 from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
 from load_model import ModelFileError, load_model, read_model_file
 
@@ -49,7 +51,7 @@ def test_int8_is_a_third_of_the_size_and_agrees_with_float32(tiny_data, exported
     fp32, int8 = exported
     assert int8.stat().st_size <= fp32.stat().st_size / 3
     images, labels = load_dataset(tiny_data, train=False, download=False)
-    x = normalize(images)
+    x = normalize(images, **DATASETS["mnist"].normalization)
     exact, quantized = load_model(fp32)(x), load_model(int8)(x)
     # The tiny model leaves near-ties, which INT8 rounding may flip (how often depends on the CPU's
     # integer kernels): agreement is required where float32's choice is clear.
@@ -108,7 +110,7 @@ def test_on_real_mnist_onnx_matches_pytorch_and_int8_keeps_the_accuracy(tmp_path
     run_script("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx-int8", "--out", int8,
                "--data-dir", REAL_DATA_DIR)
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
-    x = normalize(images)
+    x = normalize(images, **DATASETS["mnist"].normalization)
     original, onnx_model = load_model(PRETRAINED_MODEL_PATH), load_model(fp32)
     with torch.no_grad():
         assert (onnx_model(x) - original(x)).abs().max().item() <= 1e-4

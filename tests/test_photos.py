@@ -239,7 +239,7 @@ def test_save_input_writes_the_28x28_the_model_saw_beside_each_prediction(tmp_pa
 def test_most_real_digits_are_read_right_from_phone_photos():
     """Real MNIST test digits rendered as phone photos (every condition at once) and read from
     their JPEG files by the shipped model. The photo benchmark (bench.py --photos) measures more."""
-    from common import load_dataset
+    from datasets import load_dataset
     from conftest import REAL_DATA_DIR
 
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)

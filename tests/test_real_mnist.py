@@ -7,7 +7,9 @@ import re
 import pytest
 import torch
 
-from common import PRETRAINED_MODEL_PATH, PROJECT_DIR, evaluate, load_dataset, normalize
+from common import PRETRAINED_MODEL_PATH, PROJECT_DIR
+from datasets import load_dataset, normalize
+from evaluate import evaluate
 from conftest import REAL_DATA_DIR, needs_real_mnist, run_script
 from load_model import build_from_record, predict_images, preprocess_digit, read_model_file
 from photos import redrawn

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from common import evaluate, shifted_views
+from evaluate import evaluate, shifted_views
 from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 from load_model import read_model_file
 from model import LeNet
@@ -15,8 +15,8 @@ from model import LeNet
 def test_a_config_file_sets_the_run_and_flags_given_beside_it_win(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"arch": "convnet", "lr": 0.003, "augment": True, "epochs": 20}))
-    args = train.parse_args(["--config", str(recipe), "--epochs", "5"])
-    assert (args.arch, args.lr, args.augment, args.epochs) == ("convnet", 0.003, "affine", 5)
+    config, _ = train.parse_args(["--config", str(recipe), "--epochs", "5"])
+    assert config == train.TrainConfig(arch="convnet", lr=0.003, augment="affine", epochs=5)
 
 
 def test_a_config_file_with_an_unknown_or_invalid_setting_is_refused_in_one_line(tmp_path):
@@ -47,7 +47,7 @@ def test_resuming_a_run_with_ema_ends_with_the_same_average_as_an_uninterrupted_
     run_script("train.py", *settings, "--out", whole)
     ctrl_c_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.train(train.parse_args([*settings, "--out", str(interrupted)]))
+        train.train(*train.parse_args([*settings, "--out", str(interrupted)]))
     run_script("train.py", "--resume", "--data-dir", tiny_data, "--out", interrupted, "--no-download")
     expected, resumed = read_model_file(whole)["state_dict"], read_model_file(interrupted)["state_dict"]
     for name, tensor in expected.items():
@@ -86,8 +86,9 @@ def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_acc
     assert (out_dir / "lr.png").stat().st_size > 0
     recipe = json.loads((out_dir / "best.json").read_text())
     assert (recipe["lr"], recipe["epochs"]) == (rows[0]["lr"], rows[0]["epochs"]) and "seed" not in recipe
-    args = train.parse_args(["--config", str(out_dir / "best.json")])
-    assert (args.lr, args.batch_size, args.epochs, args.val_size) == (recipe["lr"], 50, recipe["epochs"], 100)
+    config, _ = train.parse_args(["--config", str(out_dir / "best.json")])
+    assert (config.lr, config.batch_size, config.epochs, config.val_size) == (
+        recipe["lr"], 50, recipe["epochs"], 100)
     again = run_script("tune.py", "--lr", "0.002", "--batch-size", "50", "--epochs", "1", "--seed", "0",
                        "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100", "--no-download")
     assert "done before" in again.stdout  # a finished run is not trained again
@@ -107,5 +108,5 @@ def test_the_committed_recipes_are_valid_train_py_configs():
     recipes = sorted((PROJECT_DIR / "configs").glob("*.json"))
     assert recipes, "configs/ holds the README's recipes"
     for recipe in recipes:
-        args = train.parse_args(["--config", str(recipe)])
-        assert args.dataset in ("mnist", "fashion-mnist") and args.epochs > 0, recipe
+        config, _ = train.parse_args(["--config", str(recipe)])
+        assert config.dataset in ("mnist", "fashion-mnist") and config.epochs > 0, recipe

@@ -17,10 +17,12 @@ import torch
 from torchvision.datasets import MNIST
 
 import common
+import datasets
 import outputs
 import train
 import tune
-from common import UserError, load_dataset
+from common import UserError
+from datasets import load_dataset
 from conftest import (PROJECT_DIR, REAL_DATA_DIR, REAL_FASHION_PRESENT, TINY_TRAINING,
                       needs_real_mnist, run_script, write_idx, write_mnist)
 from evaluate import figure_paths, figure_stems
@@ -262,8 +264,8 @@ def publish_as_real(monkeypatch, raw, dataset: str = "mnist") -> None:
     the MD5s of any .gz files there."""
     known = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
              for path in raw.glob("*-ubyte")}
-    monkeypatch.setitem(common.IDX_SHA256, dataset, known)
-    monkeypatch.setattr(common, "IDX_SIZES", {name: (raw / name).stat().st_size for name in known})
+    monkeypatch.setitem(datasets.IDX_SHA256, dataset, known)
+    monkeypatch.setattr(datasets, "IDX_SIZES", {name: (raw / name).stat().st_size for name in known})
     published = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in raw.glob("*.gz")}
     monkeypatch.setattr(MNIST, "resources",
                         [(name, published.get(name, md5)) for name, md5 in MNIST.resources])
@@ -350,13 +352,13 @@ def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monk
 def test_parallel_processes_decompressing_the_same_fresh_gz_all_succeed(tmp_path, monkeypatch):
     raw = only_gz(tmp_path, monkeypatch)
     published = dict(MNIST.resources)
-    child = ("import sys; sys.path.insert(0, sys.argv[1]); import common;"
+    child = ("import sys; sys.path.insert(0, sys.argv[1]); import datasets;"
              "from torchvision.datasets import MNIST; MNIST.resources = eval(sys.argv[3]);"
-             "common.IDX_SHA256['mnist'] = eval(sys.argv[4]);"
-             "images, _ = common.load_dataset(sys.argv[2], train=False, download=False);"
+             "datasets.IDX_SHA256['mnist'] = eval(sys.argv[4]);"
+             "images, _ = datasets.load_dataset(sys.argv[2], train=False, download=False);"
              "print(len(images))")
     arguments = [str(PROJECT_DIR), str(tmp_path), repr(list(published.items())),
-                 repr(common.IDX_SHA256["mnist"])]
+                 repr(datasets.IDX_SHA256["mnist"])]
     processes = [subprocess.Popen([sys.executable, "-c", child, *arguments], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for process in processes:

@@ -1,0 +1,225 @@
+"""The datasets: what each one is, reading and checking its files, the validation split, and
+normalization.
+
+A split is held as one uint8 tensor of images and one of labels; training takes batches by
+indexing a shuffled permutation of them (no Dataset objects, no per-sample transforms).
+"""
+
+import gzip
+import hashlib
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.datasets import MNIST, FashionMNIST
+
+from errors import UserError
+from outputs import write_atomic
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the code knows of a dataset: where its files come from, its classes, its image shape,
+    its pixel statistics and the augmentation that suits it."""
+    name: str
+    source: type[MNIST]  # torchvision's class: the folder, the files with their MD5s, the mirrors
+    classes: tuple[str, ...]
+    shape: tuple[int, int, int]  # an image's (channels, height, width)
+    mean: float  # of the training pixels scaled to [0, 1]
+    std: float
+    augmentation: str  # what --augment applies when no list is given: see augmentation.py
+
+    @property
+    def folder(self) -> str:
+        """torchvision's layout: data_dir/MNIST/raw/, data_dir/FashionMNIST/raw/."""
+        return self.source.__name__
+
+    @property
+    def normalization(self) -> dict[str, float]:
+        """normalize()'s keyword arguments, as model files store them."""
+        return {"mean": self.mean, "std": self.std}
+
+
+# Means and standard deviations of the 60,000 training images' pixels (tests check them on the
+# real files).
+DATASETS = {
+    "mnist": DatasetInfo("mnist", MNIST, tuple(str(digit) for digit in range(10)), (1, 28, 28),
+                         0.1307, 0.3081, "affine"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", FashionMNIST, tuple(FashionMNIST.classes),
+                                 (1, 28, 28), 0.2860, 0.3530, "flip,erase"),
+}
+# SHA-256 of the real uncompressed IDX files (what the published .gz files decompress to; see
+# data/*/SOURCE.md). The .gz files' MD5s don't cover the uncompressed files, which are what is read.
+IDX_SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte":
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte":
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte":
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte":
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte":
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte":
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte":
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte":
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+# Their sizes (the same in both datasets): the IDX header, then 60,000 training or 10,000 test
+# images of 28 x 28 bytes, or one byte a label.
+IDX_SIZES = {"train-images-idx3-ubyte": 16 + 60_000 * 784, "train-labels-idx1-ubyte": 8 + 60_000,
+             "t10k-images-idx3-ubyte": 16 + 10_000 * 784, "t10k-labels-idx1-ubyte": 8 + 10_000}
+INPUT_SHAPE = DATASETS["mnist"].shape  # what every dataset so far has
+# The validation split is fixed (not tied to --seed) so that every run, whatever
+# its seed, is judged on the same 5,000 images.
+SPLIT_SEED = 0
+DEFAULT_VAL_SIZE = 5000
+
+
+def idx_files(train: bool) -> tuple[str, str]:
+    """The uncompressed (images, labels) file names of one split."""
+    prefix = "train" if train else "t10k"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
+                 dataset: str = "mnist") -> tuple[Tensor, Tensor]:
+    """The uint8 images (N, 28, 28) and int64 labels (N,) of one split of a dataset of DATASETS.
+
+    Reads torchvision's layout, `data_dir/MNIST/raw/` (or `FashionMNIST/raw/`): the uncompressed
+    IDX files, or the original `.gz` files there (see _idx_bytes). When files are missing and
+    `download` is set, torchvision fetches them; when that fails (offline), the error names the
+    files and the folder to put them in.
+    """
+    spec = DATASETS[dataset]
+    raw_dir = Path(data_dir) / spec.folder / "raw"
+    names = idx_files(train)
+    present = lambda: all((raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file()
+                          for name in names)
+    if download and not present():
+        try:
+            spec.source(str(data_dir), train=train, download=True)
+        except Exception:  # RuntimeError, URLError or OSError from torchvision: "not here"
+            pass
+    if not present():
+        missing = [name for name in names if not (raw_dir / name).is_file()]
+        wanted = ", ".join(f"{gz}" for gz, _ in spec.source.resources)
+        raise UserError(f"{spec.folder} files missing in {raw_dir} ({', '.join(missing)}); "
+                        f"put the four files {wanted} there (gzipped or not), "
+                        f"or run once with a network connection to download them")
+    image_file, label_file = raw_dir / names[0], raw_dir / names[1]
+    images = _parse_idx(_idx_bytes(image_file, dataset), image_file, dimensions=3)
+    labels = _parse_idx(_idx_bytes(label_file, dataset), label_file, dimensions=1).long()
+    if images.shape[1:] != spec.shape[1:] or len(images) != len(labels):
+        raise UserError(f"{spec.folder} files in {raw_dir} disagree: {tuple(images.shape)} images "
+                        f"but {len(labels)} labels; expected N x {spec.shape[1]} x {spec.shape[2]} "
+                        "images and N labels")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(spec.classes):
+        raise UserError(f"{raw_dir / names[1]} holds labels outside 0..{len(spec.classes) - 1}: "
+                        "the file is corrupt")
+    return images, labels
+
+
+def _idx_bytes(path: Path, dataset: str) -> bytes:
+    """The content of one IDX file of `dataset`: the uncompressed file at `path` (checked against
+    the real one's SHA-256 when it claims to be it, see _check_real), else its `.gz`, checked
+    against its published MD5 and decompressed, then kept beside it for next time when the folder
+    can be written (each process writes its own temporary file, so parallel runs don't collide);
+    in a read-only folder the bytes in memory serve."""
+    compressed = path.with_name(f"{path.name}.gz")
+    if compressed.is_file():
+        _check_md5(compressed, DATASETS[dataset])
+    if path.is_file():
+        data = path.read_bytes()
+        _check_real(path, data, dataset, beside_gz=compressed.is_file())
+        return data
+    data = _gunzip(compressed)
+    try:
+        write_atomic(path, lambda file: file.write(data))
+    except UserError:
+        pass  # a read-only folder: decompressed again next time
+    return data
+
+
+def _check_real(path: Path, data: bytes, dataset: str, beside_gz: bool) -> None:
+    """A file that claims to be the real dataset's, by a `.gz` beside it or by the real file's size,
+    must be it: altered bytes would otherwise train and score without a word. Files of other sizes
+    with no `.gz` (a dataset of one's own in MNIST's format; the tests' tiny ones) are read as they
+    are: there is nothing to check them against."""
+    if not beside_gz and len(data) != IDX_SIZES[path.name]:
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if digest == IDX_SHA256[dataset][path.name]:
+        return
+    others = [name for name, known in IDX_SHA256.items() if known[path.name] == digest]
+    what = (f"it is {others[0]}'s file, not {dataset}'s" if others
+            else "its SHA-256 is not the real file's")
+    fix = "the .gz beside it rebuilds it" if beside_gz else "fetch it again"
+    raise UserError(f"{path} is altered or corrupt ({what}); delete it and {fix}")
+
+
+def _check_md5(path: Path, spec: DatasetInfo) -> None:
+    """The original .gz files have published MD5s (torchvision's resources lists): a damaged
+    download is caught here."""
+    expected = dict(spec.source.resources)[path.name]
+    if hashlib.md5(path.read_bytes()).hexdigest() != expected:
+        raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; "
+                        "delete it and fetch it again")
+
+
+def _gunzip(source: Path) -> bytes:
+    try:
+        return gzip.decompress(source.read_bytes())
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{source} is truncated or corrupt ({error}); "
+                        "delete it and fetch it again") from None
+
+
+def _parse_idx(data: bytes, path: Path, dimensions: int) -> Tensor:
+    """The uint8 array in an IDX file's bytes: a header (two zero bytes, 0x08 for unsigned bytes,
+    the number of dimensions, then each size as a big-endian uint32), then the values."""
+    header = 4 + 4 * dimensions
+    if len(data) < header or data[:4] != bytes([0, 0, 0x08, dimensions]):
+        reason = f"not an IDX file of unsigned bytes in {dimensions} dimensions"
+    else:
+        shape = struct.unpack(f">{dimensions}I", data[4:header])
+        if len(data) == header + math.prod(shape):
+            values = bytearray(memoryview(data)[header:])  # writable: the tensor shares it
+            if not values:  # frombuffer refuses an empty buffer
+                return torch.zeros(shape, dtype=torch.uint8)
+            return torch.frombuffer(values, dtype=torch.uint8).view(shape)
+        reason = f"{len(data) - header:,} bytes of values for shape {shape}"
+    raise UserError(f"{path} is truncated or corrupt ({reason}); delete it and fetch it again")
+
+
+def normalize(images: Tensor, mean: float, std: float) -> Tensor:
+    """uint8 grayscale images (N, H, W) to float32 (N, 1, H, W), standardized with the training
+    set's statistics (a dataset's, or a model file's `normalization`)."""
+    # In place: one float copy at a time.
+    return images.float().div_(255).sub_(mean).div_(std).unsqueeze(1)
+
+
+def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:
+    """A seeded random split of range(n) into (train, validation) indices."""
+    if not 0 < val_size < n:
+        raise UserError(f"validation size must be between 1 and {n - 1} for {n} training images, "
+                        f"got {val_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:], order[:val_size]
+
+
+def training_indices(n: int) -> Tensor:
+    """The images a run with the default validation split trains on, of `n` training images (a
+    tenth of them is held out instead when `n` is too small for DEFAULT_VAL_SIZE, as in the
+    tests' tiny files)."""
+    return split_indices(n, min(DEFAULT_VAL_SIZE, n // 10))[0]
