@@ -1,6 +1,7 @@
 """Recipes: --config files, the weight average (--ema), test-time augmentation and tune.py's sweep."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -110,3 +111,15 @@ def test_the_committed_recipes_are_valid_train_py_configs():
     for recipe in recipes:
         config, _ = train.parse_args(["--config", str(recipe)])
         assert config.dataset in ("mnist", "fashion-mnist") and config.epochs > 0, recipe
+
+
+def test_a_recipe_loads_into_the_same_config_object_that_the_checkpoint_stores(tiny_data, tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"lr": 0.004, "epochs": 1, "batch_size": 50, "val_size": 100}))
+    out = tmp_path / "model.pth"
+    run_script("train.py", "--config", recipe, "--data-dir", tiny_data, "--out", out, "--seed", "7",
+               "--no-download")
+    config, _ = train.parse_args(["--config", str(recipe), "--seed", "7"])
+    checkpoint = train.read_checkpoint(out.with_suffix(".ckpt"))
+    assert checkpoint["config"] == asdict(config)
+    assert (config.lr, config.epochs, config.seed) == (0.004, 1, 7)
