@@ -1,6 +1,8 @@
-"""Report how saved models do on the 10,000 test images of their dataset (or on the validation split).
+"""Report how saved models do on the 10,000 test images of their dataset
+(or on the validation split).
 
-    python evaluate.py [--model mnist_model.pth ...] [--data-dir data] [--tta] [--split val] [--json]
+    python evaluate.py [--model mnist_model.pth ...] [--data-dir data] [--tta] [--split val]
+                       [--json]
 
 Prints loss, accuracy, errors, per-class precision/recall/F1 and the confusion
 matrix, and writes two PNGs beside each model: the confusion matrix and the
@@ -72,7 +74,8 @@ def shifted_views(images: Tensor, shift: int = 1) -> list[Tensor]:
 
 def confusion_matrix(true: Tensor, predicted: Tensor, num_classes: int) -> Tensor:
     """Counts (num_classes, num_classes): rows are true classes, columns predicted ones."""
-    return torch.bincount(true * num_classes + predicted, minlength=num_classes ** 2).view(num_classes, num_classes)
+    return torch.bincount(true * num_classes + predicted,
+                          minlength=num_classes ** 2).view(num_classes, num_classes)
 
 
 def per_class_scores(confusion: Tensor) -> list[dict]:
@@ -82,7 +85,8 @@ def per_class_scores(confusion: Tensor) -> list[dict]:
     recall = hits / confusion.sum(1).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
     return [{"precision": p, "recall": r, "f1": f, "support": s}
-            for p, r, f, s in zip(precision.tolist(), recall.tolist(), f1.tolist(), confusion.sum(1).tolist())]
+            for p, r, f, s in zip(precision.tolist(), recall.tolist(), f1.tolist(),
+                                  confusion.sum(1).tolist())]
 
 
 def summarize(probabilities: Tensor, labels: Tensor, classes: list[str]) -> dict:
@@ -90,21 +94,24 @@ def summarize(probabilities: Tensor, labels: Tensor, classes: list[str]) -> dict
     loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), labels).item()
     predicted = probabilities.argmax(1)
     confusion = confusion_matrix(labels, predicted, len(classes))
-    return {"images": len(labels), "loss": loss, "accuracy": (predicted == labels).float().mean().item(),
+    return {"images": len(labels), "loss": loss,
+            "accuracy": (predicted == labels).float().mean().item(),
             "errors": int((predicted != labels).sum()), "per_class": per_class_scores(confusion),
             "confusion": confusion.tolist()}
 
 
-def draw_figures(report: dict, probabilities: Tensor, images: Tensor, labels: Tensor, classes: list[str],
-                 stem: Path, errors_shown: int) -> None:
-    """The confusion matrix and the most confident mistakes, as `stem`.confusion.png and `stem`.errors.png."""
+def draw_figures(report: dict, probabilities: Tensor, images: Tensor, labels: Tensor,
+                 classes: list[str], stem: Path, errors_shown: int) -> None:
+    """The confusion matrix and the most confident mistakes, as `stem`.confusion.png and
+    `stem`.errors.png."""
     confidence, predicted = probabilities.max(1)
     wrong = (predicted != labels).nonzero().squeeze(1)
     wrong = wrong[confidence[wrong].argsort(descending=True)][:errors_shown]
     report["confusion_png"], report["errors_png"] = map(str, figure_paths(stem))
     plot_confusion(torch.tensor(report["confusion"]), classes, Path(report["confusion_png"]))
-    plot_errors(images[wrong], [classes[i] for i in labels[wrong]], [classes[i] for i in predicted[wrong]],
-                confidence[wrong].tolist(), Path(report["errors_png"]))
+    plot_errors(images[wrong], [classes[i] for i in labels[wrong]],
+                [classes[i] for i in predicted[wrong]], confidence[wrong].tolist(),
+                Path(report["errors_png"]))
 
 
 def figure_paths(stem: Path) -> tuple[Path, Path]:
@@ -138,8 +145,8 @@ def format_report(name: str, report: dict, classes: list[str]) -> str:
              "",
              f"{'class':>{label_width}}  precision   recall       f1  support"]
     for label, scores in zip(classes, report["per_class"]):
-        lines.append(f"{label:>{label_width}}  {scores['precision']:9.2%}  {scores['recall']:7.2%}  "
-                     f"{scores['f1']:7.2%}  {scores['support']:7d}")
+        lines.append(f"{label:>{label_width}}  {scores['precision']:9.2%}  "
+                     f"{scores['recall']:7.2%}  {scores['f1']:7.2%}  {scores['support']:7d}")
     width = max(len(str(max(map(max, report["confusion"])))), longest_name) + 1
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
               " " * (label_width + 1) + "".join(f"{label:>{width}}" for label in classes)]
@@ -154,36 +161,44 @@ def check_datasets(paths: list[Path], records: list[dict], asked: str | None) ->
     wanted = asked or records[0]["dataset"]
     for path, record in zip(paths, records):
         if record["dataset"] != wanted:
-            raise UserError(f"{path} is a {record['dataset']} model; it can't be scored on {wanted}")
+            raise UserError(f"{path} is a {record['dataset']} model; "
+                            f"it can't be scored on {wanted}")
 
 
 def load_split(data_dir: Path, split: str, record: dict, download: bool) -> tuple[Tensor, Tensor]:
-    """The test images and labels of the model's dataset, or those of the validation split its training run
-    held out."""
+    """The test images and labels of the model's dataset, or those of the validation split its
+    training run held out."""
     if split == "test":
         return load_dataset(data_dir, train=False, download=download, dataset=record["dataset"])
-    images, labels = load_dataset(data_dir, train=True, download=download, dataset=record["dataset"])
-    _, val_indices = split_indices(len(images), record["metadata"].get("val_size", DEFAULT_VAL_SIZE))
+    images, labels = load_dataset(data_dir, train=True, download=download,
+                                  dataset=record["dataset"])
+    _, val_indices = split_indices(len(images),
+                                   record["metadata"].get("val_size", DEFAULT_VAL_SIZE))
     return images[val_indices], labels[val_indices]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, nargs="+",
-                        help="model files (.pth, training checkpoints or .onnx); several are also scored "
-                             f"as an ensemble {MODEL_DEFAULT}")
+                        help="model files (.pth, training checkpoints or .onnx); several are also "
+                             f"scored as an ensemble {MODEL_DEFAULT}")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
-                        help="the dataset to score on (default: the one the models learned; another is an error)")
+                        help="the dataset to score on (default: the one the models learned; "
+                             "another is an error)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="dataset root holding MNIST/raw/ (and FashionMNIST/raw/)")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch missing dataset files from the internet")
     parser.add_argument("--split", choices=["test", "val"], default="test",
-                        help="the test set, or the validation split train.py held out (to choose on, e.g. --tta)")
+                        help="the test set, or the validation split train.py held out "
+                             "(to choose on, e.g. --tta)")
     parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average each image's probabilities with its 1-pixel shifts")
-    parser.add_argument("--out-dir", type=Path, help="folder for the PNGs (default: each model file's folder)")
-    parser.add_argument("--errors-shown", type=int, default=50, help="most confident mistakes drawn in the grid")
+                        help="test-time augmentation: average each image's probabilities "
+                             "with its 1-pixel shifts")
+    parser.add_argument("--out-dir", type=Path,
+                        help="folder for the PNGs (default: each model file's folder)")
+    parser.add_argument("--errors-shown", type=int, default=50,
+                        help="most confident mistakes drawn in the grid")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
@@ -216,7 +231,8 @@ def main() -> None:
     result = {"models": reports}
     if len(reports) > 1:
         accuracies = torch.tensor([report["accuracy"] for report in reports], dtype=torch.float64)
-        result["accuracy_mean"], result["accuracy_std"] = accuracies.mean().item(), accuracies.std().item()
+        result["accuracy_mean"], result["accuracy_std"] = (accuracies.mean().item(),
+                                                           accuracies.std().item())
         ensemble = torch.stack(all_probabilities).mean(0)  # the mean of the models' probabilities
         result["ensemble"] = summarize(ensemble, labels, classes)
         draw_figures(result["ensemble"], ensemble, images, labels, classes, stems[-1],
@@ -230,7 +246,8 @@ def main() -> None:
     if len(reports) > 1:
         print(f"{len(reports)} models: accuracy {result['accuracy_mean']:.2%} mean, "
               f"{result['accuracy_std']:.2%} standard deviation")
-        print(format_report(f"ensemble of {len(reports)} (mean probability)", result["ensemble"], classes))
+        print(format_report(f"ensemble of {len(reports)} (mean probability)", result["ensemble"],
+                            classes))
 
 
 if __name__ == "__main__":

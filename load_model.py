@@ -67,11 +67,14 @@ def read_torch_file(path: str | Path) -> dict:
         # weights_only=True stopped at an object that is not a tensor or plain container.
         refused = re.search(r"GLOBAL (\S+)", str(error))
         what = refused.group(1) if refused else "an object"
-        raise ModelFileError(f"{path} holds pickled objects other than weights ({what}); refusing to load it") from None
+        raise ModelFileError(f"{path} holds pickled objects other than weights ({what}); "
+                             "refusing to load it") from None
     except Exception as error:  # torch.load reports damage as RuntimeError, EOFError, KeyError, ...
-        raise ModelFileError(f"{path} is damaged or not a PyTorch file ({type(error).__name__}: {error})") from None
+        raise ModelFileError(f"{path} is damaged or not a PyTorch file "
+                             f"({type(error).__name__}: {error})") from None
     if not isinstance(content, dict):
-        raise ModelFileError(f"{path} holds a {type(content).__name__}, not a model file of this project")
+        raise ModelFileError(f"{path} holds a {type(content).__name__}, "
+                             "not a model file of this project")
     return content
 
 
@@ -93,9 +96,9 @@ def check_unpacked_size(path: Path) -> None:
 
 
 def read_model_file(path: str | Path) -> dict:
-    """The model record (arch, model_args, state_dict, dataset, input_shape, normalization, classes, metadata) in a
-    model file, or the best model's record in a training checkpoint. For an ONNX file, the
-    record holds `onnx` (its path) in place of the state_dict."""
+    """The model record (arch, model_args, state_dict, dataset, input_shape, normalization,
+    classes, metadata) in a model file, or the best model's record in a training checkpoint. For
+    an ONNX file, the record holds `onnx` (its path) in place of the state_dict."""
     if Path(path).suffix == ".onnx":
         return read_onnx_file(Path(path))
     content = read_torch_file(path)
@@ -106,7 +109,8 @@ def read_model_file(path: str | Path) -> dict:
             raise ModelFileError(f"{path} is a training checkpoint without a model record "
                                  "(no epoch finished)")
     elif kind != MODEL_FORMAT:
-        hint = " (it looks like a bare state_dict)" if all(isinstance(v, Tensor) for v in content.values()) else ""
+        hint = (" (it looks like a bare state_dict)"
+                if all(isinstance(v, Tensor) for v in content.values()) else "")
         raise ModelFileError(f"{path} is a PyTorch file but not a model file of this project{hint}")
     check_format(content, path, FORMAT_VERSION)
     return check_record(with_dataset(content), path)
@@ -124,7 +128,8 @@ def read_onnx_file(path: Path) -> dict:
         raise ModelFileError(f"{path} is damaged or not an ONNX model ({reason})") from None
     description = {entry.key: entry.value for entry in proto.metadata_props}.get(ONNX_METADATA_KEY)
     if description is None:
-        raise ModelFileError(f"{path} is an ONNX model but not one of this project (no {ONNX_METADATA_KEY} metadata)")
+        raise ModelFileError(f"{path} is an ONNX model but not one of this project "
+                             f"(no {ONNX_METADATA_KEY} metadata)")
     try:
         record = json.loads(description)
     except ValueError as error:
@@ -158,7 +163,8 @@ class OnnxModel:
             raise ModelFileError(f"{path} can't run in ONNX Runtime ({reason})") from None
 
     def __call__(self, images: Tensor) -> Tensor:
-        logits = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: images.detach().float().cpu().contiguous().numpy()})[0]
+        logits = self.session.run(
+            [ONNX_OUTPUT], {ONNX_INPUT: images.detach().float().cpu().contiguous().numpy()})[0]
         return torch.from_numpy(logits).to(images.device)
 
     def train(self, mode: bool = True) -> "OnnxModel":
@@ -179,9 +185,11 @@ def build_from_record(record: dict, device: str | torch.device = "cpu") -> nn.Mo
     return model
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module | OnnxModel:
-    """The model stored in `path` (.pth, training checkpoint or .onnx; by default the one you trained,
-    else the shipped one), in eval mode, returning logits (softmax them for probabilities)."""
+def load_model(path: str | Path | None = None,
+               device: str | torch.device = "cpu") -> nn.Module | OnnxModel:
+    """The model stored in `path` (.pth, training checkpoint or .onnx; by default the one you
+    trained, else the shipped one), in eval mode, returning logits (softmax them for
+    probabilities)."""
     return build_from_record(read_model_file(path or default_model_path()), device)
 
 
@@ -304,9 +312,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
         "light paper or the reverse, scanned, drawn or photographed on a page, for an MNIST "
         "model; the garment, photographed on a plain background, for a Fashion-MNIST model.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit or garment each")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files, one digit or garment each")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
-    parser.add_argument("--top-k", type=positive_int, default=1, help="how many likeliest classes to print")
+    parser.add_argument("--top-k", type=positive_int, default=1,
+                        help="how many likeliest classes to print")
     parser.add_argument("--save-input", type=Path, metavar="DIR",
                         help="write the 28x28 input the model saw for each image into DIR, "
                              "as NAME.input.png")

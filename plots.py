@@ -1,4 +1,5 @@
-"""PNG figures: training curves, confusion matrix, misclassified digits (matplotlib, no display needed)."""
+"""PNG figures: training curves, confusion matrix, misclassified digits
+(matplotlib, no display needed)."""
 
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def plot_history(history: list[dict], path: Path) -> None:
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
         loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
-        accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history], marker="o", label=split)
+        accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history],
+                           marker="o", label=split)
     loss_axes.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
     accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for axes in (loss_axes, accuracy_axes):
@@ -46,8 +48,8 @@ def plot_confusion(confusion: Tensor, classes: list[str], path: Path) -> None:
         if count:
             axes.text(col, row, str(count), ha="center", va="center", fontsize=8,
                       color="white" if image.norm(np.log1p(count)) > 0.6 else "black")
-    axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-             xlabel="predicted", ylabel="true", title="confusion matrix")
+    axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
+             yticklabels=classes, xlabel="predicted", ylabel="true", title="confusion matrix")
     figure.tight_layout()
     save_figure(figure, path)
     plt.close(figure)
@@ -63,7 +65,8 @@ def plot_errors(images: Tensor, true: list[str], predicted: list[str], probabili
         axes.axis("off")
         if index < len(images):
             axes.imshow(images[index].numpy(), cmap="gray_r")
-            axes.set_title(f"{true[index]}→{predicted[index]} {probability[index]:.0%}", fontsize=8)
+            axes.set_title(f"{true[index]}→{predicted[index]} {probability[index]:.0%}",
+                           fontsize=8)
     figure.suptitle("misclassified: true → predicted (probability)", fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)
@@ -71,7 +74,8 @@ def plot_errors(images: Tensor, true: list[str], predicted: list[str], probabili
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:
-    """Validation accuracy (mean over seeds) against learning rate: one line per batch size and epoch count."""
+    """Validation accuracy (mean over seeds) against learning rate: one line per batch size and
+    epoch count."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 4))
     for batch_size, epochs in sorted({(row["batch_size"], row["epochs"]) for row in rows}):

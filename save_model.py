@@ -28,8 +28,8 @@ from torch import nn
 from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, PROJECT_DIR, UserError, make_parser,
                     positive_int, require, run_cli, writable_file)
 from datasets import INPUT_SHAPE, load_dataset, normalize, training_indices
-from load_model import (FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUT,
-                        build_from_record, read_model_file)
+from load_model import (FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY,
+                        ONNX_OUTPUT, build_from_record, read_model_file)
 from model import count_parameters
 from outputs import write_atomic
 
@@ -46,15 +46,17 @@ def git_commit() -> str | None:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=PROJECT_DIR, capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if dirty else "")
 
 
 def run_metadata() -> dict:
-    """Where a result came from: the command line, the code's commit, the date and the torch version."""
+    """Where a result came from: the command line, the code's commit, the date and the torch
+    version."""
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "git_commit": git_commit(),
@@ -71,7 +73,8 @@ def model_record(model: nn.Module, arch: str, model_args: dict, dataset: str, no
         "version": FORMAT_VERSION,
         "arch": arch,
         "model_args": dict(model_args),
-        "state_dict": {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()},
+        "state_dict": {name: tensor.detach().cpu().contiguous().clone()
+                       for name, tensor in model.state_dict().items()},
         "dataset": dataset,
         "input_shape": list(INPUT_SHAPE),
         "normalization": dict(normalization),
@@ -87,22 +90,26 @@ def save_model(record: dict, path: str | Path) -> None:
 
 
 def export_onnx(record: dict, path: str | Path, calibration: np.ndarray | None = None) -> None:
-    """Writes the model as an ONNX file with a dynamic batch axis, input `image` (normalized, N x 1 x 28 x 28)
-    and output `logits`; with `calibration` images, statically quantized to INT8 (QDQ, per channel)."""
+    """Writes the model as an ONNX file with a dynamic batch axis, input `image` (normalized,
+    N x 1 x 28 x 28) and output `logits`; with `calibration` images, statically quantized to INT8
+    (QDQ, per channel)."""
     onnx = require("onnx")
     require("onnxscript")  # the exporter's own dependency
     model = build_from_record(record)
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "model.onnx"
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the exporter narrates
-            torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(exported), input_names=[ONNX_INPUT],
-                              output_names=[ONNX_OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
+        # The exporter narrates.
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(exported),
+                              input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},),
                               dynamo=True, external_data=False)
         if calibration is not None:
             exported = _quantize_int8(exported, calibration)
         proto = onnx.load(str(exported))
     description = {key: record[key] for key in MODEL_KEYS if key != "state_dict"}
-    description.update(format=MODEL_FORMAT, version=FORMAT_VERSION, parameters=count_parameters(model),
+    description.update(format=MODEL_FORMAT, version=FORMAT_VERSION,
+                       parameters=count_parameters(model),
                        precision="int8" if calibration is not None else "float32")
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(description)
@@ -124,7 +131,8 @@ def _quantize_int8(source: Path, calibration: np.ndarray) -> Path:
         def get_next(self) -> dict | None:
             return next(({ONNX_INPUT: batch} for batch in self.batches), None)
 
-    quantization.quantize_static(str(prepared), str(quantized), Batches(), quant_format=quantization.QuantFormat.QDQ,
+    quantization.quantize_static(str(prepared), str(quantized), Batches(),
+                                 quant_format=quantization.QuantFormat.QDQ,
                                  activation_type=quantization.QuantType.QInt8,
                                  weight_type=quantization.QuantType.QInt8, per_channel=True)
     return quantized
@@ -138,13 +146,16 @@ def calibration_images(record: dict, data_dir: Path, count: int) -> np.ndarray:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = make_parser("Write the lean model file (weights and metadata) from a training checkpoint "
-                         "or a model file.")
-    parser.add_argument("source", type=Path, metavar="SRC", help="training checkpoint (.ckpt) or model file")
+    parser = make_parser("Write the lean model file (weights and metadata) from a training "
+                         "checkpoint or a model file.")
+    parser.add_argument("source", type=Path, metavar="SRC",
+                        help="training checkpoint (.ckpt) or model file")
     parser.add_argument("--out", type=writable_file,
-                        help="file to write (default: mnist_model.pth, .onnx or .int8.onnx in the project folder)")
+                        help="file to write (default: mnist_model.pth, .onnx or .int8.onnx "
+                             "in the project folder)")
     parser.add_argument("--format", choices=FORMATS, default="pth",
-                        help="PyTorch model file, ONNX float32, or ONNX with INT8 weights and activations")
+                        help="PyTorch model file, ONNX float32, or ONNX with INT8 weights "
+                             "and activations")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="dataset root holding MNIST/raw/ (onnx-int8: calibration images)")
     parser.add_argument("--calibration-images", type=positive_int, default=500,
@@ -158,7 +169,8 @@ def main() -> None:
     args = parse_args()
     record = read_model_file(args.source)
     if "onnx" in record:
-        raise UserError(f"{args.source} is an ONNX file: give the .pth model file or the training checkpoint")
+        raise UserError(f"{args.source} is an ONNX file: "
+                        "give the .pth model file or the training checkpoint")
     if args.format == "pth":
         save_model(record, args.out)
     else:

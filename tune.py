@@ -1,4 +1,5 @@
-"""Search learning rate, epochs and batch size on the validation split; write the winner as a recipe.
+"""Search learning rate, epochs and batch size on the validation split;
+write the winner as a recipe.
 
     python tune.py --lr 0.005 0.01 0.02 0.04 --batch-size 128 256 --epochs 8 --seed 0 1
     python tune.py --arch convnet --augment --lr 0.002 0.004 --epochs 15 --out-dir runs/tune/convnet
@@ -31,16 +32,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, train
     parser = make_parser(__doc__.split("\n\n")[0], epilog="Other flags go to train.py.")
     parser.add_argument("--lr", type=positive_float, nargs="+", default=[0.005, 0.01, 0.02, 0.04],
                         help="peak learning rates to try")
-    parser.add_argument("--batch-size", type=positive_int, nargs="+", default=[128, 256], help="batch sizes to try")
-    parser.add_argument("--epochs", type=positive_int, nargs="+", default=[8], help="epoch counts to try")
-    parser.add_argument("--seed", "--seeds", type=seed, nargs="+", default=[0, 1], dest="seeds", metavar="SEED",
+    parser.add_argument("--batch-size", type=positive_int, nargs="+", default=[128, 256],
+                        help="batch sizes to try")
+    parser.add_argument("--epochs", type=positive_int, nargs="+", default=[8],
+                        help="epoch counts to try")
+    parser.add_argument("--seed", "--seeds", type=seed, nargs="+", default=[0, 1], dest="seeds",
+                        metavar="SEED",
                         help="seeds each combination runs with")
     parser.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune",
                         help="folder for the runs, results.json, lr.png and best.json")
     args, fixed = parser.parse_known_args(argv)
     for flag in ("--out", "--resume", "--dry-run"):
         if any(token == flag or token.startswith(flag + "=") for token in fixed):
-            parser.error(f"{flag} is not for a sweep: tune.py trains each run in full into --out-dir")
+            parser.error(f"{flag} is not for a sweep: "
+                         "tune.py trains each run in full into --out-dir")
     # train.py's flags, checked before any work: the settings every run of the sweep shares.
     config, options = train.parse_args(fixed + ["--out", str(args.out_dir / "check.pth")])
     return args, config, options
@@ -81,7 +86,8 @@ def finished_run(metrics_file: Path) -> dict | None:
 
 def sweep(args: argparse.Namespace, config: train.TrainConfig,
           options: argparse.Namespace) -> list[dict]:
-    """One row per combination, best first: its settings, the mean and spread of validation accuracy over seeds."""
+    """One row per combination, best first: its settings, the mean and spread of validation
+    accuracy over seeds."""
     rows = []
     for lr, batch_size, epochs in itertools.product(args.lr, args.batch_size, args.epochs):
         runs = [run_once(replace(config, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed),
@@ -96,7 +102,8 @@ def sweep(args: argparse.Namespace, config: train.TrainConfig,
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["rank  peak lr  batch  epochs  validation (mean ± std)  per seed               best epochs  seconds"]
+    lines = ["rank  peak lr  batch  epochs  validation (mean ± std)  "
+             "per seed               best epochs  seconds"]
     for rank, row in enumerate(rows, 1):
         per_seed = " ".join(f"{accuracy:.2%}" for accuracy in row["per_seed"])
         lines.append(f"{rank:4d}  {row['lr']:7g}  {row['batch_size']:5d}  {row['epochs']:6d}  "
@@ -114,7 +121,8 @@ def main() -> None:
     recipe = {name: rows[0][name] for name in train.SETTINGS if name != "seed"}
     write_json(args.out_dir / "best.json", recipe)
     print(format_table(rows))
-    print(f"wrote {args.out_dir / 'results.json'}, {args.out_dir / 'lr.png'} and {args.out_dir / 'best.json'} "
+    print(f"wrote {args.out_dir / 'results.json'}, {args.out_dir / 'lr.png'} and "
+          f"{args.out_dir / 'best.json'} "
           f"(train it: python train.py --config {args.out_dir / 'best.json'})")
 
 
