@@ -114,7 +114,7 @@ def test_two_runs_writing_the_same_path_leave_whole_files(tiny_data, tmp_path):
     for run in runs:
         assert run.wait(timeout=120) == 0, run.stderr.read()
     assert read_model_file(out)["metadata"]["seed"] in (1, 2)
-    assert read_torch_file(out.with_suffix(".ckpt"))["settings"]["seed"] in (1, 2)
+    assert read_torch_file(out.with_suffix(".ckpt"))["config"]["seed"] in (1, 2)
 
 
 # Round two: what a hostile tester still broke.
