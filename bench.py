@@ -31,7 +31,7 @@ from torchvision import transforms
 
 import train
 from common import (DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError, make_parser,
-                    pick_device, positive_int, run_cli, writable_file)
+                    positive_int, run_cli, writable_file)
 from datasets import DATASETS, load_dataset, normalize, training_indices
 from evaluate import evaluate
 from load_model import ImageError, Predictor, load_model, predict_images, read_model_file
@@ -41,7 +41,8 @@ import photos
 from save_model import calibration_images, export_onnx, run_metadata
 
 
-def conventional_throughput(data_dir: Path, dataset: str, batch_size: int, steps: int, seed: int = 0) -> float:
+def conventional_throughput(data_dir: Path, dataset: str, batch_size: int, steps: int,
+                            seed: int = 0) -> float:
     """Training images/s of the PyTorch MNIST example's data path: a torchvision Dataset with
     ToTensor + Normalize per sample, through a DataLoader (its CPU default: no worker processes)."""
     torch.manual_seed(seed)
@@ -70,9 +71,11 @@ def conventional_throughput(data_dir: Path, dataset: str, batch_size: int, steps
     return seen / (time.perf_counter() - started)
 
 
-def our_throughput(images: Tensor, labels: Tensor, batch_size: int, steps: int, shipped: bool = False,
+def our_throughput(images: Tensor, labels: Tensor, batch_size: int, steps: int,
+                   shipped: bool = False,
                    amp: bool = False, seed: int = 0) -> float:
-    """Training images/s of train.py's loop: the dataset as one tensor, batches by indexing a permutation.
+    """Training images/s of train.py's loop: the dataset as one tensor, batches by indexing a
+    permutation.
     `shipped` adds what train.py does beyond the data path: channels_last and the fused AdamW."""
     config = train.TrainConfig(batch_size=batch_size, lr=1e-3, schedule="constant", amp=amp,
                                seed=seed)
@@ -96,7 +99,8 @@ def inference_speed(model, images: Tensor, labels: Tensor) -> dict:
     started = time.perf_counter()
     accuracy = evaluate(model, images, labels).accuracy
     seconds = time.perf_counter() - started
-    return {"images": len(images), "accuracy": accuracy, "seconds": seconds, "images_per_second": len(images) / seconds}
+    return {"images": len(images), "accuracy": accuracy, "seconds": seconds,
+            "images_per_second": len(images) / seconds}
 
 
 @torch.no_grad()
@@ -143,8 +147,10 @@ def prediction_latency(model_path: Path, image_path: Path, calls: int) -> dict:
     from_file = timings(lambda: predictor(image_path))
     percentile = lambda values, q: statistics.quantiles(values, n=100)[q - 1]
     return {"calls": calls,
-            "model_median_ms": statistics.median(model_only), "model_p99_ms": percentile(model_only, 99),
-            "file_median_ms": statistics.median(from_file), "file_p99_ms": percentile(from_file, 99)}
+            "model_median_ms": statistics.median(model_only),
+            "model_p99_ms": percentile(model_only, 99),
+            "file_median_ms": statistics.median(from_file),
+            "file_p99_ms": percentile(from_file, 99)}
 
 
 def photo_accuracy(model_path: Path, data_dir: Path, count: int, folder: Path) -> dict[str, float]:
@@ -204,11 +210,13 @@ def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int) ->
 
 
 def training_run(data_dir: Path, dataset: str, quick: bool) -> dict:
-    """A default `python train.py` in a child process: wall time, peak resident memory, model file size."""
+    """A default `python train.py` in a child process: wall time, peak resident memory, model
+    file size."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "mnist_model.pth"
-        command = [sys.executable, str(PROJECT_DIR / "train.py"), "--data-dir", str(data_dir), "--dataset", dataset,
-                   "--out", str(out), "--no-download", *(["--dry-run", "--val-size", "100"] if quick else [])]
+        command = [sys.executable, str(PROJECT_DIR / "train.py"), "--data-dir", str(data_dir),
+                   "--dataset", dataset, "--out", str(out), "--no-download",
+                   *(["--dry-run", "--val-size", "100"] if quick else [])]
         started = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
         wall = time.perf_counter() - started
@@ -224,7 +232,8 @@ def median_of(repeats: int, measure) -> float:
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """What this machine's float32 arithmetic reaches on the friendliest work there is: a large matmul."""
+    """What this machine's float32 arithmetic reaches on the friendliest work there is: a large
+    matmul."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     return median_of(repeats, lambda: 2 * size ** 3 / 1e9 / _seconds(lambda: a @ b))
@@ -237,7 +246,8 @@ def _seconds(work) -> float:
 
 
 def training_flops_per_image(batch_size: int = 64) -> float:
-    """Floating-point operations (multiply-adds count 2) of one training step, forward and backward, per image."""
+    """Floating-point operations (multiply-adds count 2) of one training step, forward and
+    backward, per image."""
     model = build_model("lenet")
     images, labels = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
     with FlopCounterMode(display=False) as counter:
@@ -249,10 +259,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="dataset root holding MNIST/raw/ (and FashionMNIST/raw/)")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="the images to train on")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                        help="the images to train on")
     parser.add_argument("--target", type=float, default=0.99,
-                        help="test accuracy whose training time is measured (for fashion-mnist, try 0.9)")
-    parser.add_argument("--quick", action="store_true", help="a few steps on a subset: checks that it runs")
+                        help="test accuracy whose training time is measured "
+                             "(for fashion-mnist, try 0.9)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps on a subset: checks that it runs")
     parser.add_argument("--out", type=writable_file,
                         help="JSON file of the results (default: bench.json; none with --photos)")
     parser.add_argument("--photos", action="store_true", help="only the photo benchmark: accuracy "
@@ -273,125 +286,176 @@ def main() -> None:
         if args.out:
             write_json(args.out, results)
         return
-    args.out = args.out or PROJECT_DIR / "bench.json"
+    args.out = results_path(args.out, args.quick)
     steps, repeats = (10, 1) if args.quick else (200, 3)
-    device = pick_device("cpu")  # the CPU figures are the ones this project promises
     threads = torch.get_num_threads()
-    results = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                           "torch_threads": threads, "torch": str(torch.__version__)},
+    results = {"machine": {"processor": platform.processor() or platform.machine(),
+                           "cpus": os.cpu_count(), "torch_threads": threads,
+                           "torch": str(torch.__version__)},
                "quick": args.quick, **run_metadata()}
     print(f"bench on {platform.machine()} with {os.cpu_count()} CPUs, {threads} torch threads, "
           f"torch {torch.__version__}{' (quick)' if args.quick else ''}")
-
     # Child process first: its peak memory must not include this process's.
-    results["training_run"] = run = training_run(args.data_dir, args.dataset, args.quick)
+    results["training_run"] = bench_training_run(args.data_dir, args.dataset, args.quick)
+    x_train, y_train, x_test, y_test = load_tensors(args.data_dir, args.dataset, results)
+    results["throughput"] = bench_throughput(x_train, y_train, args, steps, repeats)
+    results.update(bench_scaling(x_train, y_train, steps, repeats, args.quick))
+    results["formats"] = bench_formats(args, x_test, y_test)
+    results["evaluation"], results["latency"] = results["formats"][0], results["formats"][0]
+    if args.quick:  # the photo benchmark, run small so that it never rots
+        results["photos"] = photo_benchmark(args.model, args.data_dir, count=3, calls=5)
+    results["time_to_accuracy"] = bench_time_to_accuracy(x_train, y_train, x_test, y_test, args)
+    write_json(args.out, results)
+    print(f"\nwrote {args.out}")
+
+
+def results_path(out: Path | None, quick: bool) -> Path:
+    """Where the results go: --out, else bench.json for a full run, the committed figures; a
+    quick run, which only checks that everything runs, must never overwrite them."""
+    if out is not None:
+        return out
+    return PROJECT_DIR / "runs" / "bench-quick.json" if quick else PROJECT_DIR / "bench.json"
+
+
+def bench_training_run(data_dir: Path, dataset: str, quick: bool) -> dict:
+    """`python train.py` with its defaults, in a child process."""
+    run = training_run(data_dir, dataset, quick)
+    model = (f"model file {run['model_file_bytes']:,} bytes" if run["model_file_bytes"]
+             else "no model file (dry run)")
     print(f"\n`{run['command']}`: {run['wall_seconds']:.1f}s wall, peak resident memory "
-          f"{run['peak_rss_mib']:.0f} MiB, "
-          + (f"model file {run['model_file_bytes']:,} bytes" if run["model_file_bytes"] else "no model file (dry run)"))
+          f"{run['peak_rss_mib']:.0f} MiB, {model}")
+    return run
 
+
+def load_tensors(data_dir: Path, dataset: str, results: dict) -> tuple[Tensor, ...]:
+    """The normalized training split (as train.py's default run has it) and test set."""
     started = time.perf_counter()
-    images, labels = load_dataset(args.data_dir, train=True, download=False, dataset=args.dataset)
-    test_images, test_labels = load_dataset(args.data_dir, train=False, download=False, dataset=args.dataset)
-    train_indices = training_indices(len(images))
-    normalization = DATASETS[args.dataset].normalization
-    x_train, y_train = normalize(images[train_indices], **normalization).to(device), labels[train_indices].to(device)
-    x_test, y_test = normalize(test_images, **normalization).to(device), test_labels.to(device)
+    images, labels = load_dataset(data_dir, train=True, download=False, dataset=dataset)
+    test_images, test_labels = load_dataset(data_dir, train=False, download=False,
+                                            dataset=dataset)
+    indices = training_indices(len(images))
+    normalization = DATASETS[dataset].normalization
+    x_train, x_test = (normalize(x, **normalization) for x in (images[indices], test_images))
     results["data_load_seconds"] = time.perf_counter() - started
-    print(f"data loaded and normalized in {results['data_load_seconds']:.2f}s (kept apart from training times)")
+    print(f"data loaded and normalized in {results['data_load_seconds']:.2f}s "
+          "(kept apart from training times)")
+    return x_train, labels[indices], x_test, test_labels
 
-    print(f"\ntraining throughput, images/s, LeNet (median of {repeats} runs of {steps} steps after warm-up; same "
-          "model and AdamW in the first two columns, so their ratio is the data path's alone)")
-    print(f"{'batch':>6} {'DataLoader+transforms':>22} {'tensors':>9} {'ratio':>6} {'train.py':>9} {'ratio':>6} "
-          f"{'+bf16 autocast':>15}")
-    results["throughput"] = []
+
+def bench_throughput(x_train: Tensor, y_train: Tensor, args: argparse.Namespace, steps: int,
+                     repeats: int) -> list[dict]:
+    """Training images/s of the usual data path against train.py's, LeNet on both."""
+    print(f"\ntraining throughput, images/s, LeNet (median of {repeats} runs of {steps} steps "
+          "after warm-up; same model and AdamW in the first two columns, so their ratio is the "
+          "data path's alone)")
+    print(f"{'batch':>6} {'DataLoader+transforms':>22} {'tensors':>9} {'ratio':>6} "
+          f"{'train.py':>9} {'ratio':>6} {'+bf16 autocast':>15}")
+    rows = []
     for batch_size in (64, 256):
+        ours = lambda **kwargs: median_of(repeats, lambda: our_throughput(  # noqa: E731
+            x_train, y_train, batch_size, steps, **kwargs))
         row = {"batch_size": batch_size,
-               "conventional": median_of(repeats, lambda: conventional_throughput(args.data_dir, args.dataset,
-                                                                                  batch_size, steps)),
-               "tensors": median_of(repeats, lambda: our_throughput(x_train, y_train, batch_size, steps)),
-               "shipped": median_of(repeats, lambda: our_throughput(x_train, y_train, batch_size, steps,
-                                                                    shipped=True)),
-               "shipped_bf16": median_of(repeats, lambda: our_throughput(x_train, y_train, batch_size, steps,
-                                                                         shipped=True, amp=True))}
+               "conventional": median_of(repeats, lambda: conventional_throughput(
+                   args.data_dir, args.dataset, batch_size, steps)),
+               "tensors": ours(), "shipped": ours(shipped=True),
+               "shipped_bf16": ours(shipped=True, amp=True)}
         row["data_path_ratio"] = row["tensors"] / row["conventional"]
         row["shipped_ratio"] = row["shipped"] / row["conventional"]
-        results["throughput"].append(row)
-        print(f"{batch_size:>6} {row['conventional']:>22,.0f} {row['tensors']:>9,.0f} {row['data_path_ratio']:>5.1f}x "
-              f"{row['shipped']:>9,.0f} {row['shipped_ratio']:>5.1f}x {row['shipped_bf16']:>15,.0f}")
+        rows.append(row)
+        print(f"{batch_size:>6} {row['conventional']:>22,.0f} {row['tensors']:>9,.0f} "
+              f"{row['data_path_ratio']:>5.1f}x {row['shipped']:>9,.0f} "
+              f"{row['shipped_ratio']:>5.1f}x {row['shipped_bf16']:>15,.0f}")
     print("(train.py = tensors + channels_last + fused AdamW, its defaults)")
+    return rows
 
+
+def bench_scaling(x_train: Tensor, y_train: Tensor, steps: int, repeats: int,
+                  quick: bool) -> dict:
+    """train.py's loop at several batch sizes on 1 and 2 threads, against a matmul's rate."""
     flops = training_flops_per_image()
-    print(f"\nepoch time of train.py's loop ({len(x_train):,} images, estimated from {steps}+ steps), fp32; "
-          f"{flops / 1e6:.2f} MFLOP per training image")
+    print(f"\nepoch time of train.py's loop ({len(x_train):,} images, estimated from {steps}+ "
+          f"steps), fp32; {flops / 1e6:.2f} MFLOP per training image")
     print(f"{'batch':>6} {'threads':>8} {'images/s':>10} {'epoch s':>8} {'GFLOP/s':>8}")
-    results["scaling"] = []
+    threads, rows = torch.get_num_threads(), []
     for thread_count in (1, 2):
         torch.set_num_threads(thread_count)
         for batch_size in (64, 128, 256, 512, 1024):
-            rate = median_of(repeats, lambda: our_throughput(x_train, y_train, batch_size,
-                                                             max(2, steps * 64 // batch_size), shipped=True))
+            rate = median_of(repeats, lambda: our_throughput(
+                x_train, y_train, batch_size, max(2, steps * 64 // batch_size), shipped=True))
             row = {"batch_size": batch_size, "threads": thread_count, "images_per_second": rate,
                    "epoch_seconds": len(x_train) / rate, "gflops_per_second": rate * flops / 1e9}
-            results["scaling"].append(row)
-            print(f"{batch_size:>6} {thread_count:>8} {rate:>10,.0f} {row['epoch_seconds']:>8.2f} "
-                  f"{row['gflops_per_second']:>8.1f}")
+            rows.append(row)
+            print(f"{batch_size:>6} {thread_count:>8} {rate:>10,.0f} "
+                  f"{row['epoch_seconds']:>8.2f} {row['gflops_per_second']:>8.1f}")
     torch.set_num_threads(threads)
-    results["training_flops_per_image"] = flops
-    results["matmul_gflops_per_second"] = peak = matmul_gflops(1024 if args.quick else 2048)
-    best = max(row["gflops_per_second"] for row in results["scaling"])
-    print(f"for scale: a large float32 matmul reaches {peak:.0f} GFLOP/s on these {threads} threads; "
-          f"the LeNet's best epoch above is {best / peak:.0%} of that")
+    peak = matmul_gflops(1024 if quick else 2048)
+    best = max(row["gflops_per_second"] for row in rows)
+    print(f"for scale: a large float32 matmul reaches {peak:.0f} GFLOP/s on these {threads} "
+          f"threads; the LeNet's best epoch above is {best / peak:.0%} of that")
+    return {"scaling": rows, "training_flops_per_image": flops,
+            "matmul_gflops_per_second": peak}
 
+
+def bench_formats(args: argparse.Namespace, x_test: Tensor, y_test: Tensor) -> list[dict]:
+    """The shipped model as PyTorch, ONNX and INT8 ONNX files: accuracy, speed, latency."""
     calls = 20 if args.quick else 500
     with tempfile.TemporaryDirectory() as folder:
-        formats = {"PyTorch fp32": args.model}
-        try:
-            record = read_model_file(args.model)
-            formats["ONNX fp32"], formats["ONNX INT8"] = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
-            export_onnx(record, formats["ONNX fp32"])
-            calibration = calibration_images(record, args.data_dir, 100 if args.quick else 500)
-            export_onnx(record, formats["ONNX INT8"], calibration)
-        except UserError as missing:  # the deployment packages are optional
-            formats = {"PyTorch fp32": args.model}
-            print(f"\n(ONNX formats skipped: {missing})")
-        print(f"\ninference on the CPU: the {len(x_test):,} test images in batches of 1,000, and one image "
-              f"({calls} calls, median and p99; 'from file' adds decoding and preprocessing the PNG)")
-        print(f"{'format':<13} {'file KB':>8} {'accuracy':>9} {'max |logit diff|':>17} {'batch s':>8} {'images/s':>9} "
-              f"{'1 image ms':>11} {'p99 ms':>7} {'from file ms':>13}")
-        results["formats"] = []
+        formats = export_formats(args.model, args.data_dir, Path(folder), args.quick)
+        print(f"\ninference on the CPU: the {len(x_test):,} test images in batches of 1,000, "
+              f"and one image ({calls} calls, median and p99; 'from file' adds decoding and "
+              "preprocessing the PNG)")
+        print(f"{'format':<13} {'file KB':>8} {'accuracy':>9} {'max |logit diff|':>17} "
+              f"{'batch s':>8} {'images/s':>9} {'1 image ms':>11} {'p99 ms':>7} "
+              f"{'from file ms':>13}")
+        rows = []
         with torch.no_grad():
             reference = load_model(args.model)(x_test)
         for name, path in formats.items():
             model = load_model(path)
-            row = {"format": name, "file_bytes": path.stat().st_size, **inference_speed(model, x_test, y_test),
+            row = {"format": name, "file_bytes": path.stat().st_size,
+                   **inference_speed(model, x_test, y_test),
                    **prediction_latency(path, args.image, calls),
                    "max_logit_difference": max_difference(model, reference, x_test)}
-            results["formats"].append(row)
+            rows.append(row)
             print(f"{name:<13} {row['file_bytes'] / 1024:>8.0f} {row['accuracy']:>9.2%} "
                   f"{row['max_logit_difference']:>17.2e} {row['seconds']:>8.3f} "
-                  f"{row['images_per_second']:>9,.0f} {row['model_median_ms']:>11.3f} {row['model_p99_ms']:>7.3f} "
-                  f"{row['file_median_ms']:>13.3f}")
-    results["evaluation"], results["latency"] = results["formats"][0], results["formats"][0]
+                  f"{row['images_per_second']:>9,.0f} {row['model_median_ms']:>11.3f} "
+                  f"{row['model_p99_ms']:>7.3f} {row['file_median_ms']:>13.3f}")
+    return rows
 
-    if args.quick:  # the photo benchmark, run small so that it never rots
-        results["photos"] = photo_benchmark(args.model, args.data_dir, count=3, calls=5)
 
+def export_formats(model: Path, data_dir: Path, folder: Path, quick: bool) -> dict[str, Path]:
+    """The model file, and its ONNX and INT8 ONNX exports in `folder` when the optional
+    deployment packages are installed."""
+    try:
+        record = read_model_file(model)
+        formats = {"PyTorch fp32": model, "ONNX fp32": folder / "model.onnx",
+                   "ONNX INT8": folder / "model.int8.onnx"}
+        export_onnx(record, formats["ONNX fp32"])
+        calibration = calibration_images(record, data_dir, 100 if quick else 500)
+        export_onnx(record, formats["ONNX INT8"], calibration)
+        return formats
+    except UserError as missing:
+        print(f"\n(ONNX formats skipped: {missing})")
+        return {"PyTorch fp32": model}
+
+
+def bench_time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
+                           args: argparse.Namespace) -> dict:
+    """The training seconds the default recipe takes to reach --target test accuracy."""
     subset = 2000 if args.quick else None
-    config = train.TrainConfig(dataset=args.dataset)
-    config = replace(config, epochs=1) if args.quick else config
-    results["time_to_accuracy"] = reach = time_to_accuracy(
-        x_train[:subset], y_train[:subset], x_test, y_test, args.target, config)
-    print(f"\ntime to {args.target:.1%} test accuracy, default recipe ({reach['recipe']['epochs']} epochs; test scored "
-          "after each epoch only to measure this):")
+    config = train.TrainConfig(dataset=args.dataset, epochs=1 if args.quick else 8)
+    reach = time_to_accuracy(x_train[:subset], y_train[:subset], x_test, y_test, args.target,
+                             config)
+    print(f"\ntime to {args.target:.1%} test accuracy, default recipe "
+          f"({config.epochs} epochs; test scored after each epoch only to measure this):")
     for point in reach["curve"]:
         print(f"  epoch {point['epoch']}: {point['train_seconds']:6.1f}s of training, "
               f"test {point['test_accuracy']:.2%}")
     reached = reach["reached"]
-    print(f"  -> reached at epoch {reached['epoch']} after {reached['train_seconds']:.1f}s" if reached
-          else "  -> not reached")
-
-    write_json(args.out, results)
-    print(f"\nwrote {args.out}")
+    print(f"  -> reached at epoch {reached['epoch']} after {reached['train_seconds']:.1f}s"
+          if reached else "  -> not reached")
+    return reach
 
 
 if __name__ == "__main__":
