@@ -125,7 +125,29 @@ class WideNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"lenet": LeNet, "convnet": ConvNet, "resnet": ResNet, "widenet": WideNet}
+class FastNet(nn.Module):
+    """A network for one quick pass over MNIST: a 5x5 convolution of `width` channels and a 3x3 one
+    of 2 width, each max-pooled (28 -> 24 -> 12 -> 10 -> 5 pixels), a 128-unit hidden layer, one
+    linear layer: 108,874 parameters and 0.80 million multiply-adds an image at width 16. No padding
+    and no batch norm: the pixels at the edge of a digit are blank, and a pass is cheaper without."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16, hidden: int = 128) -> None:
+        super().__init__()
+        # Max pooling commutes with ReLU: pooling first applies the ReLU to a quarter of the values.
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),  # width x 12 x 12
+            nn.Conv2d(width, 2 * width, kernel_size=3), nn.MaxPool2d(2), nn.ReLU(),  # 2 width x 5 x 5
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * width * 5 * 5, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"lenet": LeNet, "convnet": ConvNet, "resnet": ResNet,
+                                              "widenet": WideNet, "fastnet": FastNet}
 
 
 def build_model(arch: str, **model_args) -> nn.Module:
