@@ -109,3 +109,38 @@ def test_the_committed_recipes_are_valid_train_py_configs():
     for recipe in recipes:
         args = train.parse_args(["--config", str(recipe)])
         assert args.dataset in ("mnist", "fashion-mnist") and args.epochs > 0, recipe
+
+
+def betas_through_a_run(flags: list[str], steps: int = 10) -> list[tuple[float, float]]:
+    """AdamW's betas at each step of a one-epoch schedule that train.py builds from `flags`."""
+    args = train.parse_args(flags)
+    model = LeNet()
+    optimizer, scheduler = train.make_optimizer(model, args, steps_per_epoch=steps)
+    betas = []
+    for _ in range(steps):
+        betas.append(tuple(optimizer.param_groups[0]["betas"]))
+        optimizer.step()
+        scheduler.step()
+    return betas
+
+
+def test_adams_betas_are_settings_and_stay_fixed_without_momentum_cycling(tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"beta1": 0.7, "beta2": 0.9, "cycle_momentum": False, "epochs": 1}))
+    assert set(betas_through_a_run(["--config", str(recipe)])) == {(0.7, 0.9)}
+    assert set(betas_through_a_run(["--beta1", "0.8", "--no-cycle-momentum", "--epochs", "1"])) == {
+        (0.8, 0.999)}
+
+
+def test_by_default_one_cycle_still_cycles_beta1_between_095_and_085():
+    betas = betas_through_a_run(["--epochs", "1"])
+    first = [beta1 for beta1, _ in betas]
+    assert first[0] == pytest.approx(0.95) and min(first) == pytest.approx(0.85, abs=0.01)
+    assert {beta2 for _, beta2 in betas} == {0.999}
+
+
+def test_a_recipe_beta_of_one_or_more_is_refused(tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"beta2": 1.0}))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", str(recipe)])
