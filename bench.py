@@ -1,6 +1,7 @@
 """Measure the pipeline's speed and memory, against the usual PyTorch MNIST pipeline, in one run.
 
-    python bench.py [--data-dir data] [--dataset mnist] [--quick] [--out bench.json]
+    python bench.py [--data-dir data] [--dataset mnist] [--out bench.json]
+    python bench.py --quick    # checks that it runs; writes runs/bench-quick.json
     python bench.py --photos [--count 300]   # reading digits from photos: accuracy and latency
 
 Prints one table and writes it as JSON. Everything runs on the same machine in
@@ -251,6 +252,14 @@ def training_flops_per_image(batch_size: int = 64) -> float:
     return counter.get_total_flops() / batch_size
 
 
+def results_path(out: Path | None, quick: bool) -> Path:
+    """Where the results go: --out, else bench.json for a full run, the committed figures; a quick
+    run, which only checks that everything runs, must never overwrite them."""
+    if out is not None:
+        return out
+    return PROJECT_DIR / "runs" / "bench-quick.json" if quick else PROJECT_DIR / "bench.json"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -260,7 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="test accuracy whose training time is measured (for fashion-mnist, try 0.9)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a subset: checks that it runs")
     parser.add_argument("--out", type=writable_file,
-                        help="JSON file of the results (default: bench.json; none with --photos)")
+                        help="JSON file of the results (default: bench.json, with --quick "
+                             "runs/bench-quick.json; none with --photos)")
     parser.add_argument("--photos", action="store_true", help="only the photo benchmark: accuracy "
                         "on digits rendered as photos, and latency from the file")
     parser.add_argument("--count", type=positive_int, default=300,
@@ -279,7 +289,7 @@ def main() -> None:
         if args.out:
             write_json(args.out, results)
         return
-    args.out = args.out or PROJECT_DIR / "bench.json"
+    args.out = results_path(args.out, args.quick)
     steps, repeats = (10, 1) if args.quick else (200, 3)
     device = pick_device("cpu")  # the CPU figures are the ones this project promises
     threads = torch.get_num_threads()

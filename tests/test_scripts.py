@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import train
-from conftest import TINY_TRAINING, ctrl_c_in_epoch, run_script
+from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 from load_model import load_model, read_model_file
 
 
@@ -134,6 +134,15 @@ def test_the_quick_benchmark_runs_and_writes_its_table(tiny_data, tmp_path):
         (batch, threads) for batch in (64, 128, 256, 512, 1024) for threads in (1, 2)}
     assert bench["training_run"]["peak_rss_mib"] > 0 and bench["latency"]["calls"] == 20
     assert bench["evaluation"]["images"] == 200
+
+
+def test_a_quick_benchmark_never_overwrites_the_committed_full_run_in_bench_json(tmp_path):
+    import bench
+
+    assert bench.results_path(None, quick=True) == PROJECT_DIR / "runs" / "bench-quick.json"
+    assert bench.results_path(None, quick=False) == PROJECT_DIR / "bench.json"
+    assert bench.results_path(tmp_path / "mine.json", quick=True) == tmp_path / "mine.json"
+    assert "/runs/" in (PROJECT_DIR / ".gitignore").read_text().splitlines()  # git ignores it there
 
 
 def test_evaluate_reports_accuracy_per_class_scores_and_confusion_as_json(tiny_model, tiny_data, tmp_path):
