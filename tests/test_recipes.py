@@ -126,7 +126,8 @@ def betas_through_a_run(flags: list[str], steps: int = 10) -> list[tuple[float, 
 
 def test_adams_betas_are_settings_and_stay_fixed_without_momentum_cycling(tmp_path):
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"beta1": 0.7, "beta2": 0.9, "cycle_momentum": False, "epochs": 1}))
+    settings = {"beta1": 0.7, "beta2": 0.9, "cycle_momentum": False, "epochs": 1}
+    recipe.write_text(json.dumps(settings))
     assert set(betas_through_a_run(["--config", str(recipe)])) == {(0.7, 0.9)}
     assert set(betas_through_a_run(["--beta1", "0.8", "--no-cycle-momentum", "--epochs", "1"])) == {
         (0.8, 0.999)}
@@ -144,3 +145,9 @@ def test_a_recipe_beta_of_one_or_more_is_refused(tmp_path):
     recipe.write_text(json.dumps({"beta2": 1.0}))
     with pytest.raises(SystemExit):
         train.parse_args(["--config", str(recipe)])
+
+
+def test_the_fast_recipe_trains_the_fastnet_in_one_pass_with_fixed_betas():
+    args = train.parse_args(["--config", str(PROJECT_DIR / "configs" / "fast.json")])
+    assert (args.arch, args.epochs, args.train_size, args.val_size) == ("fastnet", 1, None, 5000)
+    assert (args.beta1, args.beta2, args.cycle_momentum) == (0.7, 0.9, False)

@@ -102,6 +102,8 @@ def test_bf16_autocast_and_a_compiled_model_train_and_save_plain_weights(tiny_da
     ("convnet", ["--augment"], "affine"),  # --augment alone: what suits digits
     ("resnet", ["--augment", "shift"], "shift"),
     ("widenet", ["--augment", "erase"], "erase"),
+    ("twoconv", ["--augment", "shift"], "shift"),
+    ("fastnet", ["--augment", "affine"], "affine"),
 ])
 def test_the_stronger_models_train_with_augmentation_and_label_smoothing_at_any_width(tiny_data, tmp_path, arch,
                                                                                        augment_flags, augmentation):
@@ -120,7 +122,8 @@ def test_the_stronger_models_train_with_augmentation_and_label_smoothing_at_any_
 def test_a_width_for_the_lenet_is_refused_in_one_line():
     result = run_script("train.py", "--width", "48", "--dry-run", check=False)
     assert result.returncode == 2
-    assert "the lenet has none (architectures with a width: convnet, resnet, widenet)" in result.stderr
+    assert ("the lenet has none (architectures with a width: convnet, resnet, widenet, twoconv, "
+            "fastnet)") in result.stderr
     assert "Traceback" not in result.stderr
 
 
