@@ -1,6 +1,7 @@
 """Measure the pipeline's speed and memory, against the usual PyTorch MNIST pipeline, in one run.
 
-    python bench.py [--data-dir data] [--dataset mnist] [--quick] [--out bench.json]
+    python bench.py [--data-dir data] [--dataset mnist] [--out bench.json]
+    python bench.py --quick    # checks that it runs; writes runs/bench-quick.json
     python bench.py --photos [--count 300]   # reading digits from photos: accuracy and latency
 
 Prints one table and writes it as JSON. Everything runs on the same machine in
@@ -267,7 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a few steps on a subset: checks that it runs")
     parser.add_argument("--out", type=writable_file,
-                        help="JSON file of the results (default: bench.json; none with --photos)")
+                        help="JSON file of the results (default: bench.json, with --quick "
+                             "runs/bench-quick.json; none with --photos)")
     parser.add_argument("--photos", action="store_true", help="only the photo benchmark: accuracy "
                         "on digits rendered as photos, and latency from the file")
     parser.add_argument("--count", type=positive_int, default=300,

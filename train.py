@@ -104,6 +104,14 @@ class TrainConfig:
     amp: bool = setting(False, "speed", action="store_true",
                         help="bfloat16 autocast for the forward pass (CUDA, or CPUs with "
                              "AVX512-BF16/AMX)")
+    beta1: float = setting(0.9, "optimisation", type=fraction,
+                           help="AdamW's decay of its gradient average (replaced by the cycled "
+                                "one while --cycle-momentum is on)")
+    beta2: float = setting(0.999, "optimisation", type=fraction,
+                           help="AdamW's decay of its squared-gradient average")
+    cycle_momentum: bool = setting(True, "optimisation", action=argparse.BooleanOptionalAction,
+                                   help="with onecycle, cycle beta1 from 0.95 down to 0.85 and "
+                                        "back, against the learning rate")
 
 
 SETTINGS = tuple(entry.name for entry in fields(TrainConfig))
@@ -187,7 +195,7 @@ def read_recipe(path: Path) -> dict:
 def recipe_value(path: Path, entry: Field, value: object) -> object:
     """One recipe value, held to what its flag accepts."""
     flag, name = entry.metadata, entry.name
-    switch = flag.get("action") == "store_true"
+    switch = flag.get("action") in ("store_true", argparse.BooleanOptionalAction)
     if flag.get("nargs") == "?" and isinstance(value, bool):  # true: the flag alone (--augment)
         return flag["const"] if value else entry.default
     if switch != isinstance(value, bool) or not isinstance(value, (bool, int, float, str)):
@@ -283,10 +291,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
     """AdamW and its schedule: one-cycle over the run's steps, or constant."""
     fused = next(model.parameters()).device.type in ("cpu", "cuda")  # one kernel for all updates
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay, fused=fused)
     if config.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
+            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
+            cycle_momentum=config.cycle_momentum)
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return optimizer, scheduler

@@ -57,3 +57,36 @@ def test_the_widenet_pools_inside_each_stage_down_to_3x3():
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert model.features[:-2](torch.randn(1, 1, 28, 28)).shape == (1, 256, 3, 3)  # 4 x width channels
     assert count_parameters(build_model("widenet", num_classes=10, width=16)) < 1_165_930 / 10
+
+
+def test_the_two_convolution_net_of_the_probe_has_108874_parameters():
+    model = build_model("twoconv", num_classes=10)
+    assert count_parameters(model) == 108_874
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert model.features(torch.randn(1, 1, 28, 28)).shape == (1, 32 * 5 * 5)  # 2 width x 5 x 5
+    layers = [type(layer).__name__ for layer in model.modules() if not list(layer.children())]
+    assert layers == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
+                      "Linear", "ReLU", "Linear"]
+
+
+def test_pooling_before_the_relu_gives_what_the_usual_order_gives():
+    torch.manual_seed(0)
+    model, images = build_model("twoconv"), torch.randn(4, 1, 28, 28)
+    conv1, _, _, conv2, _, _, flatten = model.features
+    pool, relu = torch.nn.functional.max_pool2d, torch.relu
+    usual = flatten(pool(relu(conv2(pool(relu(conv1(images)), 2))), 2))
+    assert torch.allclose(model.features(images), usual)
+
+
+def test_the_fastnet_has_a_stride_2_stem_and_a_batch_normed_hidden_layer():
+    model = build_model("fastnet", num_classes=10)
+    assert count_parameters(model) == 72_138
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    stem = model.features[0]
+    assert stem(torch.randn(1, 1, 28, 28)).shape == (1, 16, 12, 12)  # stride 2
+    assert model.features(torch.randn(1, 1, 28, 28)).shape == (1, 32 * 4 * 4)
+    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    assert [type(layer) for layer in model.modules() if isinstance(layer, norms)] == [
+        torch.nn.BatchNorm1d]
+    assert count_parameters(build_model("fastnet", num_classes=10, width=24)) > 72_138
+    assert model.eval()(torch.randn(1, 1, 28, 28)).shape == (1, 10)  # one image: running statistics

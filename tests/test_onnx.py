@@ -11,7 +11,7 @@ from PIL import Image
 from common import PRETRAINED_MODEL_PATH, UserError
 from datasets import DATASETS, load_dataset, normalize
 from evaluate import evaluate
-from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
+from conftest import PROJECT_DIR, REAL_DATA_DIR, TINY_TRAINING, needs_real_mnist, run_script
 from load_model import ModelFileError, load_model, read_model_file
 
 onnx = pytest.importorskip("onnx", reason="the deployment packages: pip install -r requirements-deploy.txt")
@@ -172,3 +172,19 @@ def test_an_onnx_graph_with_a_custom_operator_is_refused(exported, tmp_path):
     onnx.save(proto, str(path))
     with pytest.raises(ModelFileError, match="outside ONNX's standard set: com.attacker.Backdoor"):
         load_model(path)
+
+
+def test_the_fast_recipes_model_file_is_read_by_evaluate_load_model_and_onnx(tiny_data, tmp_path):
+    out, exported = tmp_path / "fast.pth", tmp_path / "fast.onnx"
+    recipe = PROJECT_DIR / "configs" / "fast.json"
+    run_script("train.py", "--config", recipe, "--data-dir", tiny_data, "--out", out,
+               *TINY_TRAINING)
+    run_script("save_model.py", out, "--format", "onnx", "--out", exported)
+    assert read_model_file(exported)["arch"] == read_model_file(out)["arch"] == "fastnet"
+    images = torch.randn(7, 1, 28, 28)
+    assert torch.allclose(load_model(exported)(images), load_model(out)(images), atol=1e-4)
+    report = json.loads(run_script("evaluate.py", "--model", out, exported, "--data-dir", tiny_data,
+                                   "--out-dir", tmp_path, "--no-download", "--json").stdout)
+    assert [model["parameters"] for model in report["models"]] == [72_138, 72_138]
+    seven = PROJECT_DIR / "examples" / "seven.png"
+    assert run_script("load_model.py", "--model", exported, seven).stdout.count("%") == 1

@@ -123,3 +123,46 @@ def test_a_recipe_loads_into_the_same_config_object_that_the_checkpoint_stores(t
     checkpoint = train.read_checkpoint(out.with_suffix(".ckpt"))
     assert checkpoint["config"] == asdict(config)
     assert (config.lr, config.epochs, config.seed) == (0.004, 1, 7)
+
+
+def betas_through_a_run(flags: list[str], steps: int = 10) -> list[tuple[float, float]]:
+    """AdamW's betas at each step of a one-epoch schedule that train.py builds from `flags`."""
+    config, _ = train.parse_args(flags)
+    model = LeNet()
+    optimizer, scheduler = train.make_optimizer(model, config, steps_per_epoch=steps)
+    betas = []
+    for _ in range(steps):
+        betas.append(tuple(optimizer.param_groups[0]["betas"]))
+        optimizer.step()
+        scheduler.step()
+    return betas
+
+
+def test_adams_betas_are_settings_and_stay_fixed_without_momentum_cycling(tmp_path):
+    recipe = tmp_path / "recipe.json"
+    settings = {"beta1": 0.7, "beta2": 0.9, "cycle_momentum": False, "epochs": 1}
+    recipe.write_text(json.dumps(settings))
+    assert set(betas_through_a_run(["--config", str(recipe)])) == {(0.7, 0.9)}
+    assert set(betas_through_a_run(["--beta1", "0.8", "--no-cycle-momentum", "--epochs", "1"])) == {
+        (0.8, 0.999)}
+
+
+def test_by_default_one_cycle_still_cycles_beta1_between_095_and_085():
+    betas = betas_through_a_run(["--epochs", "1"])
+    first = [beta1 for beta1, _ in betas]
+    assert first[0] == pytest.approx(0.95) and min(first) == pytest.approx(0.85, abs=0.01)
+    assert {beta2 for _, beta2 in betas} == {0.999}
+
+
+def test_a_recipe_beta_of_one_or_more_is_refused(tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"beta2": 1.0}))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", str(recipe)])
+
+
+def test_the_fast_recipe_trains_the_fastnet_in_one_pass_with_fixed_betas():
+    config, _ = train.parse_args(["--config", str(PROJECT_DIR / "configs" / "fast.json")])
+    assert (config.arch, config.epochs, config.train_size, config.val_size) == (
+        "fastnet", 1, None, 5000)
+    assert (config.beta1, config.beta2, config.cycle_momentum) == (0.7, 0.9, False)

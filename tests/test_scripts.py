@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import train
-from conftest import TINY_TRAINING, ctrl_c_in_epoch, run_script
+from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 from load_model import load_model, read_model_file
 
 
@@ -102,6 +102,8 @@ def test_bf16_autocast_and_a_compiled_model_train_and_save_plain_weights(tiny_da
     ("convnet", ["--augment"], "affine"),  # --augment alone: what suits digits
     ("resnet", ["--augment", "shift"], "shift"),
     ("widenet", ["--augment", "erase"], "erase"),
+    ("twoconv", ["--augment", "shift"], "shift"),
+    ("fastnet", ["--augment", "affine"], "affine"),
 ])
 def test_the_stronger_models_train_with_augmentation_and_label_smoothing_at_any_width(tiny_data, tmp_path, arch,
                                                                                        augment_flags, augmentation):
@@ -120,7 +122,8 @@ def test_the_stronger_models_train_with_augmentation_and_label_smoothing_at_any_
 def test_a_width_for_the_lenet_is_refused_in_one_line():
     result = run_script("train.py", "--width", "48", "--dry-run", check=False)
     assert result.returncode == 2
-    assert "the lenet has none (architectures with a width: convnet, resnet, widenet)" in result.stderr
+    assert ("the lenet has none (architectures with a width: convnet, resnet, widenet, twoconv, "
+            "fastnet)") in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -134,6 +137,15 @@ def test_the_quick_benchmark_runs_and_writes_its_table(tiny_data, tmp_path):
         (batch, threads) for batch in (64, 128, 256, 512, 1024) for threads in (1, 2)}
     assert bench["training_run"]["peak_rss_mib"] > 0 and bench["latency"]["calls"] == 20
     assert bench["evaluation"]["images"] == 200
+
+
+def test_a_quick_benchmark_never_overwrites_the_committed_full_run_in_bench_json(tmp_path):
+    import bench
+
+    assert bench.results_path(None, quick=True) == PROJECT_DIR / "runs" / "bench-quick.json"
+    assert bench.results_path(None, quick=False) == PROJECT_DIR / "bench.json"
+    assert bench.results_path(tmp_path / "mine.json", quick=True) == tmp_path / "mine.json"
+    assert "/runs/" in (PROJECT_DIR / ".gitignore").read_text().splitlines()  # git ignores it there
 
 
 def test_evaluate_reports_accuracy_per_class_scores_and_confusion_as_json(tiny_model, tiny_data, tmp_path):
