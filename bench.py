@@ -3,6 +3,7 @@
     python bench.py [--data-dir data] [--dataset mnist] [--out bench.json]
     python bench.py --quick    # checks that it runs; writes runs/bench-quick.json
     python bench.py --photos [--count 300]   # reading digits from photos: accuracy and latency
+    python bench.py --time-to-accuracy --out runs/time.json   # 99% in how many seconds
 
 Prints one table and writes it as JSON. Everything runs on the same machine in
 the same run, so the ratios hold on a noisy machine. --quick (a subset, few
@@ -35,6 +36,7 @@ from common import (DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserEr
                     positive_int, run_cli, writable_file)
 from datasets import DATASETS, load_dataset, normalize, training_indices
 from evaluate import evaluate
+from examples_mnist import train_examples_recipe
 from load_model import ImageError, Predictor, load_model, predict_images, read_model_file
 from model import build_model
 from outputs import write_json
@@ -272,6 +274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "runs/bench-quick.json; none with --photos)")
     parser.add_argument("--photos", action="store_true", help="only the photo benchmark: accuracy "
                         "on digits rendered as photos, and latency from the file")
+    parser.add_argument("--time-to-accuracy", action="store_true",
+                        help="only the time to --target test accuracy: the fast recipe, the "
+                             "default one and pytorch/examples' MNIST recipe")
     parser.add_argument("--count", type=positive_int, default=300,
                         help="test digits per condition for --photos")
     parser.add_argument("--model", type=Path, default=PRETRAINED_MODEL_PATH,
@@ -289,6 +294,10 @@ def main() -> None:
             write_json(args.out, results)
         return
     args.out = results_path(args.out, args.quick)
+    if args.time_to_accuracy:
+        x_train, y_train, x_test, y_test = load_tensors(args.data_dir, args.dataset, {})
+        write_json(args.out, bench_time_to_accuracy(x_train, y_train, x_test, y_test, args))
+        return
     steps, repeats = (10, 1) if args.quick else (200, 3)
     threads = torch.get_num_threads()
     results = {"machine": {"processor": platform.processor() or platform.machine(),
@@ -444,20 +453,44 @@ def export_formats(model: Path, data_dir: Path, folder: Path, quick: bool) -> di
 
 def bench_time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
                            args: argparse.Namespace) -> dict:
-    """The training seconds the default recipe takes to reach --target test accuracy."""
+    """The training seconds each recipe takes to reach --target test accuracy, the test set
+    scored after each epoch only to measure this: the fast recipe, the default one, and
+    pytorch/examples' MNIST recipe (capped at 5 epochs), in this one run on this machine."""
     subset = 2000 if args.quick else None
-    config = train.TrainConfig(dataset=args.dataset, epochs=1 if args.quick else 8)
-    reach = time_to_accuracy(x_train[:subset], y_train[:subset], x_test, y_test, args.target,
-                             config)
-    print(f"\ntime to {args.target:.1%} test accuracy, default recipe "
-          f"({config.epochs} epochs; test scored after each epoch only to measure this):")
+    fast = train.TrainConfig(**train.read_recipe(PROJECT_DIR / "configs" / "fast.json"))
+    recipes = {"fast (configs/fast.json)": fast,
+               "default (train.py)": train.TrainConfig(epochs=1 if args.quick else 8)}
+    print(f"\ntime to {args.target:.1%} test accuracy (seconds of training; test scored after "
+          "each epoch only to measure this)")
+    results = {}
+    for name, config in recipes.items():
+        results[name] = time_to_accuracy(x_train[:subset], y_train[:subset], x_test, y_test,
+                                         args.target, config)
+        print_curve(name, results[name])
+    curve = train_examples_recipe(args.data_dir, epochs=1 if args.quick else 5,
+                                  train_size=subset and len(x_train[:subset]))
+    reached = next((row for row in curve if row["test_accuracy"] >= args.target), None)
+    results["pytorch/examples"] = examples = {"target": args.target, "reached": reached,
+                                              "curve": curve}
+    print_curve("pytorch/examples mnist/main.py (DataLoader, batch 64, Adadelta)", examples)
+    slowest = examples["reached"]["train_seconds"] if reached else None
+    for name in recipes:
+        mine = results[name]["reached"]
+        if slowest and mine:
+            print(f"  {name}: {slowest / mine['train_seconds']:.0f}x faster to "
+                  f"{args.target:.1%} than pytorch/examples")
+    return results
+
+
+def print_curve(name: str, reach: dict) -> None:
+    """A recipe's test accuracy after each epoch, and when it reached the target."""
+    print(f"  {name}:")
     for point in reach["curve"]:
-        print(f"  epoch {point['epoch']}: {point['train_seconds']:6.1f}s of training, "
+        print(f"    epoch {point['epoch']}: {point['train_seconds']:6.1f}s of training, "
               f"test {point['test_accuracy']:.2%}")
     reached = reach["reached"]
-    print(f"  -> reached at epoch {reached['epoch']} after {reached['train_seconds']:.1f}s"
-          if reached else "  -> not reached")
-    return reach
+    print(f"    -> reached at epoch {reached['epoch']} after {reached['train_seconds']:.1f}s"
+          if reached else "    -> not reached")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import StepLR
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from common import DEFAULT_DATA_DIR, make_parser, positive_int, run_cli
@@ -50,11 +50,14 @@ class ExampleNet(nn.Module):
         return F.log_softmax(self.fc2(x), dim=1)
 
 
-def loaders(data_dir: Path, batch_size: int, test_batch_size: int,
-            shuffle: bool) -> tuple[DataLoader, DataLoader]:
-    """main.py's data path: torchvision's MNIST, each image through ToTensor and Normalize."""
+def loaders(data_dir: Path, batch_size: int, test_batch_size: int, shuffle: bool,
+            train_size: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """main.py's data path: torchvision's MNIST, each image through ToTensor and Normalize;
+    with `train_size`, only the first that many training images (a quick check)."""
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
     train_set = datasets.MNIST(str(data_dir), train=True, download=True, transform=transform)
+    if train_size is not None:
+        train_set = Subset(train_set, range(train_size))
     test_set = datasets.MNIST(str(data_dir), train=False, transform=transform)
     return (DataLoader(train_set, batch_size=batch_size, shuffle=shuffle),
             DataLoader(test_set, batch_size=test_batch_size))
@@ -84,12 +87,14 @@ def test(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
 
 def train_examples_recipe(data_dir: str | Path = DEFAULT_DATA_DIR, epochs: int = 14, seed: int = 1,
                           shuffle: bool = True, batch_size: int = 64, test_batch_size: int = 1000,
-                          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+                          on_epoch: Callable[[dict], None] | None = None,
+                          train_size: int | None = None) -> list[dict]:
     """Trains main.py's recipe for `epochs` epochs on the CPU; after each, scores the test set as
     main.py does and calls `on_epoch` with the row it appends: the epoch, the training seconds so
     far (the DataLoader's time included, the tests' not) and the test loss and accuracy."""
     torch.manual_seed(seed)
-    train_loader, test_loader = loaders(Path(data_dir), batch_size, test_batch_size, shuffle)
+    train_loader, test_loader = loaders(Path(data_dir), batch_size, test_batch_size, shuffle,
+                                        train_size)
     model = ExampleNet()
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
     scheduler = StepLR(optimizer, step_size=1, gamma=0.7)

@@ -238,3 +238,12 @@ def test_a_missing_data_folder_without_download_is_refused_before_any_work(tmp_p
     result = run_script("train.py", "--data-dir", tmp_path / "nowhere", "--no-download", "--out", tmp_path / "m.pth",
                         check=False)
     assert result.returncode == 2 and "nowhere is not a folder" in result.stderr
+
+
+def test_the_quick_time_to_accuracy_bench_times_the_three_recipes(tiny_data, tmp_path):
+    out = tmp_path / "time.json"
+    run_script("bench.py", "--time-to-accuracy", "--quick", "--data-dir", tiny_data, "--out", out)
+    results = json.loads(out.read_text())
+    assert set(results) == {"fast (configs/fast.json)", "default (train.py)", "pytorch/examples"}
+    for curve in (result["curve"] for result in results.values()):
+        assert curve and all(0 <= point["test_accuracy"] <= 1 for point in curve)
