@@ -40,12 +40,14 @@ class LeNet(nn.Module):
 
 
 def conv_bn(inputs: int, outputs: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(outputs)]
+    return [nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(outputs)]
 
 
 class ConvNet(nn.Module):
-    """A stronger all-convolutional network with batch norm: two 3x3 pairs at 28x28 and 14x14, one more
-    convolution at 7x7, global average pooling, one linear layer (140,458 parameters at width 32)."""
+    """A stronger all-convolutional network with batch norm: two 3x3 pairs at 28x28 and 14x14,
+    one more convolution at 7x7, global average pooling, one linear layer (140,458 parameters at
+    width 32)."""
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
@@ -55,7 +57,8 @@ class ConvNet(nn.Module):
 
         self.features = nn.Sequential(
             *block(1, width), *block(width, width), nn.MaxPool2d(2),  # width x 14 x 14
-            *block(width, 2 * width), *block(2 * width, 2 * width), nn.MaxPool2d(2),  # 2 width x 7 x 7
+            *block(width, 2 * width), *block(2 * width, 2 * width),
+            nn.MaxPool2d(2),  # 2 width x 7 x 7
             *block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.classifier = nn.Linear(4 * width, num_classes)
@@ -66,11 +69,13 @@ class ConvNet(nn.Module):
 
 class ResidualBlock(nn.Module):
     """Two 3x3 convolutions with batch norm, added to the input (He et al., 2016's basic block); a
-    strided 1x1 convolution matches the input's shape when the block halves the size or changes the width."""
+    strided 1x1 convolution matches the input's shape when the block halves the size or changes
+    the width."""
 
     def __init__(self, inputs: int, outputs: int, stride: int = 1) -> None:
         super().__init__()
-        self.body = nn.Sequential(*conv_bn(inputs, outputs, stride), nn.ReLU(), *conv_bn(outputs, outputs))
+        self.body = nn.Sequential(*conv_bn(inputs, outputs, stride), nn.ReLU(),
+                                  *conv_bn(outputs, outputs))
         self.shortcut = nn.Identity() if stride == 1 and inputs == outputs else nn.Sequential(
             nn.Conv2d(inputs, outputs, 1, stride=stride, bias=False), nn.BatchNorm2d(outputs))
 
@@ -80,9 +85,10 @@ class ResidualBlock(nn.Module):
 
 class ResNet(nn.Module):
     """A small residual network: a 3x3 convolution, then one residual block at each of 28x28, 14x14
-    and 7x7 (width, 2 width, 4 width channels), global average pooling, one linear layer (308,074
-    parameters and 37 million multiply-adds an image at width 32, between the ConvNet's 22 million at
-    width 32 and 49 million at width 48). A second design, not a better one: see the README."""
+    and 7x7 (width, 2 width, 4 width channels), global average pooling, one linear layer
+    (308,074 parameters and 37 million multiply-adds an image at width 32, between the ConvNet's
+    22 million at width 32 and 49 million at width 48). A second design, not a better one: see
+    the README."""
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
@@ -100,17 +106,20 @@ class ResNet(nn.Module):
 
 
 class WideNet(nn.Module):
-    """More parameters per multiply-add: each of three stages pools after its first convolution, so its
-    second runs on a quarter of the pixels (the layout of Keller Jordan's airbench). A 3x3 stem, stages of
-    width, 2 width and 4 width channels (28 -> 14 -> 7 -> 3 pixels), global max pooling, one linear
-    layer: 1,165,930 parameters and 63 million multiply-adds an image at width 64."""
+    """More parameters per multiply-add: each of three stages pools after its first convolution,
+    so its second runs on a quarter of the pixels (the layout of Keller Jordan's airbench). A 3x3
+    stem, stages of width, 2 width and 4 width channels (28 -> 14 -> 7 -> 3 pixels), global max
+    pooling, one linear layer: 1,165,930 parameters and 63 million multiply-adds an image at
+    width 64."""
 
     def __init__(self, num_classes: int = 10, width: int = 64) -> None:
         super().__init__()
 
         def stage(inputs: int, outputs: int) -> list[nn.Module]:
-            # Max pooling commutes with ReLU: pooling first gives the same values on a quarter of them.
-            return [*conv_bn(inputs, outputs), nn.MaxPool2d(2), nn.ReLU(), *conv_bn(outputs, outputs), nn.ReLU()]
+            # Max pooling commutes with ReLU: pooling first gives the same values on a quarter of
+            # them.
+            return [*conv_bn(inputs, outputs), nn.MaxPool2d(2), nn.ReLU(),
+                    *conv_bn(outputs, outputs), nn.ReLU()]
 
         self.features = nn.Sequential(
             *conv_bn(1, width // 2), nn.ReLU(),  # width/2 x 28 x 28
@@ -126,7 +135,7 @@ class WideNet(nn.Module):
 
 
 class TwoConvNet(nn.Module):
-    """The two-convolution network of issue #22's probe: a 5x5 convolution of `width` channels and
+    """A plain two-convolution network: a 5x5 convolution of `width` channels and
     a 3x3 one of 2 width, each max-pooled (28 -> 24 -> 12 -> 10 -> 5 pixels), a hidden layer, one
     linear layer: 108,874 parameters and 0.80 million multiply-adds an image at width 16. Kept as
     the baseline the FastNet was measured against (docs/fast.md)."""
@@ -136,7 +145,8 @@ class TwoConvNet(nn.Module):
         # Max pooling commutes with ReLU: pooling first applies the ReLU to a quarter of the values.
         self.features = nn.Sequential(
             nn.Conv2d(1, width, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),  # width x 12 x 12
-            nn.Conv2d(width, 2 * width, kernel_size=3), nn.MaxPool2d(2), nn.ReLU(),  # 2 width x 5 x 5
+            nn.Conv2d(width, 2 * width, kernel_size=3), nn.MaxPool2d(2),
+            nn.ReLU(),  # 2 width x 5 x 5
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
@@ -147,10 +157,11 @@ class TwoConvNet(nn.Module):
 
 
 class FastNet(nn.Module):
-    """A network for one pass over MNIST on a small CPU (docs/fast.md): a 5x5 convolution of stride 2
-    (28 -> 12 pixels) max-pooled to 6x6, a 3x3 convolution of 2 width channels (4x4), a hidden layer
-    with batch norm, one linear layer: 72,138 parameters and 0.20 million multiply-adds an image at
-    width 16. A training batch of one image is refused by the batch norm."""
+    """A network for one pass over MNIST on a small CPU (docs/fast.md): a 5x5 convolution of
+    stride 2 (28 -> 12 pixels) max-pooled to 6x6, a 3x3 convolution of 2 width channels (4x4), a
+    hidden layer with batch norm, one linear layer: 72,138 parameters and 0.20 million
+    multiply-adds an image at width 16. A training batch of one image is refused by the batch
+    norm."""
 
     def __init__(self, num_classes: int = 10, width: int = 16, hidden: int = 128) -> None:
         super().__init__()
@@ -160,7 +171,8 @@ class FastNet(nn.Module):
         # in one pass what the coarser layers lose; on the convolutions it costs more time than
         # it adds accuracy.
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, kernel_size=5, stride=2), nn.MaxPool2d(2), nn.ReLU(),  # width x 6 x 6
+            nn.Conv2d(1, width, kernel_size=5, stride=2), nn.MaxPool2d(2),
+            nn.ReLU(),  # width x 6 x 6
             nn.Conv2d(width, 2 * width, kernel_size=3), nn.ReLU(),  # 2 width x 4 x 4
             nn.Flatten(),
         )
