@@ -284,6 +284,22 @@ def test_a_flood_beyond_the_connection_bound_gets_503_at_once(shipped):
         assert ask(server, "GET", "/health")[0] == 200
 
 
+def test_in_a_flood_every_request_is_answered_200_or_503_and_the_threads_stay_bounded(shipped):
+    with running(shipped, max_connections=4) as server:
+        threads_before, threads_seen = threading.active_count(), []
+
+        def client(_) -> int:
+            status = ask(server, "GET", "/health")[0]
+            threads_seen.append(threading.active_count())
+            return status
+
+        with ThreadPoolExecutor(40) as pool:
+            statuses = list(pool.map(client, range(200)))
+        assert set(statuses) <= {200, 503} and statuses.count(200) >= 4, statuses
+        assert max(threads_seen) <= threads_before + 40 + 4  # the clients', and 4 connections'
+        assert ask(server, "GET", "/health")[0] == 200
+
+
 def test_a_silent_client_is_dropped_after_the_timeout_and_its_slot_freed(shipped):
     with running(shipped, max_connections=1, client_timeout=0.5) as server:
         with socket.create_connection(server.server_address[:2]) as silent:
@@ -401,6 +417,16 @@ def test_mnist_digits_drawn_as_the_page_draws_them_are_read_right(server):
     right = sum(ask(server, "POST", "/predict", drawings.canvas_png(images[i].numpy()))[2]["label"]
                 == labels[i] for i in range(100))
     assert right >= 97
+
+
+@needs_real_mnist
+def test_the_serving_benchmark_runs_and_prints_its_figures():
+    result = run_script("bench_serve.py", "--calls", "20", "--requests", "40", "--clients", "2")
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("serve.py on ") and "load average" in lines[0]
+    assert any(line.startswith("1 client, 20 requests: the server's time median ")
+               for line in lines)
+    assert any(line.startswith("2 clients: ") and "(200: 40)" in line for line in lines)
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
