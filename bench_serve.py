@@ -81,23 +81,25 @@ def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, dict
     return response.status, json.loads(response.read())
 
 
-def latency(address: tuple[str, int], bodies: list[bytes], calls: int) -> dict:
+def latency(address: tuple[str, int], bodies: list[bytes], labels: list[int], calls: int) -> dict:
     """One client's requests one after another: the server's own time for each (from its
-    answer) and the round trip, in ms."""
+    answer) and the round trip, in ms; and how many of the drawings were read right."""
     connection = http.client.HTTPConnection(*address, timeout=60)
-    for body in bodies[:10]:  # warm-up
-        post(connection, body)
-    server, round_trip = [], []
-    for body in itertools.islice(itertools.cycle(bodies), calls):
+    server, round_trip, right = [], [], 0
+    for index in range(-10, calls):  # the first 10: a warm-up
+        body, label = bodies[index % len(bodies)], labels[index % len(bodies)]
         started = time.perf_counter()
         status, answer = post(connection, body)
-        round_trip.append(1000 * (time.perf_counter() - started))
         if status != 200:
             raise UserError(f"the server refused a drawing ({status}: {answer.get('error')})")
-        server.append(answer["milliseconds"])
+        if index >= 0:
+            round_trip.append(1000 * (time.perf_counter() - started))
+            server.append(answer["milliseconds"])
+            right += index < len(bodies) and answer["label"] == label
     connection.close()
     quantile = lambda values, q: statistics.quantiles(values, n=100)[q - 1]
-    return {"server_median": statistics.median(server), "server_p90": quantile(server, 90),
+    return {"right": right, "drawings": min(calls, len(bodies)),
+            "server_median": statistics.median(server), "server_p90": quantile(server, 90),
             "round_trip_median": statistics.median(round_trip),
             "round_trip_p90": quantile(round_trip, 90)}
 
@@ -151,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    images, _ = load_dataset(args.data_dir, train=False, download=False)
+    images, labels = load_dataset(args.data_dir, train=False, download=False)
     bodies = [drawings.canvas_png(images[i].numpy(), args.side) for i in range(DRAWINGS)]
     print(f"serve.py on {cpu_name()} ({os.cpu_count()} CPUs), torch {torch.__version__}; "
           f"load average {load()} before")
@@ -159,10 +161,11 @@ def main() -> None:
           f"{args.side}x{args.side} PNG ({statistics.mean(map(len, bodies)) / 1000:.1f} KB "
           "on average), as the page sends them")
     with ServerProcess(args.model) as address:
-        alone = latency(address, bodies, args.calls)
+        alone = latency(address, bodies, labels[:DRAWINGS].tolist(), args.calls)
         print(f"1 client, {args.calls} requests: the server's time median "
               f"{alone['server_median']:.2f} ms (p90 {alone['server_p90']:.2f}), round trip "
-              f"median {alone['round_trip_median']:.2f} ms (p90 {alone['round_trip_p90']:.2f})")
+              f"median {alone['round_trip_median']:.2f} ms (p90 {alone['round_trip_p90']:.2f}); "
+              f"{alone['right']} of the {alone['drawings']} drawings read right")
         together = throughput(address, bodies, args.clients, args.requests, args.seconds)
         answers = ", ".join(f"{status}: {count}" for status, count in together["statuses"].items())
         print(f"{args.clients} clients: {together['per_second']:.0f} predictions/s "
