@@ -91,8 +91,16 @@ class Model:
 
     def info(self) -> dict:
         dataset = self.predictor.record["dataset"]
-        return {"status": "ok", "model": self.path.name, "dataset": dataset,
+        return {"status": "ok", "model": self.name(), "dataset": dataset,
                 "classes": self.classes, "max_body_bytes": MAX_BODY_BYTES}
+
+    def name(self) -> str:
+        """The model file's path within the project (pretrained/mnist_model.pth), else its
+        name: where it lies elsewhere on the machine is none of a client's business."""
+        try:
+            return str(self.path.resolve().relative_to(PROJECT_DIR))
+        except ValueError:
+            return self.path.name
 
     def predict(self, image_file: bytes) -> dict:
         """The prediction for an image file's bytes, as Predictor reads files (ImageError when it

@@ -131,6 +131,7 @@ def test_health_says_which_model_answers_and_the_classes_it_knows(server):
     status, _, content = ask(server, "GET", "/health")
     assert status == 200
     assert content["status"] == "ok" and content["dataset"] == "mnist"
+    assert content["model"] == "pretrained/mnist_model.pth"
     assert content["classes"] == [str(digit) for digit in range(10)]
 
 
@@ -345,6 +346,7 @@ def test_a_fashion_model_says_its_class_names_and_reads_photos_of_garments(tmp_p
     with running(model) as server:
         status, _, health = ask(server, "GET", "/health")
         assert health["dataset"] == "fashion-mnist" and "Sneaker" in health["classes"]
+        assert health["model"] == "fashion.pth"  # outside the project: its name only
         status, _, answer = ask(server, "POST", "/predict", png(garment_photo()))
         assert status == 200 and answer["name"] in health["classes"]
         assert len(answer["top"]) == 10
