@@ -487,7 +487,8 @@ def draw(driver, strokes: list[drawings.Stroke], pointer: str = "mouse") -> None
     from selenium.webdriver.common.by import By
 
     canvas = driver.find_element(By.ID, "canvas")
-    kind = {"mouse": interaction.POINTER_MOUSE, "pen": interaction.POINTER_PEN}[pointer]
+    kind = {"mouse": interaction.POINTER_MOUSE, "pen": interaction.POINTER_PEN,
+            "touch": interaction.POINTER_TOUCH}[pointer]
     actions = ActionBuilder(driver, mouse=PointerInput(kind, pointer), duration=0)
     centre = drawings.CANVAS_SIDE / 2  # moves are given from the element's centre
     for stroke in strokes:
@@ -507,6 +508,9 @@ def reading(driver) -> str:
     return driver.execute_script("return document.getElementById('digit').textContent")
 
 
+POINTERS = ("mouse", "pen", "touch")  # a finger is a touch pointer
+
+
 def screenshot_path(tmp_path: Path) -> Path:
     """Where the page's screenshot goes: a temporary file, or $SERVE_SCREENSHOT, which
     regenerates the README's figure:
@@ -521,12 +525,16 @@ def test_in_a_browser_digits_drawn_with_the_pointer_and_photos_are_read(server, 
     from selenium.webdriver.common.by import By
 
     open_page(browser, server)
+    browser.execute_script(  # which pointers the page saw
+        "window.pointerTypes = new Set(); document.getElementById('canvas')."
+        "addEventListener('pointerdown', (e) => pointerTypes.add(e.pointerType))")
     read = []
     for index, (digit, label) in enumerate(first_of_each_class()):
         browser.find_element(By.ID, "clear").click()
-        draw(browser, drawings.digit_strokes(digit), pointer=("mouse", "pen")[index % 2])
+        draw(browser, drawings.digit_strokes(digit), pointer=POINTERS[index % 3])
         read.append(reading(browser))
     assert sum(name == str(label) for name, label in zip(read, range(10))) >= 9, read
+    assert set(browser.execute_script("return [...pointerTypes]")) == set(POINTERS)
     bars = browser.find_elements(By.CSS_SELECTOR, "#bars li")
     assert [bar.get_attribute("data-name") for bar in bars] == [str(k) for k in range(10)]
     assert browser.find_element(By.ID, "seen").get_attribute("src").startswith("data:image/png")
