@@ -269,7 +269,7 @@ class Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.model, self.client_timeout, self.body_deadline = model, client_timeout, body_deadline
         self.slots = threading.BoundedSemaphore(max_connections)
-        self.static = {name: (STATIC_DIR / name).read_bytes() for name, _ in STATIC.values()}
+        self.static = page_files()
         super().__init__(address, Handler)
 
     def process_request(self, request: socket.socket, client_address: tuple) -> None:
@@ -288,6 +288,14 @@ class Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+
+def page_files() -> dict[str, bytes]:
+    """The page's files by name, read once."""
+    try:
+        return {name: (STATIC_DIR / name).read_bytes() for name, _ in STATIC.values()}
+    except OSError as error:
+        raise UserError(f"the page's files are not in {STATIC_DIR} ({error})") from None
 
 
 BUSY = json.dumps({"error": "the server is busy: try again in a moment"}).encode()
