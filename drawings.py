@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 CANVAS_SIDE = 280  # the page's canvas, in pixels
 # The page's pen: about as thick as MNIST's strokes when a digit fills the canvas.
 PEN_WIDTH = CANVAS_SIDE / 12
-SENT_SIDE = CANVAS_SIDE // 2  # the page sends its drawing at half size
+SENT_SIDE = CANVAS_SIDE // 4  # the page sends its drawing at a quarter of the canvas's side
 UPSCALE = 4  # the digit is thinned at 4 x 28 pixels: smoother centre lines than at 28
 # Neighbours as (row, column) offsets, clockwise from north, as Zhang and Suen number them.
 NEIGHBOURS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))

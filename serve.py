@@ -27,6 +27,7 @@ import base64
 import io
 import ipaddress
 import json
+import os
 import re
 import socket
 import sys
@@ -79,8 +80,9 @@ class RequestError(Exception):
 
 class Model:
     """One model file's Predictor, shared by the request threads. Preprocessing, most of a
-    prediction's time, runs concurrently; the network runs under a lock, since PyTorch does not
-    promise that one module may run in several threads at once."""
+    prediction's time, runs concurrently, in as many threads at once as there are cores (more
+    would only contend for the cores and Python's GIL); the network runs under a lock, since
+    PyTorch does not promise that one module may run in several threads at once."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path or default_model_path())
@@ -88,6 +90,7 @@ class Model:
         self.classes = list(self.predictor.classes)
         self.predictor.top_k = len(self.classes)  # the page draws a bar for every class
         self.lock = threading.Lock()
+        self.working = threading.BoundedSemaphore(os.cpu_count() or 1)
 
     def info(self) -> dict:
         dataset = self.predictor.record["dataset"]
@@ -105,10 +108,11 @@ class Model:
     def predict(self, image_file: bytes) -> dict:
         """The prediction for an image file's bytes, as Predictor reads files (ImageError when it
         is not an image, too large, or holds nothing to read)."""
-        started = time.perf_counter()
-        inputs = self.predictor.inputs(read_image(Body(image_file)))
-        with self.lock:
-            prediction = self.predictor(inputs[0])
+        with self.working:
+            started = time.perf_counter()
+            inputs = self.predictor.inputs(read_image(Body(image_file)))
+            with self.lock:
+                prediction = self.predictor(inputs[0])
         pixels = (prediction.input.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         png = io.BytesIO()
         Image.fromarray(pixels).save(png, "PNG")
