@@ -159,6 +159,7 @@ function reset(withError) {
 
 function clearAll() {
   clearTimeout(timer);
+  again = false; // the drawing waiting to be sent is gone
   blank();
   delete canvas.dataset.photo;
   changed();
