@@ -1,0 +1,234 @@
+// The page: draw on the canvas (or choose a photo), send it to POST /predict, show the answer.
+"use strict";
+
+const canvas = document.getElementById("canvas");
+const pen = canvas.getContext("2d");
+const $ = (id) => document.getElementById(id);
+// The drawing is sent at a quarter of the canvas's side, 2.5 times the model's 28x28: more
+// pixels show the model nothing more, and cost the server's preprocessing time.
+const SENT_SIDE = canvas.width / 4;
+// While the pen moves, a prediction waits for this pause, so that requests don't pile up.
+const DEBOUNCE_MS = 120;
+
+let classes = [];
+let canDraw = false;
+let version = 0; // counts changes to the image; #result[data-version] tells which one it shows
+let shown = 0;
+let stroke = null; // the pointer drawing now, and its last point
+let timer = null;
+let sending = false;
+let again = false;
+
+function blank() {
+  pen.fillStyle = "#000";
+  pen.fillRect(0, 0, canvas.width, canvas.height);
+}
+
+function setUpPen() {
+  // White ink on black, as MNIST's digits are; round-capped and about as thick, for a digit
+  // that fills the canvas, as MNIST's strokes are in their 28x28.
+  pen.strokeStyle = "#fff";
+  pen.lineWidth = canvas.width / 12;
+  pen.lineCap = "round";
+  pen.lineJoin = "round";
+}
+
+function changed() {
+  version += 1;
+  canvas.dataset.version = String(version);
+}
+
+function point(event) {
+  const box = canvas.getBoundingClientRect();
+  return [(event.clientX - box.left) * canvas.width / box.width,
+          (event.clientY - box.top) * canvas.height / box.height];
+}
+
+function line(from, to) {
+  pen.beginPath();
+  pen.moveTo(from[0], from[1]);
+  pen.lineTo(to[0], to[1]);
+  pen.stroke();
+}
+
+canvas.addEventListener("pointerdown", (event) => {
+  if (!canDraw || stroke) return;
+  event.preventDefault();
+  if (canvas.dataset.photo) { clearAll(); }
+  canvas.setPointerCapture(event.pointerId);
+  const at = point(event);
+  stroke = { id: event.pointerId, last: at };
+  line(at, at);
+  changed();
+  schedule(DEBOUNCE_MS);
+});
+
+canvas.addEventListener("pointermove", (event) => {
+  if (!stroke || event.pointerId !== stroke.id) return;
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const each of events.length ? events : [event]) {
+    const at = point(each);
+    line(stroke.last, at);
+    stroke.last = at;
+  }
+  changed();
+  schedule(DEBOUNCE_MS);
+});
+
+function endStroke(event) {
+  if (!stroke || event.pointerId !== stroke.id) return;
+  stroke = null;
+  schedule(0); // the finished stroke is read at once
+}
+canvas.addEventListener("pointerup", endStroke);
+canvas.addEventListener("pointercancel", endStroke);
+
+function schedule(delay) {
+  clearTimeout(timer);
+  timer = setTimeout(sendDrawing, delay);
+}
+
+function sendDrawing() {
+  if (sending) { again = true; return; } // one request at a time; the latest drawing next
+  const small = document.createElement("canvas");
+  small.width = small.height = SENT_SIDE;
+  const context = small.getContext("2d");
+  context.imageSmoothingQuality = "high";
+  context.drawImage(canvas, 0, 0, SENT_SIDE, SENT_SIDE);
+  const sent = version;
+  sending = true;
+  small.toBlob((blob) => predict(blob, sent).finally(() => {
+    sending = false;
+    if (again) { again = false; sendDrawing(); }
+  }), "image/png");
+}
+
+async function predict(file, sent) {
+  let answer;
+  try {
+    const response = await fetch("predict", {
+      method: "POST", body: file,
+      headers: { "Content-Type": file.type || "application/octet-stream" },
+    });
+    answer = await response.json();
+  } catch (error) {
+    answer = { error: `no answer from the server (${error.message})` };
+  }
+  if (sent < shown) return; // an answer for an image cleared or replaced since
+  shown = sent;
+  show(answer);
+  $("result").dataset.version = String(sent);
+}
+
+function show(answer) {
+  $("error").textContent = answer.error || "";
+  if (answer.error) {
+    reset(false);
+    return;
+  }
+  $("digit").textContent = answer.name;
+  $("probability").textContent = percent(answer.probability);
+  $("note").textContent = answer.confident ? "" : "low confidence: check what the model saw";
+  const probabilities = new Map(answer.top.map((entry) => [entry.name, entry.probability]));
+  for (const row of $("bars").children) {
+    const p = probabilities.get(row.dataset.name) || 0;
+    row.querySelector(".fill").style.width = `${100 * p}%`;
+    row.querySelector(".value").textContent = percent(p);
+    row.classList.toggle("top", row.dataset.name === answer.name);
+  }
+  $("seen").src = answer.input;
+  $("seen").title = `read in ${answer.milliseconds.toFixed(1)} ms on the server`;
+}
+
+function percent(p) {
+  return `${(100 * p).toFixed(p > 0.999 || p < 0.001 ? 0 : 1)}%`;
+}
+
+function reset(withError) {
+  $("digit").textContent = "?";
+  $("probability").textContent = "";
+  $("note").textContent = "";
+  if (withError) $("error").textContent = "";
+  for (const row of $("bars").children) {
+    row.querySelector(".fill").style.width = "0";
+    row.querySelector(".value").textContent = "";
+    row.classList.remove("top");
+  }
+  $("seen").removeAttribute("src");
+}
+
+function clearAll() {
+  clearTimeout(timer);
+  again = false; // the drawing waiting to be sent is gone
+  blank();
+  delete canvas.dataset.photo;
+  changed();
+  reset(true);
+  shown = version;
+  $("result").dataset.version = String(version);
+}
+
+function sendPhoto(file) {
+  if (!file) return;
+  clearAll();
+  changed(); // the photo: a new image, whose answer is to come
+  canvas.dataset.photo = file.name;
+  const url = URL.createObjectURL(file);
+  const preview = new Image();
+  preview.onload = () => { // the photo on the canvas, whole, as a preview
+    const scale = Math.min(canvas.width / preview.width, canvas.height / preview.height);
+    const [w, h] = [preview.width * scale, preview.height * scale];
+    pen.drawImage(preview, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+    URL.revokeObjectURL(url);
+  };
+  preview.src = url;
+  predict(file, version); // the file itself: the server reads it as a photo
+}
+
+$("clear").addEventListener("click", clearAll);
+$("photo").addEventListener("change", (event) => {
+  sendPhoto(event.target.files[0]);
+  event.target.value = ""; // the same file chosen again is read again
+});
+
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("dragging");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("dragging");
+  sendPhoto(event.dataTransfer.files[0]);
+});
+
+function describe(model) {
+  classes = model.classes;
+  canDraw = model.dataset === "mnist";
+  canvas.classList.toggle("photo-only", !canDraw);
+  if (canDraw) {
+    $("about").textContent = `${model.model} reads the digit you draw, or the one in a photo.`;
+  } else {
+    $("title").textContent = "Show a photo";
+    $("about").textContent = `${model.model} knows ${model.dataset}: ${classes.join(", ")}. ` +
+      "The canvas is for digits: choose (or drop) a photo of one of these, " +
+      "on a plain background.";
+    $("hint").textContent = "Choose a photo, or drop one on the canvas.";
+  }
+  $("bars").replaceChildren(...classes.map((name) => {
+    const row = document.createElement("li");
+    row.dataset.name = name;
+    row.innerHTML = '<span class="name"></span><span class="track"><span class="fill">' +
+      '</span></span><span class="value"></span>';
+    row.querySelector(".name").textContent = name;
+    return row;
+  }));
+  document.body.dataset.ready = "true";
+}
+
+setUpPen();
+blank();
+fetch("health").then((response) => response.json()).then(describe).catch((error) => {
+  $("error").textContent = `can't reach the server (${error.message})`;
+});

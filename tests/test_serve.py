@@ -1,0 +1,577 @@
+"""serve.py: the page and the HTTP API, answered by a server in this process; each refusal is a
+4xx with one line of JSON, and the server goes on serving. Then the page in a real browser
+(headless Chromium): digits drawn with the pointer are read, and photos too."""
+
+import base64
+import http.client
+import io
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import drawings
+import serve
+from common import DATASETS, PRETRAINED_MODEL_PATH, default_model_path, load_dataset
+from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
+from load_model import Predictor
+from model import build_model
+from outputs import write_atomic
+from save_model import model_record, save_model
+
+SEVEN = PROJECT_DIR / "examples" / "seven.png"
+NINE = PROJECT_DIR / "examples" / "nine_on_black.jpg"
+
+
+@contextmanager
+def running(model: serve.Model, **limits):
+    """A serve.Server for `model` on a free port of 127.0.0.1, serving in a thread; yields it."""
+    server = serve.start_server(model, "127.0.0.1", 0, **limits)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def shipped() -> serve.Model:
+    return serve.Model(PRETRAINED_MODEL_PATH)
+
+
+@pytest.fixture(scope="module")
+def server(shipped):
+    with running(shipped) as server:
+        yield server
+
+
+def ask(server, method: str, path: str, body: bytes | None = None,
+        headers: dict[str, str] | None = None) -> tuple[int, dict, dict | bytes]:
+    """One request: the status, the headers, and the body (parsed when it is JSON)."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        content = response.read()
+        if response.getheader("Content-Type") == "application/json":
+            content = json.loads(content)
+        return response.status, dict(response.getheaders()), content
+    finally:
+        connection.close()
+
+
+def refusal(server, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, expected: int = 400) -> str:
+    """The one-line reason of a refused request, after checking its status, and that the
+    server answers the next request."""
+    status, reply_headers, content = ask(server, method, path, body, headers)
+    assert status == expected, content
+    assert reply_headers["Content-Type"] == "application/json" and list(content) == ["error"]
+    assert "\n" not in content["error"]
+    assert ask(server, "GET", "/health")[0] == 200
+    return content["error"]
+
+
+def raw_exchange(server, request: bytes, wait: float = 30, and_no_more: bool = False) -> bytes:
+    """What the server answers, until it closes the connection, to `request` sent as is on a
+    fresh connection (`and_no_more`: then the client's side closed)."""
+    with socket.create_connection(server.server_address[:2], timeout=wait) as connection:
+        connection.sendall(request)
+        if and_no_more:
+            connection.shutdown(socket.SHUT_WR)
+        return received(connection)
+
+
+def received(connection: socket.socket) -> bytes:
+    """All a connection receives until the server closes it."""
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def data_url_pixels(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def test_the_page_is_served_by_the_server_itself_with_nothing_from_elsewhere(server):
+    status, headers, page = ask(server, "GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"<canvas" in page and b'type="file"' in page
+    for path in ("/app.js", "/style.css"):
+        status, _, content = ask(server, "GET", path)
+        assert status == 200 and b"http:" not in content and b"https:" not in content
+    assert b"http:" not in page and b"https:" not in page  # works offline: no CDN
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+
+
+def test_health_says_which_model_answers_and_the_classes_it_knows(server):
+    status, _, content = ask(server, "GET", "/health")
+    assert status == 200
+    assert content["status"] == "ok" and content["dataset"] == "mnist"
+    assert content["model"] == "pretrained/mnist_model.pth"
+    assert content["classes"] == [str(digit) for digit in range(10)]
+
+
+def test_a_png_is_read_as_load_model_reads_its_file(server):
+    status, headers, answer = ask(server, "POST", "/predict", SEVEN.read_bytes(),
+                                  {"Content-Type": "image/png"})
+    expected = Predictor(PRETRAINED_MODEL_PATH, top_k=10)(SEVEN)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert (answer["label"], answer["name"]) == (7, "7") == (expected.label, expected.name)
+    assert answer["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert [entry["name"] for entry in answer["top"]] == [name for name, _ in expected.top]
+    assert sum(entry["probability"] for entry in answer["top"]) == pytest.approx(1, abs=1e-4)
+    seen = data_url_pixels(answer["input"])
+    assert seen.shape == (28, 28)
+    assert np.array_equal(seen, (expected.input * 255).round().to(torch.uint8).numpy())
+    assert answer["confident"] is True and answer["milliseconds"] > 0
+
+
+def test_a_jpeg_photo_is_read_whether_sent_as_the_body_or_in_a_multipart_form(server):
+    photo = NINE.read_bytes()
+    status, _, answer = ask(server, "POST", "/predict", photo, {"Content-Type": "image/jpeg"})
+    assert status == 200 and answer["name"] == "9"
+    boundary = "----a-boundary"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"nine.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    form += photo + f"\r\n--{boundary}--\r\n".encode()
+    status, _, from_form = ask(server, "POST", "/predict", form,
+                               {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200 and from_form["name"] == "9"
+    assert from_form["probability"] == pytest.approx(answer["probability"], abs=1e-6)
+
+
+def test_a_form_without_a_file_is_refused(server):
+    form = b"--b\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--b--\r\n"
+    reason = refusal(server, "POST", "/predict", form,
+                     {"Content-Type": "multipart/form-data; boundary=b"})
+    assert "no file" in reason
+
+
+def test_a_file_that_is_not_an_image_is_refused(server):
+    assert "not a readable image" in refusal(server, "POST", "/predict", b"%PDF-1.4 not a digit")
+
+
+def test_an_empty_body_is_refused(server):
+    assert "empty" in refusal(server, "POST", "/predict", b"")
+
+
+def test_a_blank_image_is_refused_as_holding_no_digit(server):
+    blank = png(Image.new("L", (140, 140), 0))
+    assert "no digit found" in refusal(server, "POST", "/predict", blank)
+
+
+def test_an_image_bomb_is_refused_unread(server):
+    bomb = png(Image.new("1", (6000, 5000)))  # a small file of 30 megapixels
+    assert len(bomb) < 100_000
+    assert "too large" in refusal(server, "POST", "/predict", bomb)
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
+    # Only the headers are sent: the answer can't wait for the body.
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {serve.MAX_BODY_BYTES + 1}"
+            "\r\n\r\n").encode()
+    answer = raw_exchange(server, head, wait=10)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"over the limit" in answer
+    assert ask(server, "GET", "/health")[0] == 200
+
+
+def test_a_body_without_a_content_length_is_refused(server):
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 411 ") and b"no Content-Length" in answer
+    chunked = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert raw_exchange(server, chunked).startswith(b"HTTP/1.1 411 ")
+
+
+@pytest.mark.parametrize("length", ["-1", "12abc", "1_000", "0x10"])
+def test_a_content_length_that_is_not_a_number_of_bytes_is_refused(server, length):
+    request = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+    assert raw_exchange(server, request).startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_body_cut_short_is_refused(server):
+    answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100"
+                                  b"\r\n\r\nonly this", and_no_more=True)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"ended after 9 of its 100 bytes" in answer
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/predict", "POST"), ("POST", "/health", "GET"), ("DELETE", "/", "GET"),
+    ("PUT", "/predict", "POST")])
+def test_a_wrong_method_is_refused_with_the_one_allowed(server, method, path, allowed):
+    status, headers, content = ask(server, method, path, b"" if method != "GET" else None)
+    assert status == 405 and headers["Allow"] == allowed and allowed in content["error"]
+    assert ask(server, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/nothing", "/static/index.html", "/../serve.py", "/app.js/x"])
+def test_an_unknown_path_is_not_found_and_no_other_file_is_ever_served(server, path):
+    assert "no such path" in refusal(server, "GET", path, expected=404)
+
+
+def test_an_unknown_method_or_a_malformed_request_gets_json_too(server):
+    answer = raw_exchange(server, b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 501 ") and b'{"error": "Unsupported method' in answer
+    headers = b"".join(b"X-%d: 1\r\n" % n for n in range(200))
+    answer = raw_exchange(server, b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 ") and b'{"error": "Too many headers"}' in answer
+    # A request line the server can't parse gets the answer alone, without a status line.
+    assert raw_exchange(server, b"GET / HTTP/9.9\r\n\r\n") == (
+        b'{"error": "Invalid HTTP version (9.9)"}')
+    assert ask(server, "GET", "/health")[0] == 200
+
+
+def test_one_connection_serves_many_requests(server):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+    for _ in range(3):
+        connection.request("POST", "/predict", body=SEVEN.read_bytes())
+        assert json.loads(connection.getresponse().read())["name"] == "7"
+    connection.close()
+
+
+def test_concurrent_requests_get_the_answers_each_would_get_alone(server):
+    digits = [png(Image.fromarray(array)) for array in four_different_digits()]
+    alone = [ask(server, "POST", "/predict", digit)[2] for digit in digits]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda i: ask(server, "POST", "/predict", digits[i % 4])[2],
+                                 range(32)))
+    for i, answer in enumerate(together):
+        assert answer["top"] == alone[i % 4]["top"] and answer["input"] == alone[i % 4]["input"]
+
+
+def four_different_digits() -> list[np.ndarray]:
+    """Four 28x28 digit-like drawings, white on black."""
+    images = []
+    for k in range(4):
+        image = np.zeros((28, 28), np.uint8)
+        image[4 + k:24, 12 - k:15 - k] = 255
+        image[4 + k:7 + k, 8:20 + k] = 255 if k % 2 else 0
+        images.append(image)
+    return images
+
+
+def test_a_flood_beyond_the_connection_bound_gets_503_at_once(shipped):
+    with running(shipped, max_connections=2) as server:
+        idle = [socket.create_connection(server.server_address[:2]) for _ in range(2)]
+        time.sleep(0.3)  # both are taken by their threads, which wait for a request
+        status, headers, content = ask(server, "GET", "/health")
+        assert status == 503 and headers["Retry-After"] == "1" and "busy" in content["error"]
+        for connection in idle:
+            connection.close()
+        time.sleep(0.3)
+        assert ask(server, "GET", "/health")[0] == 200
+
+
+def test_in_a_flood_every_request_is_answered_200_or_503_and_the_threads_stay_bounded(shipped):
+    with running(shipped, max_connections=4) as server:
+        threads_before, threads_seen = threading.active_count(), []
+
+        def client(_) -> int:
+            status = ask(server, "GET", "/health")[0]
+            threads_seen.append(threading.active_count())
+            return status
+
+        with ThreadPoolExecutor(40) as pool:
+            statuses = list(pool.map(client, range(200)))
+        assert set(statuses) <= {200, 503} and statuses.count(200) >= 4, statuses
+        assert max(threads_seen) <= threads_before + 40 + 4  # the clients', and 4 connections'
+        assert ask(server, "GET", "/health")[0] == 200
+
+
+def test_a_silent_client_is_dropped_after_the_timeout_and_its_slot_freed(shipped):
+    with running(shipped, max_connections=1, client_timeout=0.5) as server:
+        with socket.create_connection(server.server_address[:2]) as silent:
+            silent.sendall(b"GET /health HTTP/1.1\r\n")  # and never the rest
+            silent.settimeout(10)
+            started = time.monotonic()
+            assert silent.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - started < 5
+        assert ask(server, "GET", "/health")[0] == 200
+
+
+def test_a_body_that_trickles_in_too_slowly_gets_408(shipped):
+    with running(shipped, client_timeout=5, body_deadline=0.5) as server:
+        with socket.create_connection(server.server_address[:2], timeout=10) as slow:
+            slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(50):  # a byte every 0.1 s, until the server answers
+                slow.sendall(b"x")
+                if select.select([slow], [], [], 0.1)[0]:
+                    break
+            answer = received(slow)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"too slowly" in answer
+
+
+def fashion_model_file(folder: Path) -> Path:
+    """A Fashion-MNIST model file (untrained weights: only its classes matter here)."""
+    spec = DATASETS["fashion-mnist"]
+    torch.manual_seed(0)
+    path = folder / "fashion.pth"
+    save_model(model_record(build_model("lenet"), "lenet", {}, "fashion-mnist",
+                            spec.normalization, list(spec.classes), {}), path)
+    return path
+
+
+def garment_photo() -> Image.Image:
+    """A dark garment-shaped block on a light background."""
+    photo = Image.new("L", (200, 200), 255)
+    photo.paste(60, (50, 30, 150, 170))
+    return photo
+
+
+def test_a_fashion_model_says_its_class_names_and_reads_photos_of_garments(tmp_path):
+    model = serve.Model(fashion_model_file(tmp_path))
+    with running(model) as server:
+        status, _, health = ask(server, "GET", "/health")
+        assert health["dataset"] == "fashion-mnist" and "Sneaker" in health["classes"]
+        assert health["model"] == "fashion.pth"  # outside the project: its name only
+        status, _, answer = ask(server, "POST", "/predict", png(garment_photo()))
+        assert status == 200 and answer["name"] in health["classes"]
+        assert len(answer["top"]) == 10
+
+
+def test_by_default_the_server_uses_load_models_default_model():
+    assert serve.parse_args([]).model is None
+    assert serve.Model(None).path == default_model_path()
+
+
+def test_the_command_line_prints_the_address_and_serves_until_stopped(tmp_path):
+    process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "serve.py"), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving ") and " at http://127.0.0.1:" in line, line
+        address = line.split(" at http://", 1)[1].strip().rstrip("/")
+        host, port = address.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("GET", "/health")
+        assert json.loads(connection.getresponse().read())["status"] == "ok"
+        connection.close()
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert "Traceback" not in stderr
+
+
+def test_a_port_out_of_range_is_refused_before_anything_is_loaded(capsys):
+    with pytest.raises(SystemExit) as exit:
+        serve.parse_args(["--port", "70000"])
+    assert exit.value.code == 2
+    assert "--port: must be a whole number from 0 to 65,535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--model", "/nonexistent/model.pth"], "no file at /nonexistent/model.pth"),
+    (["--host", "192.0.2.1", "--port", "0"], "can't listen on 192.0.2.1"),
+])
+def test_bad_arguments_get_one_clear_line_and_a_failure_status(args, complaint):
+    result = run_script("serve.py", *args, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert complaint in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_port_in_use_gets_one_clear_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_script("serve.py", "--port", str(port), check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: can't listen on 127.0.0.1 port {port} (Address already in use)"]
+
+
+def first_of_each_class(count: int = 10) -> list[tuple[np.ndarray, int]]:
+    """The first MNIST test digit of each class, 0 to 9 (or of the first `count` classes)."""
+    images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
+    firsts = [int((labels == digit).nonzero()[0]) for digit in range(count)]
+    return [(images[i].numpy(), int(labels[i])) for i in firsts]
+
+
+@needs_real_mnist
+def test_mnist_digits_drawn_as_the_page_draws_them_are_read_right(server):
+    """drawings.py, which the browser test and bench_serve.py draw with, is faithful: the first
+    100 test digits traced as pen strokes and sent as the page sends them are read right."""
+    images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
+    right = sum(ask(server, "POST", "/predict", drawings.canvas_png(images[i].numpy()))[2]["label"]
+                == labels[i] for i in range(100))
+    assert right >= 97
+
+
+@needs_real_mnist
+def test_the_serving_benchmark_runs_and_prints_its_figures():
+    result = run_script("bench_serve.py", "--calls", "20", "--requests", "40", "--clients", "2")
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("serve.py on ") and "load average" in lines[0]
+    assert any(line.startswith("1 client, 20 requests: the server's time median ")
+               for line in lines)
+    assert any(line.startswith("2 clients: ") and "(200: 40)" in line for line in lines)
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def browser_missing() -> str | None:
+    """Why the browser test can't run here, or None."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -r requirements-dev.txt)"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.is_file():
+            return f"no {path} (apt-get install chromium chromium-driver)"
+    return None
+
+
+needs_browser = pytest.mark.skipif(browser_missing() is not None,
+                                   reason=browser_missing() or "")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium from the system's packages, driven by its own chromedriver: with both
+    paths given, Selenium downloads nothing."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--window-size=860,640", "--hide-scrollbars"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def open_page(driver, server) -> None:
+    driver.get(serve.address_url(server))
+    wait_for(driver, "return document.body.dataset.ready === 'true'")
+
+
+def wait_for(driver, script: str, seconds: float = 30):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, poll_frequency=0.05).until(
+        lambda d: d.execute_script(script))
+
+
+def draw(driver, strokes: list[drawings.Stroke], pointer: str = "mouse") -> None:
+    """Draws the strokes on the canvas with real pointer input: down, moves, up."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+    from selenium.webdriver.common.by import By
+
+    canvas = driver.find_element(By.ID, "canvas")
+    kind = {"mouse": interaction.POINTER_MOUSE, "pen": interaction.POINTER_PEN,
+            "touch": interaction.POINTER_TOUCH}[pointer]
+    actions = ActionBuilder(driver, mouse=PointerInput(kind, pointer), duration=0)
+    centre = drawings.CANVAS_SIDE / 2  # moves are given from the element's centre
+    for stroke in strokes:
+        points = stroke[::3] + stroke[-1:]  # every third point: the canvas draws lines between
+        actions.pointer_action.move_to(canvas, points[0][0] - centre, points[0][1] - centre)
+        actions.pointer_action.pointer_down()
+        for x, y in points[1:]:
+            actions.pointer_action.move_to(canvas, x - centre, y - centre)
+        actions.pointer_action.pointer_up()
+    actions.perform()
+
+
+def reading(driver) -> str:
+    """The class the page shows, once it shows the answer for the image now on the canvas."""
+    wait_for(driver, "return document.getElementById('result').dataset.version === "
+                     "document.getElementById('canvas').dataset.version")
+    return driver.execute_script("return document.getElementById('digit').textContent")
+
+
+POINTERS = ("mouse", "pen", "touch")  # a finger is a touch pointer
+
+
+def screenshot_path(tmp_path: Path) -> Path:
+    """Where the page's screenshot goes: a temporary file, or $SERVE_SCREENSHOT, which
+    regenerates the README's figure:
+    SERVE_SCREENSHOT=docs/img/serve.png python -m pytest tests/test_serve.py -k browser"""
+    return Path(os.environ.get("SERVE_SCREENSHOT") or tmp_path / "serve.png")
+
+
+@needs_browser
+@needs_real_mnist
+def test_in_a_browser_digits_drawn_with_the_pointer_and_photos_are_read(server, browser,
+                                                                         tmp_path):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server)
+    browser.execute_script(  # which pointers the page saw
+        "window.pointerTypes = new Set(); document.getElementById('canvas')."
+        "addEventListener('pointerdown', (e) => pointerTypes.add(e.pointerType))")
+    read = []
+    for index, (digit, label) in enumerate(first_of_each_class()):
+        browser.find_element(By.ID, "clear").click()
+        draw(browser, drawings.digit_strokes(digit), pointer=POINTERS[index % 3])
+        read.append(reading(browser))
+    assert sum(name == str(label) for name, label in zip(read, range(10))) >= 9, read
+    assert set(browser.execute_script("return [...pointerTypes]")) == set(POINTERS)
+    bars = browser.find_elements(By.CSS_SELECTOR, "#bars li")
+    assert [bar.get_attribute("data-name") for bar in bars] == [str(k) for k in range(10)]
+    assert browser.find_element(By.ID, "seen").get_attribute("src").startswith("data:image/png")
+    path = screenshot_path(tmp_path)
+    write_atomic(path, lambda file: file.write(browser.get_screenshot_as_png()))
+    assert Image.open(path).size[0] > 0
+
+    browser.find_element(By.ID, "photo").send_keys(str(SEVEN))
+    assert reading(browser) == "7"
+    drop_file(browser, NINE)
+    assert reading(browser) == "9"
+
+
+def drop_file(driver, path: Path) -> None:
+    """Drops the file on the canvas, as dragging it from a file manager does."""
+    driver.execute_script("""
+        const [name, data] = arguments;
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+        document.getElementById("drop").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    """, path.name, base64.b64encode(path.read_bytes()).decode())
+
+
+@needs_browser
+def test_in_a_browser_a_fashion_model_lists_its_classes_and_takes_photos_only(browser,
+                                                                              tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with running(serve.Model(fashion_model_file(tmp_path))) as server:
+        open_page(browser, server)
+        about = browser.find_element(By.ID, "about").text
+        assert "Sneaker" in about and "Ankle boot" in about and "photo" in about
+        draw(browser, [[(100, 100), (180, 180)]])
+        assert browser.find_element(By.ID, "canvas").get_attribute("data-version") == "0"
+        garment = tmp_path / "garment.png"
+        garment_photo().save(garment)
+        browser.find_element(By.ID, "photo").send_keys(str(garment))
+        assert reading(browser) in DATASETS["fashion-mnist"].classes
