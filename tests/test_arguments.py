@@ -7,7 +7,8 @@ import pytest
 import train
 from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 
-SCRIPTS = ("train.py", "evaluate.py", "load_model.py", "save_model.py", "tune.py", "bench.py")
+SCRIPTS = ("train.py", "evaluate.py", "load_model.py", "save_model.py", "tune.py", "bench.py",
+           "profile_recipe.py", "examples_mnist.py")
 
 
 def refused(script: str, *args: str) -> str:

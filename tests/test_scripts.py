@@ -238,3 +238,16 @@ def test_a_missing_data_folder_without_download_is_refused_before_any_work(tmp_p
     result = run_script("train.py", "--data-dir", tmp_path / "nowhere", "--no-download", "--out", tmp_path / "m.pth",
                         check=False)
     assert result.returncode == 2 and "nowhere is not a folder" in result.stderr
+
+
+def test_profile_recipe_reports_flops_rates_layouts_and_the_top_operators(tiny_data):
+    result = run_script("profile_recipe.py", "--config", PROJECT_DIR / "configs" / "fast.json",
+                        "--data-dir", tiny_data, "--batch-size", "50", "--steps", "2", "--top", "3",
+                        "--no-download")
+    assert "MFLOP an image" in result.stdout and "matmul 2048 fp32" in result.stdout
+    for setting in ("fp32           NCHW", "fp32           channels_last", "bf16 autocast  NCHW"):
+        assert setting in result.stdout
+    assert "top operators" in result.stdout and "aten::" in result.stdout
+    too_many = run_script("profile_recipe.py", "--data-dir", tiny_data, "--steps", "100",
+                          "--no-download", check=False)
+    assert too_many.returncode == 1 and "need 26,112 training images" in too_many.stderr
