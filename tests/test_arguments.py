@@ -8,7 +8,7 @@ import train
 from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 
 SCRIPTS = ("train.py", "evaluate.py", "load_model.py", "save_model.py", "tune.py", "bench.py",
-           "serve.py", "bench_serve.py")
+           "serve.py", "bench_serve.py", "profile_recipe.py", "examples_mnist.py")
 
 
 def refused(script: str, *args: str) -> str:

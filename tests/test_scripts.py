@@ -247,3 +247,16 @@ def test_the_quick_time_to_accuracy_bench_times_the_three_recipes(tiny_data, tmp
     assert set(results) == {"fast (configs/fast.json)", "default (train.py)", "pytorch/examples"}
     for curve in (result["curve"] for result in results.values()):
         assert curve and all(0 <= point["test_accuracy"] <= 1 for point in curve)
+
+
+def test_profile_recipe_reports_flops_rates_layouts_and_the_top_operators(tiny_data):
+    result = run_script("profile_recipe.py", "--config", PROJECT_DIR / "configs" / "fast.json",
+                        "--data-dir", tiny_data, "--batch-size", "50", "--steps", "2", "--top", "3",
+                        "--no-download")
+    assert "MFLOP an image" in result.stdout and "matmul 2048 fp32" in result.stdout
+    for setting in ("fp32           NCHW", "fp32           channels_last", "bf16 autocast  NCHW"):
+        assert setting in result.stdout
+    assert "top operators" in result.stdout and "aten::" in result.stdout
+    too_many = run_script("profile_recipe.py", "--data-dir", tiny_data, "--steps", "100",
+                          "--no-download", check=False)
+    assert too_many.returncode == 1 and "need 26,112 training images" in too_many.stderr
