@@ -88,10 +88,12 @@ def test(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
 def train_examples_recipe(data_dir: str | Path = DEFAULT_DATA_DIR, epochs: int = 14, seed: int = 1,
                           shuffle: bool = True, batch_size: int = 64, test_batch_size: int = 1000,
                           on_epoch: Callable[[dict], None] | None = None,
-                          train_size: int | None = None) -> list[dict]:
+                          train_size: int | None = None,
+                          stop_at: float | None = None) -> list[dict]:
     """Trains main.py's recipe for `epochs` epochs on the CPU; after each, scores the test set as
     main.py does and calls `on_epoch` with the row it appends: the epoch, the training seconds so
-    far (the DataLoader's time included, the tests' not) and the test loss and accuracy."""
+    far (the DataLoader's time included, the tests' not) and the test loss and accuracy. With
+    `stop_at`, it stops after the first epoch whose test accuracy reaches it."""
     torch.manual_seed(seed)
     train_loader, test_loader = loaders(Path(data_dir), batch_size, test_batch_size, shuffle,
                                         train_size)
@@ -109,6 +111,8 @@ def train_examples_recipe(data_dir: str | Path = DEFAULT_DATA_DIR, epochs: int =
                      "test_accuracy": test_accuracy})
         if on_epoch is not None:
             on_epoch(rows[-1])
+        if stop_at is not None and test_accuracy >= stop_at:
+            break
     return rows
 
 
