@@ -20,3 +20,8 @@ def test_the_recipe_trains_epoch_by_epoch_reporting_test_accuracy_and_cumulative
     assert seen == rows and [row["epoch"] for row in rows] == [1, 2]
     assert 0 < rows[0]["train_seconds"] < rows[1]["train_seconds"]
     assert rows[-1]["test_accuracy"] > 0.5  # the tiny task learned (chance: 0.1)
+
+
+def test_the_recipe_stops_after_the_first_epoch_that_reaches_stop_at(tiny_data):
+    rows = train_examples_recipe(tiny_data, epochs=3, batch_size=50, stop_at=0.0)
+    assert [row["epoch"] for row in rows] == [1]
