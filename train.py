@@ -39,8 +39,9 @@ from plots import plot_history
 from save_model import model_record, run_metadata, save_atomic, save_model
 
 # The settings that define a run: a resumed run takes them from its checkpoint.
-RUN_SETTINGS = ("dataset", "arch", "width", "epochs", "batch_size", "lr", "schedule", "weight_decay", "label_smoothing",
-                "augment", "ema", "val_size", "train_size", "seed", "amp", "beta1", "beta2", "cycle_momentum")
+RUN_SETTINGS = ("dataset", "arch", "width", "epochs", "batch_size", "lr", "schedule",
+                "weight_decay", "label_smoothing", "augment", "ema", "val_size", "train_size",
+                "seed", "amp", "beta1", "beta2", "cycle_momentum")
 
 
 def augmentation_list(text: str) -> str:
@@ -212,6 +213,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.width is not None and args.arch not in widened:
         parser.error(f"argument --width: the {args.arch} has none "
                      f"(architectures with a width: {', '.join(widened)})")
+    cycled = args.cycle_momentum and args.schedule == "onecycle"
+    if cycled and args.beta1 != parser.get_default("beta1"):
+        parser.error("argument --beta1: one-cycle replaces it with its own cycled value; "
+                     "add --no-cycle-momentum to keep it")
     if args.augment == "default":
         args.augment = DATASETS[args.dataset].augmentation
     if not args.download and not args.data_dir.is_dir():
