@@ -222,6 +222,10 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if config.width is not None and config.arch not in widened:
         parser.error(f"argument --width: the {config.arch} has none "
                      f"(architectures with a width: {', '.join(widened)})")
+    cycled = config.cycle_momentum and config.schedule == "onecycle"
+    if cycled and config.beta1 != TrainConfig.beta1:
+        parser.error("argument --beta1: one-cycle replaces it with its own cycled value; "
+                     "add --no-cycle-momentum to keep it")
     if config.augment == "default":
         config.augment = DATASETS[config.dataset].augmentation
     if not options.download and not options.data_dir.is_dir():

@@ -1,4 +1,4 @@
-"""On the real MNIST (skipped when it is absent): the default run's accuracy, the committed
+"""On the real MNIST (skipped when it is absent): the default and fast runs' accuracy, the committed
 model's score as the README states it, and the predictor on real digits photographed large."""
 
 import json
@@ -34,6 +34,14 @@ def test_the_default_recipe_learns_from_5000_images_in_one_epoch(tmp_path, seed)
     run_script("train.py", "--train-size", "5000", "--epochs", "1", "--seed", seed,
                "--data-dir", REAL_DATA_DIR, "--out", out, "--no-download")
     assert json.loads(out.with_suffix(".metrics.json").read_text())["val_accuracy"] > 0.5
+
+
+def test_the_fast_recipe_reaches_99_percent_test_accuracy_in_one_pass(tmp_path):
+    out = tmp_path / "fast.pth"
+    run_script("train.py", "--config", PROJECT_DIR / "configs" / "fast.json", "--data-dir",
+               REAL_DATA_DIR, "--out", out, "--no-download")
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert len(metrics["history"]) == 1 and metrics["test"]["accuracy"] >= 0.99
 
 
 def test_the_committed_model_scores_what_the_readme_says():

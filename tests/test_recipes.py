@@ -154,6 +154,15 @@ def test_by_default_one_cycle_still_cycles_beta1_between_095_and_085():
     assert {beta2 for _, beta2 in betas} == {0.999}
 
 
+def test_a_beta1_that_momentum_cycling_would_overwrite_is_refused():
+    with pytest.raises(SystemExit):
+        train.parse_args(["--beta1", "0.7"])
+    config, _ = train.parse_args(["--beta1", "0.7", "--schedule", "constant"])
+    assert config.beta1 == 0.7
+    # the default, which tune.py's recipes name, is accepted with cycling
+    assert train.parse_args(["--beta1", "0.9"])[0].cycle_momentum
+
+
 def test_a_recipe_beta_of_one_or_more_is_refused(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"beta2": 1.0}))
