@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 import drawings
-from common import (DEFAULT_DATA_DIR, MODEL_HELP, PROJECT_DIR, UserError, load_dataset,
-                    make_parser, positive_int, run_cli)
+from common import (DEFAULT_DATA_DIR, MODEL_HELP, PROJECT_DIR, UserError, make_parser,
+                    positive_int, run_cli)
+from datasets import load_dataset
 
 DRAWINGS = 100
 

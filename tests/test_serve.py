@@ -24,7 +24,8 @@ from PIL import Image
 
 import drawings
 import serve
-from common import DATASETS, PRETRAINED_MODEL_PATH, default_model_path, load_dataset
+from common import PRETRAINED_MODEL_PATH, default_model_path
+from datasets import DATASETS, load_dataset
 from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
 from load_model import Predictor
 from model import build_model
