@@ -69,9 +69,9 @@ def test_the_training_files_are_read_in_order_with_red_green_blue_planes(tmp_pat
     assert images.is_contiguous()
     assert labels.shape == (15,) and labels.dtype == torch.int64
     assert labels.tolist() == [n % 10 for n in range(15)]  # file order, then record order
-    assert images[:, :, 1:].amin(dim=(2, 3)).tolist() == [[n, 100 + n, 200 + n]
-                                                         for f in range(5) for n in
-                                                         range(10 * f, 10 * f + 3)]
+    planes = [10 * f + k for f in range(5) for k in range(3)]  # 0, 1, 2, 10, 11, 12, ...
+    below_first_row = images[:, :, 1:].amin(dim=(2, 3))
+    assert below_first_row.tolist() == [[n, 100 + n, 200 + n] for n in planes]
     assert images[4, 0, 0].tolist() == list(range(32))  # rows are rows: the first counts
 
 
