@@ -8,14 +8,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_affine(images: Tensor, generator: torch.Generator, background: float,
+def per_channel(value: Tensor | float, images: Tensor) -> Tensor:
+    """A value for every channel (or one for all), shaped (C, 1, 1) to broadcast over images."""
+    return torch.as_tensor(value, dtype=images.dtype, device=images.device).reshape(-1, 1, 1)
+
+
+def random_affine(images: Tensor, generator: torch.Generator, background: Tensor | float,
                   rotation: float = 10.0, scale: float = 0.1, shear: float = 0.1,
                   shift: float = 2.0) -> Tensor:
-    """Each normalized image (N, 1, H, W) rotated by up to `rotation` degrees, scaled by up to
+    """Each normalized image (N, C, H, W) rotated by up to `rotation` degrees, scaled by up to
     1 +- `scale`, sheared by up to `shear` and shifted by up to `shift` pixels, all at random from
     `generator` (on the CPU, so runs are reproducible on any device), in one batched grid_sample;
-    `background` is the value of a black pixel after normalization."""
+    `background` (one number, or one a channel) is a black pixel's value after normalization."""
     n, _, height, width = images.shape
+    background = per_channel(background, images)
     uniform = lambda bound: (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) \
         * bound
     angle, zoom, skew = uniform(math.radians(rotation)), 1 + uniform(scale), uniform(shear)
@@ -30,15 +36,17 @@ def random_affine(images: Tensor, generator: torch.Generator, background: float,
     return moved + background
 
 
-def random_shift(images: Tensor, generator: torch.Generator, background: float,
+def random_shift(images: Tensor, generator: torch.Generator, background: Tensor | float,
                  shift: int = 2) -> Tensor:
     """Each image (N, C, H, W) moved by a whole number of pixels, up to `shift` each way and
     independently in each direction, the uncovered edge filled with `background` (the padded
     random crop of the CIFAR and Fashion-MNIST literature). Whole pixels keep the strokes and
     textures sharp, which random_affine's interpolation blurs."""
     n, _, height, width = images.shape
+    background = per_channel(background, images)
     offsets = torch.randint(0, 2 * shift + 1, (2, n, 1), generator=generator).to(images.device)
-    padded = F.pad(images, (shift,) * 4, value=background)
+    padded = background.expand(n, images.shape[1], height + 2 * shift, width + 2 * shift).clone()
+    padded[:, :, shift:shift + height, shift:shift + width] = images
     rows = (torch.arange(height, device=images.device) + offsets[0])[:, :, None]  # (N, H, 1)
     cols = (torch.arange(width, device=images.device) + offsets[1])[:, None, :]  # (N, 1, W)
     batch = torch.arange(n, device=images.device)[:, None, None]
@@ -47,7 +55,7 @@ def random_shift(images: Tensor, generator: torch.Generator, background: float,
 
 
 def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
-    """Each image (N, 1, H, W) mirrored left to right with probability 1/2."""
+    """Each image (N, C, H, W) mirrored left to right with probability 1/2."""
     flip = torch.rand(len(images), generator=generator) < 0.5
     flip = flip.to(images.device).view(-1, 1, 1, 1)
     return torch.where(flip, images.flip(3), images)
@@ -57,7 +65,7 @@ def random_erase(images: Tensor, generator: torch.Generator,
                  area: tuple[float, float] = (0.02, 0.33),
                  aspect: tuple[float, float] = (0.3, 3.3)) -> Tensor:
     """Random erasing (Zhong et al., 2017, with torchvision's defaults): in half of the images
-    (N, 1, H, W), a rectangle of `area` times the image and aspect ratio in `aspect` is set to 0,
+    (N, C, H, W), a rectangle of `area` times the image and aspect ratio in `aspect` is set to 0,
     the mean pixel after normalization."""
     n, _, height, width = images.shape
     rand = lambda: torch.rand(n, generator=generator, dtype=torch.float64)
@@ -79,9 +87,10 @@ AUGMENTATIONS = ("affine", "shift", "flip", "erase")
 
 
 def augment(images: Tensor, augmentations: str, generator: torch.Generator,
-            background: float) -> Tensor:
+            background: Tensor | float) -> Tensor:
     """A training batch through the comma-separated `augmentations` ("affine", "shift", "flip",
-    "erase"; "none" for none), in that order; their randomness comes from `generator`."""
+    "erase"; "none" for none), in that order; their randomness comes from `generator`;
+    `background` (C, 1, 1) is a black pixel after normalization."""
     chosen = augmentations.split(",")
     if "affine" in chosen:
         images = random_affine(images, generator, background)

@@ -32,8 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 import train
-from common import (DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError, make_parser,
-                    positive_int, run_cli, writable_file)
+from common import (DATA_HELP, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError,
+                    make_parser, positive_int, run_cli, writable_file)
 from datasets import DATASETS, load_dataset, normalize, training_indices
 from evaluate import evaluate
 from examples_mnist import train_examples_recipe
@@ -261,7 +261,7 @@ def training_flops_per_image(batch_size: int = 64) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="dataset root holding MNIST/raw/ (and FashionMNIST/raw/)")
+                        help=DATA_HELP)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
                         help="the images to train on")
     parser.add_argument("--target", type=float, default=0.99,

@@ -27,7 +27,7 @@ IMAGE_SHAPE = (3, 32, 32)
 # A record: one label byte, then the red, green and blue planes, each 32 x 32 bytes row by row.
 RECORD_BYTES = 1 + 3 * 32 * 32
 REAL_FILE_BYTES = 10_000 * RECORD_BYTES  # every real file holds 10,000 images
-# SHA-256 of the real files (see /work/shared/data/CIFAR10/SOURCE.md). The tarball's MD5 covers
+# SHA-256 of the real files (the SOURCE.md of the shared copy lists them). The tarball's MD5 covers
 # only the download, not the files read.
 CIFAR10_SHA256 = {
     "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",

@@ -20,6 +20,7 @@ DEFAULT_MODEL_PATH = PROJECT_DIR / "mnist_model.pth"  # what train.py writes; ne
 # a clone holds.
 PRETRAINED_MODEL_PATH = PROJECT_DIR / "pretrained" / "mnist_model.pth"
 DEVICE_HELP = "where the model runs: auto (cuda, then mps, then cpu), cuda, mps or cpu"
+DATA_HELP = "dataset root holding MNIST/raw/, FashionMNIST/raw/ and cifar-10-batches-bin/"
 MODEL_DEFAULT = ("(default: mnist_model.pth once you have trained one, "
                  "else pretrained/mnist_model.pth)")
 MODEL_HELP = f"model file {MODEL_DEFAULT}"

@@ -1,5 +1,5 @@
 """The datasets: what each one is, reading and checking its files, the validation split, and
-normalization.
+normalization. CIFAR-10's binary files are read in cifar10.py.
 
 A split is held as one uint8 tensor of images and one of labels; training takes batches by
 indexing a shuffled permutation of them (no Dataset objects, no per-sample transforms).
@@ -10,6 +10,7 @@ import hashlib
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,39 +18,44 @@ import torch
 from torch import Tensor
 from torchvision.datasets import MNIST, FashionMNIST
 
+from cifar10 import CIFAR10_CLASSES, CIFAR10_FOLDER, load_cifar10
 from errors import UserError
 from outputs import write_atomic
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
     """What the code knows of a dataset: where its files come from, its classes, its image shape,
     its pixel statistics and the augmentation that suits it."""
     name: str
-    source: type[MNIST]  # torchvision's class: the folder, the files with their MD5s, the mirrors
+    folder: str  # under the data root: torchvision's MNIST/raw/, or cifar-10-batches-bin/
     classes: tuple[str, ...]
     shape: tuple[int, int, int]  # an image's (channels, height, width)
-    mean: float  # of the training pixels scaled to [0, 1]
-    std: float
+    mean: tuple[float, ...]  # of the training pixels scaled to [0, 1], one per channel
+    std: tuple[float, ...]
     augmentation: str  # what --augment applies when no list is given: see augmentation.py
+    arch: str  # the network train.py builds when none is named (model.py)
+    # torchvision's class for the IDX datasets: the files with their MD5s, the mirrors
+    source: type[MNIST] | None = None
 
     @property
-    def folder(self) -> str:
-        """torchvision's layout: data_dir/MNIST/raw/, data_dir/FashionMNIST/raw/."""
-        return self.source.__name__
-
-    @property
-    def normalization(self) -> dict[str, float]:
+    def normalization(self) -> dict[str, list[float]]:
         """normalize()'s keyword arguments, as model files store them."""
-        return {"mean": self.mean, "std": self.std}
+        return {"mean": list(self.mean), "std": list(self.std)}
 
 
 # Means and standard deviations of the 60,000 training images' pixels (tests check them on the
 # real files).
+# CIFAR-10's are those of its 50,000 (SOURCE.md beside the shared copy checks them).
 DATASETS = {
-    "mnist": DatasetInfo("mnist", MNIST, tuple(str(digit) for digit in range(10)), (1, 28, 28),
-                         0.1307, 0.3081, "affine"),
-    "fashion-mnist": DatasetInfo("fashion-mnist", FashionMNIST, tuple(FashionMNIST.classes),
-                                 (1, 28, 28), 0.2860, 0.3530, "flip,erase"),
+    "mnist": DatasetInfo("mnist", "MNIST", tuple(str(digit) for digit in range(10)), (1, 28, 28),
+                         (0.1307,), (0.3081,), "affine", "lenet", MNIST),
+    "fashion-mnist": DatasetInfo("fashion-mnist", "FashionMNIST", tuple(FashionMNIST.classes),
+                                 (1, 28, 28), (0.2860,), (0.3530,), "flip,erase", "lenet",
+                                 FashionMNIST),
+    "cifar10": DatasetInfo("cifar10", CIFAR10_FOLDER, CIFAR10_CLASSES, (3, 32, 32),
+                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "shift,flip",
+                           "cifarnet"),
 }
 # SHA-256 of the real uncompressed IDX files (what the published .gz files decompress to; see
 # data/*/SOURCE.md). The .gz files' MD5s don't cover the uncompressed files, which are what is read.
@@ -79,7 +85,6 @@ IDX_SHA256 = {
 # images of 28 x 28 bytes, or one byte a label.
 IDX_SIZES = {"train-images-idx3-ubyte": 16 + 60_000 * 784, "train-labels-idx1-ubyte": 8 + 60_000,
              "t10k-images-idx3-ubyte": 16 + 10_000 * 784, "t10k-labels-idx1-ubyte": 8 + 10_000}
-INPUT_SHAPE = DATASETS["mnist"].shape  # what every dataset so far has
 # The validation split is fixed (not tied to --seed) so that every run, whatever
 # its seed, is judged on the same 5,000 images.
 SPLIT_SEED = 0
@@ -94,7 +99,8 @@ def idx_files(train: bool) -> tuple[str, str]:
 
 def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
                  dataset: str = "mnist") -> tuple[Tensor, Tensor]:
-    """The uint8 images (N, 28, 28) and int64 labels (N,) of one split of a dataset of DATASETS.
+    """The uint8 images (N, 28, 28) and int64 labels (N,) of one split of a dataset of DATASETS;
+    CIFAR-10's images are (N, 3, 32, 32) (cifar10.py).
 
     Reads torchvision's layout, `data_dir/MNIST/raw/` (or `FashionMNIST/raw/`): the uncompressed
     IDX files, or the original `.gz` files there (see _idx_bytes). When files are missing and
@@ -102,6 +108,8 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
     files and the folder to put them in.
     """
     spec = DATASETS[dataset]
+    if spec.source is None:
+        return load_cifar10(data_dir, train, download)
     raw_dir = Path(data_dir) / spec.folder / "raw"
     names = idx_files(train)
     present = lambda: all((raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file()
@@ -202,11 +210,25 @@ def _parse_idx(data: bytes, path: Path, dimensions: int) -> Tensor:
     raise UserError(f"{path} is truncated or corrupt ({reason}); delete it and fetch it again")
 
 
-def normalize(images: Tensor, mean: float, std: float) -> Tensor:
-    """uint8 grayscale images (N, H, W) to float32 (N, 1, H, W), standardized with the training
-    set's statistics (a dataset's, or a model file's `normalization`)."""
-    # In place: one float copy at a time.
-    return images.float().div_(255).sub_(mean).div_(std).unsqueeze(1)
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 images, gray (N, H, W) or colour (N, C, H, W), to float32 (N, C, H, W) standardized
+    with the training set's statistics of each channel (a dataset's, or a model file's
+    `normalization`)."""
+    return standardize(images.float().div_(255), mean, std)
+
+
+def standardize(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Float images in [0, 1], gray (N, H, W) or (N, C, H, W), standardized as (N, C, H, W)."""
+    pixels = pixels.unsqueeze(1) if pixels.dim() == 3 else pixels
+    mean, std = (torch.tensor(values, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+                 for values in (mean, std))
+    return (pixels - mean) / std
+
+
+def black(spec: DatasetInfo) -> Tensor:
+    """A black pixel's value in each channel after normalization (C, 1, 1): what distortions pad
+    with."""
+    return -torch.tensor(spec.mean).view(-1, 1, 1) / torch.tensor(spec.std).view(-1, 1, 1)
 
 
 def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:

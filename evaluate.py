@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common import (DEFAULT_DATA_DIR, DEVICE_HELP, MODEL_DEFAULT, UserError, default_model_path,
-                    make_parser, pick_device, run_cli)
+from common import (DATA_HELP, DEFAULT_DATA_DIR, DEVICE_HELP, MODEL_DEFAULT, UserError,
+                    default_model_path, make_parser, pick_device, run_cli)
 from datasets import DATASETS, DEFAULT_VAL_SIZE, load_dataset, normalize, split_indices
 from load_model import build_from_record, read_model_file
 from model import count_parameters
@@ -186,7 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the dataset to score on (default: the one the models learned; "
                              "another is an error)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="dataset root holding MNIST/raw/ (and FashionMNIST/raw/)")
+                        help=DATA_HELP)
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch missing dataset files from the internet")
     parser.add_argument("--split", choices=["test", "val"], default="test",

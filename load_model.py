@@ -27,6 +27,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from common import (DEVICE_HELP, MODEL_HELP, default_model_path, make_parser, pick_device,
                     positive_int, require, run_cli)
-from datasets import INPUT_SHAPE
+from datasets import DATASETS, standardize
 from outputs import write_atomic
 from preprocess import (MAX_IMAGE_PIXELS, MAX_JPEG_PIXELS, PREPROCESSING, ImageError,  # noqa: F401
                         preprocess_digit, preprocess_garment, read_image, to_grayscale)
@@ -140,13 +141,13 @@ def read_onnx_file(path: Path) -> dict:
                              f"{type(record).__name__}, not a model description")
     check_format(record, path, FORMAT_VERSION)
     record = check_record({**with_dataset(record), "onnx": str(path)}, path)
-    check_onnx_graph(proto, len(record["classes"]), path)
+    check_onnx_graph(proto, record, path)
     return record
 
 
 def with_dataset(record: dict) -> dict:
     """Files written before the dataset became a setting hold MNIST models and don't say so."""
-    return {"dataset": "mnist", "input_shape": list(INPUT_SHAPE), **record}
+    return {"dataset": "mnist", "input_shape": list(DATASETS["mnist"].shape), **record}
 
 
 class OnnxModel:
@@ -195,10 +196,9 @@ def load_model(path: str | Path | None = None,
 
 @torch.no_grad()
 def predict_images(model: nn.Module, record: dict, inputs: Tensor) -> Tensor:
-    """Class probabilities (N, classes) for preprocessed images (N, 28, 28) in [0, 1]."""
-    normalization = record["normalization"]
-    images = ((inputs - normalization["mean"]) / normalization["std"]).unsqueeze(1)
-    return torch.softmax(model(images), dim=1)
+    """Class probabilities (N, classes) for preprocessed images in [0, 1]: (N, 28, 28) gray, or
+    (N, 3, 32, 32) colour."""
+    return torch.softmax(model(standardize(inputs, **record["normalization"])), dim=1)
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class Prediction:
     name: str  # its name: "7", or "Sneaker" for a Fashion-MNIST model
     probability: float
     top: list[tuple[str, float]]  # the top-k classes' names and probabilities, likeliest first
-    input: Tensor  # what the model saw: (28, 28) in [0, 1], white on black
+    input: Tensor  # what the model saw, in [0, 1]: (28, 28) white on black, or (3, 32, 32) RGB
 
     @property
     def confident(self) -> bool:
@@ -226,8 +226,9 @@ class Predictor:
     Files, PIL images and numpy arrays (H x W gray, or H x W x 3 or 4 colour) go through the
     preprocessing of the model's dataset (any size, dark ink on light paper or the reverse,
     photos included). Tensors are taken as already prepared: (28, 28) or a batch (N, 28, 28) or
-    (N, 1, 28, 28), white on black, floats in [0, 1] or uint8, as torchvision's MNIST gives them.
-    A list, or a batch tensor, gives a list of predictions.
+    (N, 1, 28, 28), white on black, floats in [0, 1] or uint8, as torchvision's MNIST gives them;
+    (3, 32, 32) or (N, 3, 32, 32) RGB for a CIFAR-10 model. A list, or a batch tensor, gives a
+    list of predictions.
     """
 
     def __init__(self, model: str | Path | None = None, device: str | torch.device = "cpu",
@@ -237,9 +238,13 @@ class Predictor:
         self.device, self.top_k = device, top_k
         self.classes = self.record["classes"]
         self.preprocess = PREPROCESSING[self.record["dataset"]]
+        channels, height, width = self.record["input_shape"]
+        # one input's shape: a gray image has no channel axis
+        self.shape = (height, width) if channels == 1 else (channels, height, width)
 
     def __call__(self, images: "ImageLike | list[ImageLike]") -> Prediction | list[Prediction]:
-        batch = isinstance(images, (list, tuple)) or isinstance(images, Tensor) and images.dim() > 2
+        batch = isinstance(images, (list, tuple)) or isinstance(images, Tensor) \
+            and images.dim() > len(self.shape)
         inputs = self.inputs(images)
         probabilities = predict_images(self.model, self.record, inputs.to(self.device)).cpu()
         top = probabilities.topk(min(self.top_k, len(self.classes)))
@@ -250,14 +255,18 @@ class Predictor:
                                           top=top_k, input=image))
         return predictions if batch else predictions[0]
 
+    def read(self, file: str | Path | BinaryIO) -> Image.Image:
+        """An image file, decoded as the model's preprocessing needs it (gray or colour)."""
+        return read_image(file, colour=self.record["input_shape"][0] == 3)
+
     def inputs(self, images: "ImageLike | list[ImageLike]") -> Tensor:
-        """The model's inputs (N, 28, 28) in [0, 1] for `images`, before normalization."""
+        """The model's inputs (N, *self.shape) in [0, 1] for `images`, before normalization."""
         if isinstance(images, Tensor):
-            return prepared_tensor(images)
+            return prepared_tensor(images, self.shape)
         if isinstance(images, (list, tuple)):
             return torch.cat([self.inputs(image) for image in images])
         if isinstance(images, (str, Path)):
-            images = read_image(images)
+            images = self.read(images)
         elif isinstance(images, np.ndarray):
             images = array_image(images)
         if not isinstance(images, Image.Image):
@@ -269,19 +278,21 @@ class Predictor:
 ImageLike = str | Path | Image.Image | np.ndarray | Tensor
 
 
-def prepared_tensor(images: Tensor) -> Tensor:
-    """A tensor of prepared 28x28 inputs as (N, 28, 28) floats in [0, 1]."""
-    shape = tuple(images.shape)
-    if images.dim() == 4 and shape[1] == 1:
+def prepared_tensor(images: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A tensor of prepared inputs of one input's `shape` ((28, 28), or (3, 32, 32)), alone or in
+    a batch (with a channel axis of 1 for gray ones), as (N, *shape) floats in [0, 1]."""
+    given = tuple(images.shape)
+    if len(shape) == 2 and images.dim() == 4 and given[1] == 1:
         images = images[:, 0]
-    if tuple(images.shape[-2:]) != INPUT_SHAPE[1:] or images.dim() not in (2, 3):
-        raise ImageError(f"a tensor of shape {shape} is not a prepared input: give (28, 28), "
-                         "(N, 28, 28) or (N, 1, 28, 28), white on black; pass other images "
-                         "as a path, PIL image or array")
+    if tuple(images.shape[-len(shape):]) != shape or images.dim() not in (len(shape), len(shape) + 1):
+        example = " x ".join(map(str, shape))
+        raise ImageError(f"a tensor of shape {given} is not a prepared input: give {example} or a "
+                         f"batch N x {example}" + (", white on black" if len(shape) == 2 else "")
+                         + "; pass other images as a path, PIL image or array")
     images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     if not torch.isfinite(images).all():
         raise ImageError("the tensor holds NaN or infinite values")
-    return images.cpu().reshape(-1, *INPUT_SHAPE[1:])
+    return images.cpu().reshape(-1, *shape)
 
 
 def array_image(array: np.ndarray) -> Image.Image:
@@ -324,15 +335,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)  # no --model: Predictor takes the default
 
 
+def input_image(pixels: Tensor) -> Image.Image:
+    """A model's input in [0, 1], (H, W) gray or (3, H, W) colour, as an 8-bit image."""
+    pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray((pixels.permute(1, 2, 0) if pixels.dim() == 3 else pixels).numpy())
+
+
 def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set[str]) -> Path:
-    """Writes the model's 28x28 input as folder/NAME.input.png (NAME-2... if taken); returns
+    """Writes the model's input as folder/NAME.input.png (NAME-2... if taken); returns
     its path."""
     stem, number = Path(image_path).stem, 1
     while (name := f"{stem}{f'-{number}' if number > 1 else ''}.input.png") in taken:
         number += 1
     taken.add(name)
-    pixels = (prediction.input.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    write_atomic(folder / name, lambda file: Image.fromarray(pixels).save(file, "PNG"))
+    write_atomic(folder / name, lambda file: input_image(prediction.input).save(file, "PNG"))
     return folder / name
 
 

@@ -2,7 +2,8 @@
 
 A model file names its architecture by a key of ARCHITECTURES and stores the
 constructor's keyword arguments, so `build_model(name, **model_args)` rebuilds
-it without any other configuration.
+it without any other configuration. Each network's `input_shape` is the (channels, height,
+width) of the images it was designed for: a dataset's must match it.
 """
 
 import torch
@@ -15,6 +16,8 @@ class LeNet(nn.Module):
     Input (N, 1, 28, 28); the 2-pixel padding of the first convolution stands in
     for the original 32x32 input. Returns logits; apply softmax for probabilities.
     """
+
+    input_shape = (1, 28, 28)
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -48,6 +51,8 @@ class ConvNet(nn.Module):
     """A stronger all-convolutional network with batch norm: two 3x3 pairs at 28x28 and 14x14,
     one more convolution at 7x7, global average pooling, one linear layer (140,458 parameters at
     width 32)."""
+
+    input_shape = (1, 28, 28)
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
@@ -90,6 +95,8 @@ class ResNet(nn.Module):
     22 million at width 32 and 49 million at width 48). A second design, not a better one: see
     the README."""
 
+    input_shape = (1, 28, 28)
+
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -111,6 +118,8 @@ class WideNet(nn.Module):
     stem, stages of width, 2 width and 4 width channels (28 -> 14 -> 7 -> 3 pixels), global max
     pooling, one linear layer: 1,165,930 parameters and 63 million multiply-adds an image at
     width 64."""
+
+    input_shape = (1, 28, 28)
 
     def __init__(self, num_classes: int = 10, width: int = 64) -> None:
         super().__init__()
@@ -140,6 +149,8 @@ class TwoConvNet(nn.Module):
     linear layer: 108,874 parameters and 0.80 million multiply-adds an image at width 16. Kept as
     the baseline the FastNet was measured against (docs/fast.md)."""
 
+    input_shape = (1, 28, 28)
+
     def __init__(self, num_classes: int = 10, width: int = 16, hidden: int = 128) -> None:
         super().__init__()
         # Max pooling commutes with ReLU: pooling first applies the ReLU to a quarter of the values.
@@ -163,6 +174,8 @@ class FastNet(nn.Module):
     multiply-adds an image at width 16. A training batch of one image is refused by the batch
     norm."""
 
+    input_shape = (1, 28, 28)
+
     def __init__(self, num_classes: int = 10, width: int = 16, hidden: int = 128) -> None:
         super().__init__()
         # Cheap where the TwoConvNet is dear: the stem computes a quarter of the 28x28 positions
@@ -184,9 +197,37 @@ class FastNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class CifarNet(nn.Module):
+    """A network for 32x32 colour images in the layout of Keller Jordan's airbench94: a 2x2
+    convolution stem of 24 channels (32 -> 31 pixels), then three blocks of width, 4 width and
+    4 width channels, each a 3x3 convolution, max pooling (31 -> 15 -> 7 -> 3), batch norm and
+    GELU, then a second 3x3 convolution at the pooled size; global max pooling and one linear
+    layer: 1,972,792 parameters at width 64 (airbench94's widths), 498,104 at width 32."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+
+        def block(inputs: int, outputs: int) -> list[nn.Module]:
+            # Pooling before batch norm and GELU: they run on a quarter of the values.
+            return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                    nn.BatchNorm2d(outputs), nn.GELU(), *conv_bn(outputs, outputs), nn.GELU()]
+
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 24, kernel_size=2), nn.GELU(),  # 24 x 31 x 31
+            *block(24, width), *block(width, 4 * width), *block(4 * width, 4 * width),  # 3 x 3
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        )
+        self.classifier = nn.Linear(4 * width, num_classes, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {"lenet": LeNet, "convnet": ConvNet, "resnet": ResNet,
                                               "widenet": WideNet, "twoconv": TwoConvNet,
-                                              "fastnet": FastNet}
+                                              "fastnet": FastNet, "cifarnet": CifarNet}
 
 
 def build_model(arch: str, **model_args) -> nn.Module:

@@ -57,14 +57,19 @@ def plot_confusion(confusion: Tensor, classes: list[str], path: Path) -> None:
 
 def plot_errors(images: Tensor, true: list[str], predicted: list[str], probability: list[float],
                 path: Path, columns: int = 10) -> None:
-    """A grid of misclassified images (N, 28, 28), each titled true -> predicted (probability)."""
+    """A grid of misclassified uint8 images, gray (N, H, W) or colour (N, 3, H, W), each titled
+    true -> predicted (probability)."""
     plt = _pyplot()
     rows = max(1, -(-len(images) // columns))
     figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.45), squeeze=False)
     for index, axes in enumerate(grid.flat):
         axes.axis("off")
         if index < len(images):
-            axes.imshow(images[index].numpy(), cmap="gray_r")
+            image = images[index]
+            if image.dim() == 3:  # colour, channels first: as it is
+                axes.imshow(image.permute(1, 2, 0).numpy())
+            else:  # MNIST's white ink on black, shown as ink on paper
+                axes.imshow(image.numpy(), cmap="gray_r")
             axes.set_title(f"{true[index]}→{predicted[index]} {probability[index]:.0%}",
                            fontsize=8)
     figure.suptitle("misclassified: true → predicted (probability)", fontsize=10)

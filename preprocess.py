@@ -1,5 +1,6 @@
-"""How an image file becomes a model's 28x28 input: reading it safely, and finding the digit
-(or garment) in it, whether it is a clean scan, a drawing or a phone photo of a page.
+"""How an image file becomes a model's input: reading it safely, and finding the digit (or
+garment) in it, whether it is a clean scan, a drawing or a phone photo of a page; or, for a
+CIFAR-10 model, framing a photo as CIFAR-10 framed its own.
 
 A photo of a digit is ink on paper under uneven light. The digit's preprocessing divides
 out the page's light (a large-scale estimate of the paper's brightness), separates ink from
@@ -11,6 +12,7 @@ frames them as MNIST framed its own digits.
 import functools
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -35,10 +37,11 @@ class ImageError(UserError):
     """An image file that can't be read, or holds no digit (or garment)."""
 
 
-def read_image(path: str | Path) -> Image.Image:
+def read_image(path: str | Path | BinaryIO, colour: bool = False) -> Image.Image:
     """The first frame of an image file, upright as its EXIF orientation says. JPEG files are
     decoded at a reduced scale near WORK_SIDE, colour ones straight to luminance (all the
-    preprocessing uses); images over the pixel limits are refused unread."""
+    digit's and garment's preprocessing uses) unless `colour` is asked for; images over the pixel
+    limits are refused unread."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limits apply
@@ -52,7 +55,8 @@ def read_image(path: str | Path) -> Image.Image:
                 if jpeg:
                     # Draft mode skips the fine detail, and "L" the colour conversion; decoding
                     # the file's entropy-coded data, which neither skips, is most of what's left.
-                    image.draft("L" if image.mode == "RGB" else image.mode, (WORK_SIDE, WORK_SIDE))
+                    gray = image.mode == "RGB" and not colour
+                    image.draft("L" if gray else image.mode, (WORK_SIDE, WORK_SIDE))
                 image.load()
                 return ImageOps.exif_transpose(image)
     except FileNotFoundError:
@@ -293,5 +297,23 @@ def preprocess_garment(image: Image.Image, size: int = 28) -> Tensor:
     return torch.from_numpy(square.clip(0, 1).copy())
 
 
-# How an image becomes a model's 28x28 input, by the dataset the model learned.
-PREPROCESSING = {"mnist": preprocess_digit, "fashion-mnist": preprocess_garment}
+def preprocess_photo(image: Image.Image, size: int = 32) -> Tensor:
+    """A photo of one object, framed as CIFAR-10's are: in colour, the centre square of the photo
+    (the shorter side whole), scaled to `size` pixels a side.
+
+    Returns float32 (3, size, size) in [0, 1], RGB, before normalization.
+    """
+    if "A" in image.getbands() or "transparency" in image.info:  # transparent areas as white
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    # Box filtering down to a few times the size, Lanczos for the last step: sharp and quick.
+    square = image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS,
+                                         box=(left, top, left + side, top + side),
+                                         reducing_gap=3.0)
+    return torch.from_numpy(np.asarray(square, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+# How an image becomes a model's input, by the dataset the model learned.
+PREPROCESSING = {"mnist": preprocess_digit, "fashion-mnist": preprocess_garment,
+                 "cifar10": preprocess_photo}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from datasets import DATASETS, INPUT_SHAPE
+from datasets import DATASETS, standardize
 from errors import UserError
 from model import ARCHITECTURES, build_model
 
@@ -24,7 +24,7 @@ MODEL_KEYS = ("arch", "model_args", "state_dict", "dataset", "input_shape", "nor
 ONNX_INPUT, ONNX_OUTPUT, ONNX_METADATA_KEY = "image", "logits", "mnist_pipeline"
 # Operator domains ONNX Runtime's CPU provider implements; any other is a custom operator.
 ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
-# Far above any width or class count a 28 x 28 classifier uses; larger only make sizes overflow.
+# Far above any width or class count a small image classifier uses; larger only make sizes overflow.
 MAX_MODEL_ARG = 65_536
 # The types of the metadata that scripts read (others are kept as they are, unread).
 METADATA_FIELDS = {"val_accuracy": "number", "val_loss": "number", "train_seconds": "number",
@@ -108,17 +108,14 @@ def check_record(record: object, source: str | Path) -> dict:
     for name, value in field.mapping("model_args", record["model_args"], arguments).items():
         field.count(f"model_args.{name}", value, most=MAX_MODEL_ARG)
     field.known("dataset", record["dataset"], DATASETS, "an unknown dataset")
-    shape = record["input_shape"]
-    if not (type(shape) in (list, tuple) and [type(size) for size in shape] == [int] * len(shape)
-            and list(shape) == list(INPUT_SHAPE)):
-        raise field.fail("input_shape", f"{list(INPUT_SHAPE)}", shape)
-    normalization = field.mapping("normalization", record["normalization"], {"mean", "std"})
-    normalization = {name: field.number(f"normalization.{name}", normalization.get(name))
-                     for name in ("mean", "std")}
-    record["normalization"] = normalization  # as floats: an int beyond float's range is refused
-    if not normalization["std"] > 0:
-        raise field.fail("normalization.std", "above 0 (the inputs are divided by it)",
-                         normalization["std"])
+    shape, given = list(DATASETS[record["dataset"]].shape), record["input_shape"]
+    if not (type(given) in (list, tuple) and [type(size) for size in given] == [int] * len(given)
+            and list(given) == shape):
+        raise field.fail("input_shape", f"{shape}", given)
+    if list(ARCHITECTURES[record["arch"]].input_shape) != shape:
+        raise ModelFileError(f"{source}: a {record['arch']} can't take {record['dataset']}'s "
+                             f"images ({'x'.join(map(str, shape))})")
+    record["normalization"] = _normalization(field, record["normalization"], channels=shape[0])
     classes = record["classes"]
     if type(classes) is not list or not classes or not all(type(name) is str for name in classes):
         raise field.fail("classes", "a non-empty list of names", classes)
@@ -131,6 +128,24 @@ def check_record(record: object, source: str | Path) -> dict:
     else:
         _check_weights(field, record)
     return record
+
+
+def _normalization(field: _Field, value: object, channels: int) -> dict[str, list[float]]:
+    """The mean and std of each channel, as lists of floats (a single number, as files of
+    grayscale models once held, is their one channel's); every std above 0."""
+    normalization = field.mapping("normalization", value, {"mean", "std"})
+    checked = {}
+    for name in ("mean", "std"):
+        values = normalization.get(name)
+        values = values if type(values) is list and len(values) == channels else [values]
+        if len(values) != channels:
+            raise field.fail(f"normalization.{name}", f"{channels} numbers, one a channel",
+                             normalization.get(name))
+        checked[name] = [field.number(f"normalization.{name}", number) for number in values]
+    if not all(std > 0 for std in checked["std"]):
+        raise field.fail("normalization.std", "above 0 (the inputs are divided by it)",
+                         normalization["std"])
+    return checked
 
 
 def _check_weights(field: _Field, record: dict) -> None:
@@ -179,10 +194,10 @@ def probe_outputs(model, record: dict, device: str | torch.device = "cpu") -> No
     mid grey, seeded noise), normalized as the record says. Finite weights can still overflow to NaN
     (enormous values, a tiny std): such a model is refused here, not found out as `nan%`
     predictions or a chance-level accuracy."""
-    pixels = torch.stack([torch.zeros(28, 28), torch.ones(28, 28), torch.full((28, 28), 0.5),
-                          torch.rand(28, 28, generator=torch.Generator().manual_seed(0))])
-    normalization = record["normalization"]
-    images = ((pixels - normalization["mean"]) / normalization["std"]).unsqueeze(1).to(device)
+    shape = record["input_shape"]
+    pixels = torch.stack([torch.zeros(shape), torch.ones(shape), torch.full(shape, 0.5),
+                          torch.rand(shape, generator=torch.Generator().manual_seed(0))])
+    images = standardize(pixels, **record["normalization"]).to(device)
     logits = model(images)
     classes = len(record["classes"])
     if tuple(logits.shape) != (len(images), classes):
@@ -193,16 +208,18 @@ def probe_outputs(model, record: dict, device: str | torch.device = "cpu") -> No
                              "its weights (or its normalization) are unusable")
 
 
-def check_onnx_graph(proto, classes: int, source: str | Path) -> None:
-    """An ONNX graph must take `image` (N x 1 x 28 x 28, float) and give `logits` (N x classes),
-    with standard operators only (a custom one would need code this project does not ship)."""
+def check_onnx_graph(proto, record: dict, source: str | Path) -> None:
+    """An ONNX graph must take `image` (N x the record's input_shape, float) and give `logits`
+    (N x classes), with standard operators only (a custom one would need code this project does
+    not ship)."""
+    classes, input_shape = len(record["classes"]), record["input_shape"]
     shape = lambda value: [dim.dim_value or dim.dim_param or "?"
                            for dim in value.type.tensor_type.shape.dim]
     inputs = [(value.name, shape(value)) for value in proto.graph.input]
     outputs = [(value.name, shape(value)) for value in proto.graph.output]
-    if len(inputs) != 1 or inputs[0][0] != ONNX_INPUT or inputs[0][1][1:] != list(INPUT_SHAPE):
-        raise ModelFileError(f"{source}: the graph's input must be {ONNX_INPUT} (N x 1 x 28 x 28), "
-                             f"not {show(inputs)}")
+    if len(inputs) != 1 or inputs[0][0] != ONNX_INPUT or inputs[0][1][1:] != input_shape:
+        raise ModelFileError(f"{source}: the graph's input must be {ONNX_INPUT} (N x "
+                             f"{' x '.join(map(str, input_shape))}), not {show(inputs)}")
     if len(outputs) != 1 or outputs[0][0] != ONNX_OUTPUT or outputs[0][1][1:] != [classes]:
         raise ModelFileError(f"{source}: the graph's output must be {ONNX_OUTPUT} (N x {classes}, "
                              f"one score a class), not {show(outputs)}")

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, PROJECT_DIR, UserError, make_parser,
-                    positive_int, require, run_cli, writable_file)
-from datasets import INPUT_SHAPE, load_dataset, normalize, training_indices
+from common import (DATA_HELP, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, PROJECT_DIR, UserError,
+                    make_parser, positive_int, require, run_cli, writable_file)
+from datasets import DATASETS, load_dataset, normalize, training_indices
 from load_model import (FORMAT_VERSION, MODEL_FORMAT, MODEL_KEYS, ONNX_INPUT, ONNX_METADATA_KEY,
                         ONNX_OUTPUT, build_from_record, read_model_file)
 from model import count_parameters
@@ -76,7 +76,7 @@ def model_record(model: nn.Module, arch: str, model_args: dict, dataset: str, no
         "state_dict": {name: tensor.detach().cpu().contiguous().clone()
                        for name, tensor in model.state_dict().items()},
         "dataset": dataset,
-        "input_shape": list(INPUT_SHAPE),
+        "input_shape": list(DATASETS[dataset].shape),
         "normalization": dict(normalization),
         "classes": list(classes),
         "metadata": dict(metadata),
@@ -91,7 +91,7 @@ def save_model(record: dict, path: str | Path) -> None:
 
 def export_onnx(record: dict, path: str | Path, calibration: np.ndarray | None = None) -> None:
     """Writes the model as an ONNX file with a dynamic batch axis, input `image` (normalized,
-    N x 1 x 28 x 28) and output `logits`; with `calibration` images, statically quantized to INT8
+    N x C x H x W, the record's input_shape) and output `logits`; with `calibration` images, statically quantized to INT8
     (QDQ, per channel)."""
     onnx = require("onnx")
     require("onnxscript")  # the exporter's own dependency
@@ -100,7 +100,7 @@ def export_onnx(record: dict, path: str | Path, calibration: np.ndarray | None =
         exported = Path(folder) / "model.onnx"
         # The exporter narrates.
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(exported),
+            torch.onnx.export(model, (torch.zeros(2, *record["input_shape"]),), str(exported),
                               input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                               dynamic_shapes=({0: torch.export.Dim("batch")},),
                               dynamo=True, external_data=False)
@@ -122,7 +122,8 @@ def _quantize_int8(source: Path, calibration: np.ndarray) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared, quantized = source.with_suffix(".prepared.onnx"), source.with_suffix(".int8.onnx")
-    quant_pre_process(str(source), str(prepared))
+    # ONNX Runtime's symbolic shape inference does not know every operator (GELU); ONNX's own does.
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
 
     class Batches(quantization.CalibrationDataReader):
         def __init__(self) -> None:
@@ -157,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="PyTorch model file, ONNX float32, or ONNX with INT8 weights "
                              "and activations")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="dataset root holding MNIST/raw/ (onnx-int8: calibration images)")
+                        help=f"{DATA_HELP} (onnx-int8: calibration images)")
     parser.add_argument("--calibration-images", type=positive_int, default=500,
                         help="training images that calibrate the INT8 ranges")
     args = parser.parse_args(argv)

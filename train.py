@@ -32,10 +32,11 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from augmentation import AUGMENTATIONS, augment
-from common import (DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEVICE_HELP, UserError, fraction,
-                    int_in_range, make_parser, non_negative_float, pick_device, positive_float,
-                    positive_int, run_cli, seed, writable_file)
-from datasets import DATASETS, DEFAULT_VAL_SIZE, load_dataset, normalize, split_indices
+from common import (DATA_HELP, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEVICE_HELP, UserError,
+                    fraction, int_in_range, make_parser, non_negative_float, pick_device,
+                    positive_float, positive_int, run_cli, seed, writable_file)
+from datasets import (DATASETS, DEFAULT_VAL_SIZE, black, load_dataset, normalize,
+                      split_indices)
 from evaluate import evaluate
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
 from model import ARCHITECTURES, build_model, count_parameters
@@ -67,8 +68,11 @@ def setting(default: object, group: str, **flag: object) -> object:
 class TrainConfig:
     """The settings that define a run (the flags, and the keys of a recipe)."""
     dataset: str = setting("mnist", "data", choices=sorted(DATASETS),
-                           help="the images to learn: handwritten digits, or Zalando's clothing")
-    arch: str = setting("lenet", "model", choices=sorted(ARCHITECTURES), help="network (model.py)")
+                           help="the images to learn: handwritten digits, Zalando's clothing, or "
+                                "colour photos of ten kinds of object")
+    arch: str = setting("lenet", "model", choices=sorted(ARCHITECTURES),
+                        help="network (model.py); default: the dataset's own, lenet (cifarnet for "
+                             "cifar10)")
     width: int | None = setting(
         None, "model", type=lambda text: int_in_range(text, 4, 512),
         help="a stronger network's channels in its first stage, doubled in each of the next two "
@@ -131,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         groups[entry.metadata["group"]].add_argument(
             f"--{entry.name.replace('_', '-')}", default=entry.default, **flag)
     groups["data"].add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                                help="dataset root holding MNIST/raw/ and FashionMNIST/raw/ "
-                                     "(default: data/ in the project folder)")
+                                help=f"{DATA_HELP} (default: data/ in the project folder)")
     groups["data"].add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                                 help="fetch missing dataset files from the internet")
     groups["speed"].add_argument("--channels-last", action=argparse.BooleanOptionalAction,
@@ -165,7 +168,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         recipe = read_recipe(options.config) if options.config is not None else {}
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --config: {error}")
-    config = TrainConfig(**(recipe | named))
+    settings = recipe | named
+    dataset = DATASETS.get(settings.get("dataset", TrainConfig.dataset))
+    config = TrainConfig(**{"arch": dataset.arch} | settings)
     check_settings(parser, config, options)
     if options.resume:
         checkpoint = output_paths(options.out)["checkpoint"]
@@ -222,6 +227,13 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if config.width is not None and config.arch not in widened:
         parser.error(f"argument --width: the {config.arch} has none "
                      f"(architectures with a width: {', '.join(widened)})")
+    shape = DATASETS[config.dataset].shape
+    if ARCHITECTURES[config.arch].input_shape != shape:
+        fitting = [name for name, network in ARCHITECTURES.items() if network.input_shape == shape]
+        parser.error(f"argument --arch: the {config.arch} takes images of "
+                     f"{'x'.join(map(str, ARCHITECTURES[config.arch].input_shape))}, "
+                     f"{config.dataset}'s are {'x'.join(map(str, shape))}; "
+                     f"networks for them: {', '.join(fitting)}")
     cycled = config.cycle_momentum and config.schedule == "onecycle"
     if cycled and config.beta1 != TrainConfig.beta1:
         parser.error("argument --beta1: one-cycle replaces it with its own cycled value; "
@@ -283,10 +295,9 @@ def setup_training(config: TrainConfig, steps_per_epoch: int, device: torch.devi
         ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema), use_buffers=True)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
-    dataset = DATASETS[config.dataset]
-    background = -dataset.mean / dataset.std  # a black pixel, normalized: what distortions pad with
     distort = None
     if config.augment != "none":
+        background = black(DATASETS[config.dataset])
         distort = lambda batch: augment(batch, config.augment, generator, background)  # noqa: E731
     return Training(model, stepped, ema, optimizer, scheduler, generator, distort)
 

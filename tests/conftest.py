@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny MNIST-format datasets written by the tests, the real MNIST when present,
-and a helper that runs the scripts as a user would."""
+"""Shared fixtures: tiny MNIST-format and CIFAR-10-format datasets written by the tests, the real
+datasets when present, and a helper that runs the scripts as a user would."""
 
 import os
 import struct
@@ -21,6 +21,13 @@ needs_real_mnist = pytest.mark.skipif(not REAL_MNIST_PRESENT, reason=f"the real 
 REAL_FASHION_PRESENT = all((REAL_DATA_DIR / "FashionMNIST" / "raw" / name).is_file() for name in IDX_FILES)
 needs_real_fashion = pytest.mark.skipif(not REAL_FASHION_PRESENT, reason=f"the real Fashion-MNIST is not in "
                                         f"{REAL_DATA_DIR}/FashionMNIST/raw (link ../shared/data/FashionMNIST there)")
+
+CIFAR10_FILES = (*(f"data_batch_{n}.bin" for n in range(1, 6)), "test_batch.bin")
+REAL_CIFAR10_DIR = REAL_DATA_DIR / "cifar-10-batches-bin"
+REAL_CIFAR10_PRESENT = all((REAL_CIFAR10_DIR / name).is_file() for name in CIFAR10_FILES)
+needs_real_cifar10 = pytest.mark.skipif(
+    not REAL_CIFAR10_PRESENT, reason=f"the real CIFAR-10 is not in {REAL_CIFAR10_DIR} (rebuild it "
+    "with ../shared/data/CIFAR10/get.py, see its SOURCE.md)")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -47,6 +54,24 @@ def write_mnist(root: Path, train_count: int = 600, test_count: int = 200, folde
         images, labels = synthetic_digits(count, seed)
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+def write_cifar10(root: Path, per_file: int = 120) -> Path:
+    """A tiny CIFAR-10 in its binary layout, root/cifar-10-batches-bin/ (`per_file` records in each
+    of the six files), of learnable stand-ins: class k is noise with a bright square in one of
+    ten places, coloured by the class; returns root."""
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in CIFAR10_FILES:
+        labels = rng.integers(0, 10, per_file)
+        images = rng.integers(0, 80, (per_file, 3, 32, 32))
+        for image, label in zip(images, labels):
+            top, left = 4 + 12 * (label // 5), 2 + 6 * (label % 5)
+            image[label % 3, top:top + 10, left:left + 6] = 255
+        records = np.concatenate([labels[:, None], images.reshape(per_file, -1)], axis=1)
+        (folder / name).write_bytes(records.astype(np.uint8).tobytes())
     return root
 
 

@@ -13,15 +13,8 @@ import torch
 import cifar10
 from cifar10 import (CIFAR10_CLASSES, CIFAR10_FOLDER, CIFAR10_MD5, CIFAR10_URL, RECORD_BYTES,
                      REAL_FILE_BYTES, cifar10_files, load_cifar10)
-from conftest import REAL_DATA_DIR
+from conftest import REAL_DATA_DIR, needs_real_cifar10
 from errors import UserError
-
-REAL_CIFAR10_DIR = REAL_DATA_DIR / CIFAR10_FOLDER
-REAL_CIFAR10_PRESENT = all((REAL_CIFAR10_DIR / name).is_file()
-                           for name in cifar10_files(True) + cifar10_files(False))
-needs_real_cifar10 = pytest.mark.skipif(
-    not REAL_CIFAR10_PRESENT, reason=f"the real CIFAR-10 is not in {REAL_CIFAR10_DIR} (rebuild it "
-    "with ../shared/data/CIFAR10/get.py, see its SOURCE.md)")
 
 
 @pytest.fixture(autouse=True)

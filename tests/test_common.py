@@ -16,7 +16,7 @@ from evaluate import evaluate
 from model import build_model
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
 
-MNIST_MEAN, MNIST_STD = DATASETS["mnist"].mean, DATASETS["mnist"].std
+(MNIST_MEAN,), (MNIST_STD,) = DATASETS["mnist"].mean, DATASETS["mnist"].std
 
 
 def test_load_dataset_reads_idx_files_in_torchvisions_layout(tmp_path):

@@ -43,7 +43,7 @@ def test_the_model_file_carries_the_dataset_its_classes_normalization_and_input_
     record = read_model_file(model)
     assert record["dataset"] == "fashion-mnist" and record["input_shape"] == [1, 28, 28]
     assert record["classes"] == list(FashionMNIST.classes)
-    assert record["normalization"] == {"mean": DATASETS["fashion-mnist"].mean, "std": DATASETS["fashion-mnist"].std}
+    assert record["normalization"] == DATASETS["fashion-mnist"].normalization
     assert record["metadata"]["augment"] == "flip,erase"  # --augment alone: what suits clothing photos
 
 
@@ -97,8 +97,8 @@ def test_the_fashion_normalization_constants_are_those_of_its_training_images():
     images, labels = load_dataset(REAL_DATA_DIR, train=True, download=False, dataset="fashion-mnist")
     pixels = images.double() / 255
     assert images.shape == (60000, 28, 28) and labels.bincount().tolist() == [6000] * 10
-    assert pixels.mean().item() == pytest.approx(DATASETS["fashion-mnist"].mean, abs=1e-4)
-    assert pixels.std().item() == pytest.approx(DATASETS["fashion-mnist"].std, abs=1e-4)
+    assert pixels.mean().item() == pytest.approx(DATASETS["fashion-mnist"].mean[0], abs=1e-4)
+    assert pixels.std().item() == pytest.approx(DATASETS["fashion-mnist"].std[0], abs=1e-4)
     assert normalize(images[:1000], DATASETS["fashion-mnist"].mean, DATASETS["fashion-mnist"].std).mean().abs() < 0.2
 
 

@@ -123,7 +123,7 @@ def test_a_width_for_the_lenet_is_refused_in_one_line():
     result = run_script("train.py", "--width", "48", "--dry-run", check=False)
     assert result.returncode == 2
     assert ("the lenet has none (architectures with a width: convnet, resnet, widenet, twoconv, "
-            "fastnet)") in result.stderr
+            "fastnet, cifarnet)") in result.stderr
     assert "Traceback" not in result.stderr
 
 
