@@ -246,10 +246,12 @@ def worker_model() -> "Model":
 
 
 def worker_ready() -> None:
+    """Nothing, once this worker process has its model: start_pool checks that they load it."""
     worker_model()
 
 
 def answer_in_worker(image_file: bytes) -> dict:
+    """Model.answer, in a worker process."""
     return worker_model().answer(image_file)
 
 

@@ -360,27 +360,30 @@ def test_a_worker_process_that_dies_is_replaced():
         assert status == 200 and answer["name"] == "7"
 
 
+def stat(pid: int | str) -> tuple[str, int] | None:
+    """A process's state (Z: ended, not yet reaped) and its parent's id, from Linux's /proc; None
+    once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
 def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux's /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+    """The running processes whose parent is `pid`."""
+    return [int(path.name) for path in Path("/proc").glob("[0-9]*")
+            if (found := stat(path.name)) and found[1] == pid and found[0] != "Z"]
 
 
 def still_running(pids: list[int], seconds: float = 10) -> list[int]:
     """Those of `pids` still running after up to `seconds`."""
     deadline = time.monotonic() + seconds
-    while (left := [pid for pid in pids if Path(f"/proc/{pid}").exists()
-                    and " Z " not in Path(f"/proc/{pid}/stat").read_text()]) and \
-            time.monotonic() < deadline:
+    while True:
+        left = [pid for pid in pids if (found := stat(pid)) and found[0] != "Z"]
+        if not left or time.monotonic() > deadline:
+            return left
         time.sleep(0.1)
-    return left
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
