@@ -1,7 +1,8 @@
 """Measure serve.py as its page uses it: the server's time to read one drawing, and predictions
 a second with several clients at once, over this machine's loopback.
 
-    python bench_serve.py [--model FILE] [--clients 8] [--requests 2000] [--seconds 60]
+    python bench_serve.py [--model FILE] [--workers N] [--clients 8] [--requests 2000]
+                          [--seconds 60]
 
 serve.py runs in a child process on a free port of 127.0.0.1. The requests are the first 100
 MNIST test digits traced as pen strokes, as the page draws and sends them (drawings.py). Other
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 import drawings
+import serve
 from common import (DEFAULT_DATA_DIR, MODEL_HELP, PROJECT_DIR, UserError, make_parser,
                     positive_int, run_cli)
 from datasets import load_dataset
@@ -54,9 +56,10 @@ def load() -> str:
 class ServerProcess:
     """`python serve.py --port 0` in a child process, until the block ends: its host and port."""
 
-    def __init__(self, model: Path | None) -> None:
+    def __init__(self, model: Path | None, workers: int | None = None) -> None:
         self.command = [sys.executable, str(PROJECT_DIR / "serve.py"), "--port", "0",
-                        *(["--model", str(model)] if model else [])]
+                        *(["--model", str(model)] if model else []),
+                        *(["--workers", str(workers)] if workers is not None else [])]
 
     def __enter__(self) -> tuple[str, int]:
         self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe full stops it
@@ -138,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="dataset root holding MNIST/raw/ (the test digits drawn)")
+    parser.add_argument("--workers", type=serve.worker_count,
+                        help="serve.py's --workers (default: serve.py's)")
     parser.add_argument("--clients", type=positive_int, default=8,
                         help="clients sending at once, for the throughput")
     parser.add_argument("--requests", type=positive_int, default=2000,
@@ -161,7 +166,7 @@ def main() -> None:
     print(f"requests: the first {DRAWINGS} MNIST test digits drawn as pen strokes, "
           f"{args.side}x{args.side} PNG ({statistics.mean(map(len, bodies)) / 1000:.1f} KB "
           "on average), as the page sends them")
-    with ServerProcess(args.model) as address:
+    with ServerProcess(args.model, args.workers) as address:
         alone = latency(address, bodies, labels[:DRAWINGS].tolist(), args.calls)
         print(f"1 client, {args.calls} requests: the server's time median "
               f"{alone['server_median']:.2f} ms (p90 {alone['server_p90']:.2f}), round trip "

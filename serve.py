@@ -1,6 +1,6 @@
 """Draw a digit and watch it read: a local web page, and the HTTP API it uses.
 
-    python serve.py [--model mnist_model.pth] [--host 127.0.0.1] [--port 8000]
+    python serve.py [--model mnist_model.pth] [--host 127.0.0.1] [--port 8000] [--workers N]
 
 Open the address it prints. The page (static/) has a canvas to draw on, a photo picker, and the
 model's answer: the class, its probability, a bar for each class and the 28x28 image it saw.
@@ -20,24 +20,35 @@ Images go through load_model.Predictor, as `python load_model.py` reads them.
 The server is the standard library's ThreadingHTTPServer: one user's page and local scripts need
 no more, and a web framework would be a dependency for routing three paths. It has no TLS and no
 authentication, so it listens on localhost unless --host says otherwise.
+
+Images are read in the server's own threads, or with --workers in worker processes (see Model):
+the preprocessing holds Python's GIL, so only processes can read several images on several cores
+at once, but handing each image to a process and back costs CPU time of its own. Which is faster
+depends on the cores to spare: docs/serving.md has the figures.
 """
 
 import argparse
 import base64
+import contextlib
 import io
 import ipaddress
 import json
+import multiprocessing
 import os
 import re
+import signal
 import socket
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from email import policy
 from email.parser import BytesParser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import torch
@@ -79,18 +90,41 @@ class RequestError(Exception):
 
 
 class Model:
-    """One model file's Predictor, shared by the request threads. Preprocessing, most of a
-    prediction's time, runs concurrently, in as many threads at once as there are cores (more
-    would only contend for the cores and Python's GIL); the network runs under a lock, since
-    PyTorch does not promise that one module may run in several threads at once."""
+    """One model file's predictions, for the request threads.
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    Reading a drawing is mostly preprocessing: many small numpy, scipy and Pillow calls that hold
+    Python's GIL, so the threads of one process take turns on about one core. With `workers`,
+    predictions run in that many worker processes, each of which loads the model once, when it
+    starts; the request threads only parse requests and wait for the answers. This process loads
+    the model too: to refuse a bad file before serving, and to say what it knows (/health).
+
+    Without workers (as in each worker itself), predictions run in the calling thread: the
+    preprocessing in as many threads at once as there are cores (more would only contend for
+    them), the network under a lock, since PyTorch does not promise that one module may run in
+    several threads at once."""
+
+    def __init__(self, path: str | Path | None = None, workers: int = 0) -> None:
         self.path = Path(path or default_model_path())
         self.predictor = Predictor(self.path)
         self.classes = list(self.predictor.classes)
         self.predictor.top_k = len(self.classes)  # the page draws a bar for every class
         self.lock = threading.Lock()
         self.working = threading.BoundedSemaphore(os.cpu_count() or 1)
+        self.workers, self.restarting = workers, threading.Lock()
+        self.pool = start_pool(self.path, workers) if workers else None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stops the worker processes, once the predictions they have begun are made."""
+        with self.restarting:
+            pool, self.pool, self.workers = self.pool, None, 0
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
     def info(self) -> dict:
         dataset = self.predictor.record["dataset"]
@@ -107,9 +141,28 @@ class Model:
 
     def predict(self, image_file: bytes) -> dict:
         """The prediction for an image file's bytes, as Predictor reads files (ImageError when it
-        is not an image, too large, or holds nothing to read)."""
+        is not an image, too large, or holds nothing to read). Its milliseconds count from here,
+        so they include the handing over to a worker process and back."""
+        started = time.perf_counter()
+        pool = self.pool
+        answer = self.answer(image_file) if pool is None else self.in_worker(pool, image_file)
+        return {**answer, "milliseconds": 1000 * (time.perf_counter() - started)}
+
+    def in_worker(self, pool: ProcessPoolExecutor, image_file: bytes) -> dict:
+        """The answer from a worker process. When one has died (killed, or crashed on an
+        image), the pool can take no more work: it is replaced, and this request fails."""
+        try:
+            return pool.submit(answer_in_worker, image_file).result()
+        except BrokenProcessPool:
+            with self.restarting:
+                if self.pool is pool:  # not yet replaced by another request's thread, nor closed
+                    pool.shutdown(wait=False)
+                    self.pool = start_pool(self.path, self.workers)
+            raise
+
+    def answer(self, image_file: bytes) -> dict:
+        """The prediction for an image file's bytes, made in this thread."""
         with self.working:
-            started = time.perf_counter()
             inputs = self.predictor.inputs(read_image(Body(image_file)))
             with self.lock:
                 prediction = self.predictor(inputs[0])
@@ -119,8 +172,87 @@ class Model:
         return {"label": prediction.label, "name": prediction.name,
                 "probability": prediction.probability, "confident": prediction.confident,
                 "top": [{"name": name, "probability": p} for name, p in prediction.top],
-                "input": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode(),
-                "milliseconds": 1000 * (time.perf_counter() - started)}
+                "input": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}
+
+
+def start_pool(path: Path, workers: int) -> ProcessPoolExecutor:
+    """`workers` processes that predict with the model in `path`, once all have loaded it (so
+    that none is still loading, and taking a core, while the server answers). They are spawned,
+    not forked: a fork of a process that has run PyTorch can inherit its thread pools' locks
+    held, and hang."""
+    context = multiprocessing.get_context("spawn")
+    loaded = context.Barrier(workers)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
+                               initargs=(path, loaded))
+    try:
+        with sigint_blocked():  # the workers are spawned by these calls, and inherit the mask
+            futures = [pool.submit(worker_ready) for _ in range(workers)]
+        for future in futures:
+            future.result()
+    except BaseException as error:
+        loaded.abort()  # frees the workers that wait for the others
+        pool.shutdown(cancel_futures=True)
+        if isinstance(error, BrokenProcessPool):
+            raise UserError(f"the worker processes could not start ({error})") from None
+        raise
+    return pool
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Ctrl-C held back in this thread, and in the processes it starts: the terminal sends it to
+    every process of the server, and the server stops its workers itself, without their
+    tracebacks."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: Ctrl-C reaches the console's processes
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+# A worker process's Model, or why it could not be made.
+_worker_model: "Model | Exception | None" = None
+
+
+def start_worker(path: Path, loaded: threading.Barrier) -> None:
+    """A worker process's start: it loads the model, once, and waits until the others have."""
+    global _worker_model
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    torch.set_num_threads(1)  # each worker is one core's share: see main()
+    try:
+        _worker_model = Model(path)
+    except Exception as error:  # noqa: BLE001 -- said by the tasks, as one line, not a traceback
+        _worker_model = error
+    with contextlib.suppress(threading.BrokenBarrierError):  # the server gave up on starting
+        loaded.wait()
+
+
+def exit_with_parent() -> None:
+    """Ends this worker when the server's process ends, however it ends (killed too): no worker
+    outlives it."""
+    multiprocessing.parent_process().join()
+    os._exit(0)
+
+
+def worker_model() -> "Model":
+    """This worker process's Model (start_worker's error, if it could not load it)."""
+    if isinstance(_worker_model, Exception):
+        raise _worker_model
+    assert _worker_model is not None, "not a worker process"
+    return _worker_model
+
+
+def worker_ready() -> None:
+    """Nothing, once this worker process has its model: start_pool checks that they load it."""
+    worker_model()
+
+
+def answer_in_worker(image_file: bytes) -> dict:
+    """Model.answer, in a worker process."""
+    return worker_model().answer(image_file)
 
 
 class Body(io.BytesIO):
@@ -327,6 +459,11 @@ def port(text: str) -> int:
     return int_in_range(text, 0, 65535)
 
 
+def worker_count(text: str) -> int:
+    """How many worker processes: 0 (none) to 256."""
+    return int_in_range(text, 0, 256)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.split("\n\n")[0] + " Stop it with Ctrl-C.")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
@@ -334,6 +471,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="address to listen on: 0.0.0.0 (or ::) lets other machines in")
     parser.add_argument("--port", type=port, default=8000,
                         help="port to listen on (0: any free one)")
+    parser.add_argument("--workers", type=worker_count, default=0,
+                        help="worker processes that read the images, each with the model loaded "
+                             "(0: the server's own threads read them; see docs/serving.md)")
     return parser.parse_args(argv)  # no --model: Model takes load_model's default
 
 
@@ -364,17 +504,17 @@ def main() -> None:
     # One request's network is too small to gain from several threads; the cores serve
     # concurrent requests instead.
     torch.set_num_threads(1)
-    model = Model(args.model)
-    server = start_server(model, args.host, args.port)
-    print(f"serving {model.path} ({model.predictor.record['dataset']}) at {address_url(server)}",
-          flush=True)
-    if not is_loopback(args.host):
-        print(f"note: listening on {args.host}: other machines can reach it (no TLS, no "
-              "password)", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    with Model(args.model, args.workers) as model:
+        server = start_server(model, args.host, args.port)
+        print(f"serving {model.path} ({model.predictor.record['dataset']}) at "
+              f"{address_url(server)}", flush=True)
+        if not is_loopback(args.host):
+            print(f"note: listening on {args.host}: other machines can reach it (no TLS, no "
+                  "password)", file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
 
 
 if __name__ == "__main__":

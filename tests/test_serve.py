@@ -8,6 +8,7 @@ import io
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -323,6 +324,99 @@ def test_a_body_that_trickles_in_too_slowly_gets_408(shipped):
                     break
             answer = received(slow)
         assert answer.startswith(b"HTTP/1.1 408 ") and b"too slowly" in answer
+
+
+@pytest.fixture(scope="module")
+def pooled() -> serve.Model:
+    with serve.Model(PRETRAINED_MODEL_PATH, workers=2) as model:
+        yield model
+
+
+def test_in_worker_processes_images_get_the_answers_and_refusals_of_the_servers_threads(
+        server, pooled):
+    images = [SEVEN.read_bytes(), NINE.read_bytes(),
+              *(png(Image.fromarray(array)) for array in four_different_digits())]
+    refused = [b"%PDF-1.4 not a digit", png(Image.new("L", (140, 140), 0)),
+               png(Image.new("1", (6000, 5000)))]  # not an image, blank, a bomb
+    with running(pooled) as in_workers, ThreadPoolExecutor(8) as clients:
+        answers = list(clients.map(lambda body: ask(in_workers, "POST", "/predict", body),
+                                   images + refused))
+    for body, (status, _, answer) in zip(images + refused, answers):
+        expected_status, _, expected = ask(server, "POST", "/predict", body)
+        assert status == expected_status
+        if status == 200:
+            assert answer["top"] == expected["top"] and answer["input"] == expected["input"]
+        else:
+            assert answer == expected
+    assert [status for status, _, _ in answers] == [200] * len(images) + [400] * len(refused)
+
+
+def test_a_worker_process_that_dies_is_replaced():
+    with serve.Model(PRETRAINED_MODEL_PATH, workers=1) as model, running(model) as server:
+        os.kill(model.pool.submit(os.getpid).result(), signal.SIGKILL)
+        status, _, answer = ask(server, "POST", "/predict", SEVEN.read_bytes())
+        assert status == 500 and "BrokenProcessPool" in answer["error"]
+        status, _, answer = ask(server, "POST", "/predict", SEVEN.read_bytes())
+        assert status == 200 and answer["name"] == "7"
+
+
+def stat(pid: int | str) -> tuple[str, int] | None:
+    """A process's state (Z: ended, not yet reaped) and its parent's id, from Linux's /proc; None
+    once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def children(pid: int) -> list[int]:
+    """The running processes whose parent is `pid`."""
+    return [int(path.name) for path in Path("/proc").glob("[0-9]*")
+            if (found := stat(path.name)) and found[1] == pid and found[0] != "Z"]
+
+
+def still_running(pids: list[int], seconds: float = 10) -> list[int]:
+    """Those of `pids` still running after up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = [pid for pid in pids if (found := stat(pid)) and found[0] != "Z"]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("stop", ["Ctrl-C", "kill -9"])
+def test_no_worker_process_outlives_the_server(stop):
+    """Ctrl-C, which the terminal sends to every process of the server, stops it with one line and
+    no traceback; and even a killed server leaves no worker behind."""
+    # A child would inherit an ignored Ctrl-C (as from a shell's background job).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, str(PROJECT_DIR / "serve.py"), "--port", "0", "--workers", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert process.stdout.readline().startswith("serving ")
+    workers = children(process.pid)
+    assert len(workers) >= 2
+    if stop == "Ctrl-C":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.kill()  # the server alone: its workers must notice
+    _, stderr = process.communicate(timeout=60)
+    if stop == "Ctrl-C":
+        assert process.returncode == 130 and stderr.splitlines() == ["interrupted"], stderr
+    assert still_running(workers) == []
+
+
+def test_the_number_of_workers_is_checked_before_anything_is_loaded(capsys):
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--workers", "-1"])
+    assert "--workers: must be a whole number from 0 to 256" in capsys.readouterr().err
 
 
 def fashion_model_file(folder: Path) -> Path:
