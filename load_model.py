@@ -284,7 +284,8 @@ def prepared_tensor(images: Tensor, shape: tuple[int, ...]) -> Tensor:
     given = tuple(images.shape)
     if len(shape) == 2 and images.dim() == 4 and given[1] == 1:
         images = images[:, 0]
-    if tuple(images.shape[-len(shape):]) != shape or images.dim() not in (len(shape), len(shape) + 1):
+    rank = len(shape)  # of one input: a batch has one more axis
+    if tuple(images.shape[-rank:]) != shape or images.dim() not in (rank, rank + 1):
         example = " x ".join(map(str, shape))
         raise ImageError(f"a tensor of shape {given} is not a prepared input: give {example} or a "
                          f"batch N x {example}" + (", white on black" if len(shape) == 2 else "")

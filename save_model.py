@@ -91,8 +91,8 @@ def save_model(record: dict, path: str | Path) -> None:
 
 def export_onnx(record: dict, path: str | Path, calibration: np.ndarray | None = None) -> None:
     """Writes the model as an ONNX file with a dynamic batch axis, input `image` (normalized,
-    N x C x H x W, the record's input_shape) and output `logits`; with `calibration` images, statically quantized to INT8
-    (QDQ, per channel)."""
+    N x the record's input_shape) and output `logits`; with `calibration` images, statically
+    quantized to INT8 (QDQ, per channel)."""
     onnx = require("onnx")
     require("onnxscript")  # the exporter's own dependency
     model = build_from_record(record)

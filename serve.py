@@ -3,13 +3,14 @@
     python serve.py [--model mnist_model.pth] [--host 127.0.0.1] [--port 8000] [--workers N]
 
 Open the address it prints. The page (static/) has a canvas to draw on, a photo picker, and the
-model's answer: the class, its probability, a bar for each class and the 28x28 image it saw.
+model's answer: the class, its probability, a bar for each class and the image it saw (28x28, or
+32x32 in colour for a CIFAR-10 model).
 
     GET  /          the page
     GET  /health    {"status": "ok", "model": ..., "dataset": ..., "classes": [...]}
     POST /predict   body: an image file's bytes (PNG, JPEG, anything Pillow reads), or a
                     multipart form holding one file; answers {"label", "name", "probability",
-                    "confident", "top" (every class, likeliest first), "input" (the 28x28
+                    "confident", "top" (every class, likeliest first), "input" (the model's
                     image as a PNG data URL), "milliseconds" (the server's time)}
 
     curl --data-binary @examples/seven.png http://127.0.0.1:8000/predict
@@ -52,11 +53,10 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 import torch
-from PIL import Image
 
 from common import (MODEL_HELP, PROJECT_DIR, UserError, default_model_path, int_in_range,
                     make_parser, run_cli)
-from load_model import ImageError, Predictor, read_image
+from load_model import ImageError, Predictor, input_image
 
 STATIC_DIR = PROJECT_DIR / "static"
 # The page's files by path: nothing else on disk is ever served.
@@ -163,12 +163,11 @@ class Model:
     def answer(self, image_file: bytes) -> dict:
         """The prediction for an image file's bytes, made in this thread."""
         with self.working:
-            inputs = self.predictor.inputs(read_image(Body(image_file)))
+            inputs = self.predictor.inputs(self.predictor.read(Body(image_file)))
             with self.lock:
                 prediction = self.predictor(inputs[0])
-        pixels = (prediction.input.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         png = io.BytesIO()
-        Image.fromarray(pixels).save(png, "PNG")
+        input_image(prediction.input).save(png, "PNG")
         return {"label": prediction.label, "name": prediction.name,
                 "probability": prediction.probability, "confident": prediction.confident,
                 "top": [{"name": name, "probability": p} for name, p in prediction.top],

@@ -2,6 +2,8 @@
 colour input and per-channel normalization, augmentation of colour batches, predictions on
 ordinary photos, ONNX, and a short run on the real files when they are here."""
 
+import base64
+import io
 import json
 import re
 
@@ -150,3 +152,17 @@ def test_a_short_run_on_the_real_cifar10_learns_far_above_chance(tmp_path):
                "--no-download")
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert metrics["val_accuracy"] > 0.3 and metrics["test"]["accuracy"] > 0.3  # chance: 0.1
+
+
+def test_the_server_answers_a_colour_photo_for_a_cifar_model(cifar_model):
+    import serve
+
+    photo = io.BytesIO()
+    Image.fromarray(np.full((60, 90, 3), (200, 30, 30), dtype=np.uint8)).save(photo, "JPEG")
+    with serve.Model(cifar_model) as model:
+        assert model.info()["dataset"] == "cifar10"
+        answer = model.answer(photo.getvalue())
+    seen = Image.open(io.BytesIO(base64.b64decode(answer["input"].split(",", 1)[1])))
+    assert seen.size == (32, 32) and seen.mode == "RGB"
+    assert seen.getpixel((16, 16))[0] > 150 > seen.getpixel((16, 16))[1]  # still red: in colour
+    assert answer["name"] in DATASETS["cifar10"].classes
