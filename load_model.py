@@ -1,4 +1,4 @@
-"""Read model files, and predict the digit (or garment) in image files.
+"""Read model files, and predict the digit (or garment, or object) in image files.
 
     python load_model.py [--model mnist_model.pth] [--top-k K] [--save-input DIR] IMAGE...
 
@@ -323,15 +323,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(
         "Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
         "light paper or the reverse, scanned, drawn or photographed on a page, for an MNIST "
-        "model; the garment, photographed on a plain background, for a Fashion-MNIST model.")
+        "model; the garment, photographed on a plain background, for a Fashion-MNIST model; the "
+        "object in a colour photo for a CIFAR-10 model.")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files, one digit or garment each")
+                        help="image files, one digit, garment or object each")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--top-k", type=positive_int, default=1,
                         help="how many likeliest classes to print")
     parser.add_argument("--save-input", type=Path, metavar="DIR",
-                        help="write the 28x28 input the model saw for each image into DIR, "
-                             "as NAME.input.png")
+                        help="write the input the model saw (28x28, or 32x32 in colour) for "
+                             "each image into DIR, as NAME.input.png")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     return parser.parse_args(argv)  # no --model: Predictor takes the default
 

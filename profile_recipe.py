@@ -69,8 +69,8 @@ def flops_per_step(config: train.TrainConfig) -> float:
     """Floating-point operations (a multiply-add counts 2) of one training step's forward and
     backward passes at the recipe's batch size, as torch.utils.flop_counter counts them."""
     model = build_model(config.arch, **train.model_args(config))
-    images = torch.randn(config.batch_size, 1, 28, 28)
-    labels = torch.randint(0, 10, (config.batch_size,))
+    images = torch.randn(config.batch_size, *DATASETS[config.dataset].shape)
+    labels = torch.randint(0, len(DATASETS[config.dataset].classes), (config.batch_size,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(images), labels).backward()
     return counter.get_total_flops()
