@@ -7,10 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def per_channel(value: Tensor | float, images: Tensor) -> Tensor:
-    """A value for every channel (or one for all), shaped (C, 1, 1) to broadcast over images."""
-    return torch.as_tensor(value, dtype=images.dtype, device=images.device).reshape(-1, 1, 1)
+from datasets import per_channel
 
 
 def random_affine(images: Tensor, generator: torch.Generator, background: Tensor | float,

@@ -39,8 +39,11 @@ class DatasetInfo:
     source: type[MNIST] | None = None
 
     @property
-    def normalization(self) -> dict[str, list[float]]:
-        """normalize()'s keyword arguments, as model files store them."""
+    def normalization(self) -> dict[str, float | list[float]]:
+        """normalize()'s keyword arguments, as model files store them: one number each for a gray
+        dataset (as files have always held them, so that older copies of this code read them)."""
+        if len(self.mean) == 1:
+            return {"mean": self.mean[0], "std": self.std[0]}
         return {"mean": list(self.mean), "std": list(self.std)}
 
 
@@ -210,19 +213,28 @@ def _parse_idx(data: bytes, path: Path, dimensions: int) -> Tensor:
     raise UserError(f"{path} is truncated or corrupt ({reason}); delete it and fetch it again")
 
 
-def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def normalize(images: Tensor, mean: float | Sequence[float],
+              std: float | Sequence[float]) -> Tensor:
     """uint8 images, gray (N, H, W) or colour (N, C, H, W), to float32 (N, C, H, W) standardized
     with the training set's statistics of each channel (a dataset's, or a model file's
     `normalization`)."""
-    return standardize(images.float().div_(255), mean, std)
-
-
-def standardize(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Float images in [0, 1], gray (N, H, W) or (N, C, H, W), standardized as (N, C, H, W)."""
+    pixels = images.float().div_(255)
     pixels = pixels.unsqueeze(1) if pixels.dim() == 3 else pixels
-    mean, std = (torch.tensor(values, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-                 for values in (mean, std))
-    return (pixels - mean) / std
+    # In place: one float copy at a time.
+    return pixels.sub_(per_channel(mean, pixels)).div_(per_channel(std, pixels))
+
+
+def standardize(pixels: Tensor, mean: float | Sequence[float],
+                std: float | Sequence[float]) -> Tensor:
+    """Float images in [0, 1], gray (N, H, W) or (N, C, H, W), standardized as (N, C, H, W) in a
+    new tensor."""
+    pixels = pixels.unsqueeze(1) if pixels.dim() == 3 else pixels
+    return (pixels - per_channel(mean, pixels)) / per_channel(std, pixels)
+
+
+def per_channel(values: float | Sequence[float], like: Tensor) -> Tensor:
+    """One value for all channels, or one a channel, as (C, 1, 1) to broadcast over images."""
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
 
 
 def black(spec: DatasetInfo) -> Tensor:

@@ -6,7 +6,7 @@
 
 Prints loss, accuracy, errors, per-class precision/recall/F1 and the confusion
 matrix, and writes two PNGs beside each model: the confusion matrix and the
-misclassified digits. Given several models, it also reports their accuracy's
+misclassified images. Given several models, it also reports their accuracy's
 mean and standard deviation, and their ensemble (the mean of their probabilities).
 
 `evaluate()`, the one scoring of a model on normalized images (with test-time augmentation if

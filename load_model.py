@@ -293,6 +293,10 @@ def prepared_tensor(images: Tensor, shape: tuple[int, ...]) -> Tensor:
     images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     if not torch.isfinite(images).all():
         raise ImageError("the tensor holds NaN or infinite values")
+    # A little slack for rounding; normalized or 0-255 floats are far outside.
+    if len(images) and not -1e-3 <= images.min() <= images.max() <= 1 + 1e-3:
+        raise ImageError(f"the tensor's pixels run from {images.min():.3g} to {images.max():.3g}: "
+                         "give them in [0, 1] (or uint8), before normalization")
     return images.cpu().reshape(-1, *shape)
 
 

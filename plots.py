@@ -50,6 +50,8 @@ def plot_confusion(confusion: Tensor, classes: list[str], path: Path) -> None:
                       color="white" if image.norm(np.log1p(count)) > 0.6 else "black")
     axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
              yticklabels=classes, xlabel="predicted", ylabel="true", title="confusion matrix")
+    if max(map(len, classes)) > 2:  # names, not digits: slanted so that they don't overlap
+        plt.setp(axes.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     figure.tight_layout()
     save_figure(figure, path)
     plt.close(figure)

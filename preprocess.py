@@ -305,6 +305,8 @@ def preprocess_photo(image: Image.Image, size: int = 32) -> Tensor:
     """
     if "A" in image.getbands() or "transparency" in image.info:  # transparent areas as white
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    if image.mode in GRAY_MODES and image.mode != "L":  # 16-bit or float gray: RGB would clip it
+        image = Image.fromarray(np.round(to_grayscale(image) * 255).astype(np.uint8))
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     # Box filtering down to a few times the size, Lanczos for the last step: sharp and quick.

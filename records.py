@@ -112,9 +112,9 @@ def check_record(record: object, source: str | Path) -> dict:
     if not (type(given) in (list, tuple) and [type(size) for size in given] == [int] * len(given)
             and list(given) == shape):
         raise field.fail("input_shape", f"{shape}", given)
-    if list(ARCHITECTURES[record["arch"]].input_shape) != shape:
-        raise ModelFileError(f"{source}: a {record['arch']} can't take {record['dataset']}'s "
-                             f"images ({'x'.join(map(str, shape))})")
+    mismatch = shape_mismatch(record["arch"], record["dataset"])
+    if mismatch:
+        raise ModelFileError(f"{source}: {mismatch}")
     record["normalization"] = _normalization(field, record["normalization"], channels=shape[0])
     classes = record["classes"]
     if type(classes) is not list or not classes or not all(type(name) is str for name in classes):
@@ -130,6 +130,17 @@ def check_record(record: object, source: str | Path) -> dict:
     return record
 
 
+def shape_mismatch(arch: str, dataset: str) -> str | None:
+    """Why network `arch` can't learn `dataset` (its images have another shape), or None."""
+    size = lambda shape: "x".join(map(str, shape))  # noqa: E731
+    takes, given = ARCHITECTURES[arch].input_shape, DATASETS[dataset].shape
+    if takes == given:
+        return None
+    fitting = [name for name, network in ARCHITECTURES.items() if network.input_shape == given]
+    return (f"the {arch} takes images of {size(takes)}, {dataset}'s are {size(given)}; networks "
+            f"for them: {', '.join(fitting)}")
+
+
 def _normalization(field: _Field, value: object, channels: int) -> dict[str, list[float]]:
     """The mean and std of each channel, as lists of floats (a single number, as files of
     grayscale models once held, is their one channel's); every std above 0."""
@@ -137,7 +148,7 @@ def _normalization(field: _Field, value: object, channels: int) -> dict[str, lis
     checked = {}
     for name in ("mean", "std"):
         values = normalization.get(name)
-        values = values if type(values) is list and len(values) == channels else [values]
+        values = values if type(values) in (list, tuple) and len(values) == channels else [values]
         if len(values) != channels:
             raise field.fail(f"normalization.{name}", f"{channels} numbers, one a channel",
                              normalization.get(name))

@@ -42,6 +42,7 @@ from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, rea
 from model import ARCHITECTURES, build_model, count_parameters
 from outputs import check_output_file, write_json
 from plots import plot_history
+from records import shape_mismatch
 from save_model import model_record, run_metadata, save_atomic, save_model
 
 
@@ -227,13 +228,9 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if config.width is not None and config.arch not in widened:
         parser.error(f"argument --width: the {config.arch} has none "
                      f"(architectures with a width: {', '.join(widened)})")
-    shape = DATASETS[config.dataset].shape
-    if ARCHITECTURES[config.arch].input_shape != shape:
-        fitting = [name for name, network in ARCHITECTURES.items() if network.input_shape == shape]
-        parser.error(f"argument --arch: the {config.arch} takes images of "
-                     f"{'x'.join(map(str, ARCHITECTURES[config.arch].input_shape))}, "
-                     f"{config.dataset}'s are {'x'.join(map(str, shape))}; "
-                     f"networks for them: {', '.join(fitting)}")
+    mismatch = shape_mismatch(config.arch, config.dataset)
+    if mismatch:
+        parser.error(f"argument --arch: {mismatch}")
     cycled = config.cycle_momentum and config.schedule == "onecycle"
     if cycled and config.beta1 != TrainConfig.beta1:
         parser.error("argument --beta1: one-cycle replaces it with its own cycled value; "

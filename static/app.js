@@ -211,9 +211,10 @@ function describe(model) {
     $("about").textContent = `${model.model} reads the digit you draw, or the one in a photo.`;
   } else {
     $("title").textContent = "Show a photo";
+    const framing = model.dataset === "cifar10" ? "in the middle of the photo"
+      : "on a plain background";
     $("about").textContent = `${model.model} knows ${model.dataset}: ${classes.join(", ")}. ` +
-      "The canvas is for digits: choose (or drop) a photo of one of these, " +
-      "on a plain background.";
+      `The canvas is for digits: choose (or drop) a photo of one of these, ${framing}.`;
     $("hint").textContent = "Choose a photo, or drop one on the canvas.";
   }
   $("bars").replaceChildren(...classes.map((name) => {

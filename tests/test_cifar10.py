@@ -16,7 +16,7 @@ from augmentation import random_flip, random_shift
 from conftest import (REAL_DATA_DIR, needs_real_cifar10, run_script, write_cifar10,
                       write_mnist)
 from datasets import DATASETS, black, load_dataset, normalize
-from load_model import ModelFileError, Predictor, read_model_file
+from load_model import ImageError, ModelFileError, Predictor, read_model_file
 from preprocess import preprocess_photo
 
 CIFAR10 = DATASETS["cifar10"]
@@ -95,7 +95,7 @@ def test_a_model_file_whose_shape_or_normalization_is_not_its_datasets_is_refuse
     for change, message in (
             ({"dataset": "mnist"}, "input_shape must be [1, 28, 28], not list [3, 32, 32]"),
             ({"dataset": "mnist", "input_shape": [1, 28, 28]},
-             "a cifarnet can't take mnist's images (1x28x28)"),
+             "the cifarnet takes images of 3x32x32, mnist's are 1x28x28; networks for them: lenet"),
             ({"normalization": {"mean": [0.5], "std": [0.2]}},
              "normalization.mean must be 3 numbers, one a channel"),
             ({"input_shape": [3, 28, 28]}, "input_shape must be [3, 32, 32]")):
@@ -112,6 +112,24 @@ def test_a_photo_is_framed_as_cifar_frames_its_images():
     assert framed.shape == (3, 32, 32) and framed.dtype == torch.float32
     assert framed[:, 16, 16].tolist() == pytest.approx([0, 1, 0], abs=1e-6)
     assert framed[1].mean() > 0.99  # the shorter side whole: only the middle square is kept
+
+
+def test_gray_photos_of_more_than_8_bits_are_stretched_not_clipped():
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    as_8_bits = preprocess_photo(Image.fromarray(np.round(ramp * 255).astype(np.uint8)))
+    for image in (Image.fromarray(ramp), Image.fromarray((ramp * 65535).astype(np.uint16))):
+        framed = preprocess_photo(image)
+        assert framed.shape == (3, 32, 32)
+        assert torch.allclose(framed, as_8_bits, atol=2 / 255)
+
+
+def test_a_tensor_outside_0_to_1_is_refused_as_not_prepared(cifar_model):
+    images = torch.rand(2, 3, 32, 32)
+    predictor = Predictor(cifar_model)
+    predictor(images)  # pixels in [0, 1]: fine
+    for wrong in (normalize((images * 255).byte(), **CIFAR10.normalization), images * 255):
+        with pytest.raises(ImageError, match=r"give them in \[0, 1\] \(or uint8\), before normalization"):
+            predictor(wrong)
 
 
 def test_photos_files_arrays_and_tensors_give_the_same_prediction(cifar_model, tiny_cifar10,

@@ -9,6 +9,7 @@ import torch
 import train
 from evaluate import evaluate, shifted_views
 from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
+from datasets import DATASETS
 from load_model import read_model_file
 from model import LeNet
 
@@ -110,7 +111,7 @@ def test_the_committed_recipes_are_valid_train_py_configs():
     assert recipes, "configs/ holds the README's recipes"
     for recipe in recipes:
         config, _ = train.parse_args(["--config", str(recipe)])
-        assert config.dataset in ("mnist", "fashion-mnist") and config.epochs > 0, recipe
+        assert config.dataset in DATASETS and config.epochs > 0, recipe
 
 
 def test_a_recipe_loads_into_the_same_config_object_that_the_checkpoint_stores(tiny_data, tmp_path):
