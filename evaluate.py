@@ -41,16 +41,17 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000,
-             tta: bool = False, amp: bool = False) -> Evaluation:
+             tta: bool = False, mirror: bool = False, amp: bool = False) -> Evaluation:
     """Loss, accuracy and class probabilities of `model` on normalized images; leaves the model's
     mode as it was. With `tta`, the probabilities are the mean over the image and its four
-    one-pixel shifts; with `amp`, the forward pass runs in bfloat16 autocast, as in training."""
+    one-pixel shifts, and with `mirror` their mirror images too; with `amp`, the forward pass
+    runs in bfloat16 autocast, as in training."""
     was_training = model.training
     model.eval()
     log_probabilities = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        views = shifted_views(batch) if tta else [batch]
+        views = tta_views(batch, mirror) if tta else [batch]
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = [model(view) for view in views]
         per_view = torch.stack([view_logits.float().log_softmax(1) for view_logits in logits])
@@ -63,13 +64,21 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return Evaluation(loss, accuracy, log_probabilities.exp().cpu())
 
 
-def shifted_views(images: Tensor, shift: int = 1) -> list[Tensor]:
+def tta_views(images: Tensor, mirror: bool = False, shift: int = 1) -> list[Tensor]:
     """The images and their copies moved by `shift` pixels left, right, up and down (edges
-    repeated): the views that test-time augmentation averages over."""
+    repeated), and with `mirror` the mirror images of those five: the views that test-time
+    augmentation averages over."""
     padded = F.pad(images, (shift,) * 4, mode="replicate")
     height, width = images.shape[-2:]
     offsets = [(shift, shift), (shift, 0), (shift, 2 * shift), (0, shift), (2 * shift, shift)]
-    return [padded[..., top:top + height, left:left + width] for top, left in offsets]
+    views = [padded[..., top:top + height, left:left + width] for top, left in offsets]
+    return views + [view.flip(-1) for view in views] if mirror else views
+
+
+def learned_mirrors(record: dict) -> bool:
+    """Whether the model learned from mirror images (its recipe flipped them), so that test-time
+    augmentation shows it them too."""
+    return "flip" in str(record["metadata"].get("augment", "")).split(",")
 
 
 def confusion_matrix(true: Tensor, predicted: Tensor, num_classes: int) -> Tensor:
@@ -194,7 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(to choose on, e.g. --tta)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average each image's probabilities "
-                             "with its 1-pixel shifts")
+                             "with its 1-pixel shifts, and their mirror images for a model that "
+                             "learned from mirrored images (e.g. CIFAR-10's recipes)")
     parser.add_argument("--out-dir", type=Path,
                         help="folder for the PNGs (default: each model file's folder)")
     parser.add_argument("--errors-shown", type=int, default=50,
@@ -221,7 +231,8 @@ def main() -> None:
     for path, record, stem in zip(args.model, records, stems):
         model = build_from_record(record, device)
         probabilities = evaluate(model, normalize(images, **record["normalization"]).to(device),
-                                 labels.to(device), tta=args.tta).probabilities
+                                 labels.to(device), tta=args.tta,
+                                 mirror=learned_mirrors(record)).probabilities
         parameters = record["parameters"] if "onnx" in record else count_parameters(model)
         report = {"model": str(path), "arch": record["arch"], "parameters": parameters,
                   **summarize(probabilities, labels, classes)}

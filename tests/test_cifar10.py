@@ -16,6 +16,7 @@ from augmentation import random_flip, random_shift
 from conftest import (REAL_DATA_DIR, needs_real_cifar10, run_script, write_cifar10,
                       write_mnist)
 from datasets import DATASETS, black, load_dataset, normalize
+from evaluate import learned_mirrors
 from load_model import ImageError, ModelFileError, Predictor, read_model_file
 from preprocess import preprocess_photo
 
@@ -84,9 +85,10 @@ def test_a_cifar_model_is_scored_only_on_cifar10(cifar_model, tiny_cifar10, tmp_
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: {cifar_model} is a cifar10 model; it can't be "
                                      "scored on mnist")
-    scores = json.loads(run_script("evaluate.py", "--model", cifar_model, "--data-dir",
-                                   tiny_cifar10, "--no-download", "--json").stdout)
-    assert scores["models"][0]["accuracy"] > 0.3
+    for tta in ([], ["--tta"]):  # with --tta: the shifts and their mirror images (it flipped)
+        scores = json.loads(run_script("evaluate.py", "--model", cifar_model, "--data-dir",
+                                       tiny_cifar10, "--no-download", "--json", *tta).stdout)
+        assert scores["models"][0]["accuracy"] > 0.3
 
 
 def test_a_model_file_whose_shape_or_normalization_is_not_its_datasets_is_refused(cifar_model,
@@ -160,6 +162,7 @@ def test_a_cifar_model_exports_to_onnx_and_int8(cifar_model, tiny_cifar10, tmp_p
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(exact.model(images), onnx.model(images), atol=1e-4)
     assert Predictor(tmp_path / "m.int8.onnx")(images[0]).input.shape == (3, 32, 32)
+    assert learned_mirrors(read_model_file(tmp_path / "m.onnx"))  # so evaluate --tta mirrors
 
 
 @needs_real_cifar10

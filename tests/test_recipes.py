@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from evaluate import evaluate, shifted_views
+from evaluate import evaluate, learned_mirrors, tta_views
 from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 from datasets import DATASETS
 from load_model import read_model_file
@@ -59,11 +59,21 @@ def test_resuming_a_run_with_ema_ends_with_the_same_average_as_an_uninterrupted_
 def test_tta_views_are_the_image_and_its_four_one_pixel_shifts():
     image = torch.zeros(1, 1, 5, 5)
     image[0, 0, 2, 2] = 1
-    views = shifted_views(image)
+    views = tta_views(image)
     assert len(views) == 5 and all(view.shape == image.shape for view in views)
     assert torch.equal(views[0], image)
     moved_to = {tuple((view[0, 0] == 1).nonzero()[0].tolist()) for view in views[1:]}
     assert moved_to == {(2, 3), (2, 1), (3, 2), (1, 2)}
+
+
+def test_a_model_that_learned_from_mirror_images_is_shown_the_mirrors_of_the_five_views_too():
+    image = torch.arange(25.0).view(1, 1, 5, 5)
+    views = tta_views(image, mirror=True)
+    assert len(views) == 10
+    assert all(torch.equal(mirrored, view.flip(-1)) for view, mirrored in zip(views[:5], views[5:]))
+    assert learned_mirrors({"metadata": {"augment": "shift,flip"}})
+    for metadata in ({"augment": "affine"}, {"augment": True}, {}):  # older files held booleans
+        assert not learned_mirrors({"metadata": metadata})
 
 
 def test_evaluate_with_tta_averages_probabilities_and_without_it_matches_cross_entropy():
@@ -72,7 +82,7 @@ def test_evaluate_with_tta_averages_probabilities_and_without_it_matches_cross_e
     plain, averaged = evaluate(model, images, labels), evaluate(model, images, labels, tta=True)
     with torch.no_grad():
         assert abs(plain.loss - torch.nn.functional.cross_entropy(model(images), labels).item()) < 1e-5
-        expected = torch.stack([model(view).softmax(1) for view in shifted_views(images)]).mean(0)
+        expected = torch.stack([model(view).softmax(1) for view in tta_views(images)]).mean(0)
     assert torch.allclose(averaged.probabilities, expected, atol=1e-6)
 
 
