@@ -44,8 +44,8 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
              tta: bool = False, mirror: bool = False, amp: bool = False) -> Evaluation:
     """Loss, accuracy and class probabilities of `model` on normalized images; leaves the model's
     mode as it was. With `tta`, the probabilities are the mean over the image and its four
-    one-pixel shifts, and with `mirror` their mirror images too; with `amp`, the forward pass
-    runs in bfloat16 autocast, as in training."""
+    one-pixel shifts, and with `mirror` the mirror images of those five too (`mirror` alone does
+    nothing); with `amp`, the forward pass runs in bfloat16 autocast, as in training."""
     was_training = model.training
     model.eval()
     log_probabilities = []
@@ -72,13 +72,15 @@ def tta_views(images: Tensor, mirror: bool = False, shift: int = 1) -> list[Tens
     height, width = images.shape[-2:]
     offsets = [(shift, shift), (shift, 0), (shift, 2 * shift), (0, shift), (2 * shift, shift)]
     views = [padded[..., top:top + height, left:left + width] for top, left in offsets]
-    return views + [view.flip(-1) for view in views] if mirror else views
+    return (views + [view.flip(-1) for view in views]) if mirror else views
 
 
 def learned_mirrors(record: dict) -> bool:
-    """Whether the model learned from mirror images (its recipe flipped them), so that test-time
-    augmentation shows it them too."""
-    return "flip" in str(record["metadata"].get("augment", "")).split(",")
+    """Whether the model learned from mirror images (its recipe flipped them, as CIFAR-10's and
+    Fashion-MNIST's WideNet and ConvNet recipes do), so that test-time augmentation shows it
+    them too. The metadata comes from the file: anything but train.py's text means no."""
+    augment = record["metadata"].get("augment")
+    return isinstance(augment, str) and "flip" in augment.split(",")
 
 
 def confusion_matrix(true: Tensor, predicted: Tensor, num_classes: int) -> Tensor:
@@ -203,8 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(to choose on, e.g. --tta)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average each image's probabilities "
-                             "with its 1-pixel shifts, and their mirror images for a model that "
-                             "learned from mirrored images (e.g. CIFAR-10's recipes)")
+                             "with those of its four 1-pixel shifts and, for a model whose recipe "
+                             "flipped its images (CIFAR-10's, say), the mirror images of all five")
     parser.add_argument("--out-dir", type=Path,
                         help="folder for the PNGs (default: each model file's folder)")
     parser.add_argument("--errors-shown", type=int, default=50,
@@ -230,11 +232,12 @@ def main() -> None:
     reports, all_probabilities = [], []
     for path, record, stem in zip(args.model, records, stems):
         model = build_from_record(record, device)
+        mirror = learned_mirrors(record)
         probabilities = evaluate(model, normalize(images, **record["normalization"]).to(device),
-                                 labels.to(device), tta=args.tta,
-                                 mirror=learned_mirrors(record)).probabilities
+                                 labels.to(device), tta=args.tta, mirror=mirror).probabilities
         parameters = record["parameters"] if "onnx" in record else count_parameters(model)
         report = {"model": str(path), "arch": record["arch"], "parameters": parameters,
+                  "views": (10 if mirror else 5) if args.tta else 1,
                   **summarize(probabilities, labels, classes)}
         draw_figures(report, probabilities, images, labels, classes, stem, args.errors_shown)
         reports.append(report)
@@ -253,7 +256,8 @@ def main() -> None:
         return
     for report in reports:
         print(f"model: {report['model']} ({report['arch']}, {report['parameters']:,} parameters)")
-        print(format_report(args.split + (" with TTA" if args.tta else ""), report, classes) + "\n")
+        tta = f" with TTA ({report['views']} views)" if args.tta else ""
+        print(format_report(args.split + tta, report, classes) + "\n")
     if len(reports) > 1:
         print(f"{len(reports)} models: accuracy {result['accuracy_mean']:.2%} mean, "
               f"{result['accuracy_std']:.2%} standard deviation")

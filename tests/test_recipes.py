@@ -70,19 +70,24 @@ def test_a_model_that_learned_from_mirror_images_is_shown_the_mirrors_of_the_fiv
     image = torch.arange(25.0).view(1, 1, 5, 5)
     views = tta_views(image, mirror=True)
     assert len(views) == 10
+    assert all(torch.equal(a, b) for a, b in zip(views[:5], tta_views(image)))
     assert all(torch.equal(mirrored, view.flip(-1)) for view, mirrored in zip(views[:5], views[5:]))
     assert learned_mirrors({"metadata": {"augment": "shift,flip"}})
-    for metadata in ({"augment": "affine"}, {"augment": True}, {}):  # older files held booleans
+    # Older files held booleans; a foreign file may hold anything.
+    for metadata in ({"augment": "affine"}, {"augment": True}, {}, {"augment": ["flip"]}):
         assert not learned_mirrors({"metadata": metadata})
 
 
-def test_evaluate_with_tta_averages_probabilities_and_without_it_matches_cross_entropy():
+@pytest.mark.parametrize("mirror", [False, True])
+def test_evaluate_with_tta_averages_probabilities_and_without_it_matches_cross_entropy(mirror):
     torch.manual_seed(0)
     model, images, labels = LeNet(), torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))
-    plain, averaged = evaluate(model, images, labels), evaluate(model, images, labels, tta=True)
+    plain = evaluate(model, images, labels, mirror=mirror)  # mirror alone changes nothing
+    averaged = evaluate(model, images, labels, tta=True, mirror=mirror)
     with torch.no_grad():
         assert abs(plain.loss - torch.nn.functional.cross_entropy(model(images), labels).item()) < 1e-5
-        expected = torch.stack([model(view).softmax(1) for view in tta_views(images)]).mean(0)
+        views = tta_views(images, mirror)
+        expected = torch.stack([model(view).softmax(1) for view in views]).mean(0)
     assert torch.allclose(averaged.probabilities, expected, atol=1e-6)
 
 
@@ -111,7 +116,8 @@ def test_evaluate_scores_the_validation_split_with_tta_without_touching_the_test
     before = test_figure.stat().st_mtime_ns if test_figure.exists() else None
     result = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--split", "val", "--tta",
                         "--no-download")
-    assert "val with TTA: 100 images" in result.stdout  # the 100 images the tiny run held out
+    # the 100 images the tiny run held out; its digits never flipped, so no mirror images
+    assert "val with TTA (5 views): 100 images" in result.stdout
     assert tiny_model.with_name(f"{tiny_model.stem}.val.tta.confusion.png").is_file()
     assert (test_figure.stat().st_mtime_ns if test_figure.exists() else None) == before
 

@@ -275,6 +275,18 @@ def four_different_digits() -> list[np.ndarray]:
     return images
 
 
+def serves_again(server, tries: int = 20) -> bool:
+    """Whether /health answers 200 within about a second. A connection's slot is freed just after
+    the close its client sees (and a thread notices a client's close a moment after it), so a
+    request at once may still meet a 503."""
+    for _ in range(tries):
+        status = ask(server, "GET", "/health")[0]
+        if status != 503:
+            return status == 200
+        time.sleep(0.05)
+    return False
+
+
 def test_a_flood_beyond_the_connection_bound_gets_503_at_once(shipped):
     with running(shipped, max_connections=2) as server:
         idle = [socket.create_connection(server.server_address[:2]) for _ in range(2)]
@@ -283,8 +295,7 @@ def test_a_flood_beyond_the_connection_bound_gets_503_at_once(shipped):
         assert status == 503 and headers["Retry-After"] == "1" and "busy" in content["error"]
         for connection in idle:
             connection.close()
-        time.sleep(0.3)
-        assert ask(server, "GET", "/health")[0] == 200
+        assert serves_again(server)
 
 
 def test_in_a_flood_every_request_is_answered_200_or_503_and_the_threads_stay_bounded(shipped):
@@ -300,7 +311,7 @@ def test_in_a_flood_every_request_is_answered_200_or_503_and_the_threads_stay_bo
             statuses = list(pool.map(client, range(200)))
         assert set(statuses) <= {200, 503} and statuses.count(200) >= 4, statuses
         assert max(threads_seen) <= threads_before + 40 + 4  # the clients', and 4 connections'
-        assert ask(server, "GET", "/health")[0] == 200
+        assert serves_again(server)
 
 
 def test_a_silent_client_is_dropped_after_the_timeout_and_its_slot_freed(shipped):
@@ -311,12 +322,7 @@ def test_a_silent_client_is_dropped_after_the_timeout_and_its_slot_freed(shipped
             started = time.monotonic()
             assert silent.recv(1024) == b""  # closed by the server
             assert time.monotonic() - started < 5
-        # The slot is freed just after the close the client saw: a moment later it serves again.
-        statuses = [ask(server, "GET", "/health")[0]]
-        while statuses[-1] == 503 and len(statuses) < 20:
-            time.sleep(0.05)
-            statuses.append(ask(server, "GET", "/health")[0])
-        assert statuses[-1] == 200, statuses
+        assert serves_again(server)
 
 
 def test_a_body_that_trickles_in_too_slowly_gets_408(shipped):
