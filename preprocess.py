@@ -70,8 +70,7 @@ def read_image(path: str | Path | BinaryIO, colour: bool = False) -> Image.Image
 def to_grayscale(image: Image.Image, side: int | None = None) -> np.ndarray:
     """Float32 gray levels stretched to [0, 1]; transparent areas count as white paper. With
     `side`, an image larger than that is first shrunk to fit it."""
-    if "A" in image.getbands() or "transparency" in image.info:
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    image = on_white(image)
     if image.mode not in GRAY_MODES:
         image = image.convert("L")
     elif image.mode.startswith("I;16"):
@@ -87,6 +86,14 @@ def to_grayscale(image: Image.Image, side: int | None = None) -> np.ndarray:
         raise ImageError("the image holds NaN or infinite pixel values")
     low, high = float(gray.min()), float(gray.max())
     return (gray - low) / (high - low) if high > low else np.zeros_like(gray)
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """The image with its transparent areas as white (paper, or a plain background); an opaque
+    one as it is."""
+    if "A" in image.getbands() or "transparency" in image.info:
+        return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    return image
 
 
 def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tensor:
@@ -306,8 +313,7 @@ def preprocess_photo(image: Image.Image, size: int = 32) -> Tensor:
 
     Returns float32 (3, size, size) in [0, 1], RGB, before normalization.
     """
-    if "A" in image.getbands() or "transparency" in image.info:  # transparent areas as white
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    image = on_white(image)
     if image.mode in GRAY_MODES and image.mode != "L":  # 16-bit or float gray: RGB would clip it
         image = Image.fromarray(np.round(to_grayscale(image) * 255).astype(np.uint8))
     side = min(image.size)
