@@ -218,18 +218,17 @@ def normalize(images: Tensor, mean: float | Sequence[float],
     """uint8 images, gray (N, H, W) or colour (N, C, H, W), to float32 (N, C, H, W) standardized
     with the training set's statistics of each channel (a dataset's, or a model file's
     `normalization`)."""
-    pixels = images.float().div_(255)
-    pixels = pixels.unsqueeze(1) if pixels.dim() == 3 else pixels
-    # In place: one float copy at a time.
-    return pixels.sub_(per_channel(mean, pixels)).div_(per_channel(std, pixels))
+    # In place on the float copy: one copy of the dataset at a time.
+    return standardize(images.float().div_(255), mean, std, in_place=True)
 
 
-def standardize(pixels: Tensor, mean: float | Sequence[float],
-                std: float | Sequence[float]) -> Tensor:
-    """Float images in [0, 1], gray (N, H, W) or (N, C, H, W), standardized as (N, C, H, W) in a
-    new tensor."""
+def standardize(pixels: Tensor, mean: float | Sequence[float], std: float | Sequence[float],
+                in_place: bool = False) -> Tensor:
+    """Float images in [0, 1], gray (N, H, W) or (N, C, H, W), standardized as (N, C, H, W): in a
+    new tensor, or with `in_place` in `pixels` itself."""
     pixels = pixels.unsqueeze(1) if pixels.dim() == 3 else pixels
-    return (pixels - per_channel(mean, pixels)) / per_channel(std, pixels)
+    mean, std = per_channel(mean, pixels), per_channel(std, pixels)
+    return pixels.sub_(mean).div_(std) if in_place else (pixels - mean) / std
 
 
 def per_channel(values: float | Sequence[float], like: Tensor) -> Tensor:
@@ -240,7 +239,7 @@ def per_channel(values: float | Sequence[float], like: Tensor) -> Tensor:
 def black(spec: DatasetInfo) -> Tensor:
     """A black pixel's value in each channel after normalization (C, 1, 1): what distortions pad
     with."""
-    return -torch.tensor(spec.mean).view(-1, 1, 1) / torch.tensor(spec.std).view(-1, 1, 1)
+    return standardize(torch.zeros(1, len(spec.mean), 1, 1), spec.mean, spec.std)[0]
 
 
 def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:
