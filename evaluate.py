@@ -37,6 +37,7 @@ class Evaluation:
     loss: float  # mean cross-entropy
     accuracy: float  # fraction correct, 0..1
     probabilities: Tensor  # (N, classes), on the CPU
+    views: int  # of each image, whose probabilities were averaged: 1 without TTA
 
 
 @torch.no_grad()
@@ -61,7 +62,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     log_probabilities = torch.cat(log_probabilities)
     loss = F.nll_loss(log_probabilities, labels).item()
     accuracy = (log_probabilities.argmax(1) == labels).float().mean().item()
-    return Evaluation(loss, accuracy, log_probabilities.exp().cpu())
+    return Evaluation(loss, accuracy, log_probabilities.exp().cpu(), views=len(views))
 
 
 def tta_views(images: Tensor, mirror: bool = False, shift: int = 1) -> list[Tensor]:
@@ -232,13 +233,12 @@ def main() -> None:
     reports, all_probabilities = [], []
     for path, record, stem in zip(args.model, records, stems):
         model = build_from_record(record, device)
-        mirror = learned_mirrors(record)
-        probabilities = evaluate(model, normalize(images, **record["normalization"]).to(device),
-                                 labels.to(device), tta=args.tta, mirror=mirror).probabilities
+        scored = evaluate(model, normalize(images, **record["normalization"]).to(device),
+                          labels.to(device), tta=args.tta, mirror=learned_mirrors(record))
+        probabilities = scored.probabilities
         parameters = record["parameters"] if "onnx" in record else count_parameters(model)
         report = {"model": str(path), "arch": record["arch"], "parameters": parameters,
-                  "views": (10 if mirror else 5) if args.tta else 1,
-                  **summarize(probabilities, labels, classes)}
+                  "views": scored.views, **summarize(probabilities, labels, classes)}
         draw_figures(report, probabilities, images, labels, classes, stem, args.errors_shown)
         reports.append(report)
         all_probabilities.append(probabilities)

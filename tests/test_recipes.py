@@ -84,6 +84,7 @@ def test_evaluate_with_tta_averages_probabilities_and_without_it_matches_cross_e
     model, images, labels = LeNet(), torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))
     plain = evaluate(model, images, labels, mirror=mirror)  # mirror alone changes nothing
     averaged = evaluate(model, images, labels, tta=True, mirror=mirror)
+    assert (plain.views, averaged.views) == (1, 10 if mirror else 5)
     with torch.no_grad():
         assert abs(plain.loss - torch.nn.functional.cross_entropy(model(images), labels).item()) < 1e-5
         views = tta_views(images, mirror)
