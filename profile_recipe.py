@@ -33,7 +33,8 @@ def warmed_up(config: train.TrainConfig, images: torch.Tensor, labels: torch.Ten
     which a run does once."""
     # Room for every step the timings take: where the schedule stands doesn't change a step's cost.
     steps = 4 * len(images) // config.batch_size
-    training = train.setup_training(config, steps, images.device, channels_last=channels_last)
+    training = train.setup_training(config, steps, images.device, channels_last=channels_last,
+                                    images=images)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     warm = 2 * config.batch_size

@@ -39,7 +39,7 @@ from datasets import (DATASETS, DEFAULT_VAL_SIZE, black, load_dataset, normalize
                       split_indices)
 from evaluate import evaluate
 from load_model import CHECKPOINT_FORMAT, FORMAT_VERSION, build_from_record, read_torch_file
-from model import ARCHITECTURES, build_model, count_parameters
+from model import ARCHITECTURES, CifarNet, build_model, count_parameters
 from outputs import check_output_file, write_json
 from plots import plot_history
 from records import shape_mismatch
@@ -109,6 +109,9 @@ class TrainConfig:
     amp: bool = setting(False, "speed", action="store_true",
                         help="bfloat16 autocast for the forward pass (CUDA, or CPUs with "
                              "AVX512-BF16/AMX)")
+    whiten: bool = setting(True, "model", action=argparse.BooleanOptionalAction,
+                           help="cifarnet: fix its first layer to whiten the training images' "
+                                "2x2 patches (airbench's start) instead of learning it")
     beta1: float = setting(0.9, "optimisation", type=fraction,
                            help="AdamW's decay of its gradient average (replaced by the cycled "
                                 "one while --cycle-momentum is on)")
@@ -275,11 +278,18 @@ def model_args(config: TrainConfig) -> dict:
             **({"width": config.width} if config.width else {})}
 
 
+WHITENING_IMAGES = 5000  # as airbench: enough for a 12x12 covariance, and quick
+
+
 def setup_training(config: TrainConfig, steps_per_epoch: int, device: torch.device,
-                   world: int = 1, channels_last: bool = True, compile: bool = False) -> Training:
-    """The seeded network, its optimizer and schedule, and the generator of batches."""
+                   world: int = 1, channels_last: bool = True, compile: bool = False,
+                   images: Tensor | None = None) -> Training:
+    """The seeded network, its optimizer and schedule, and the generator of batches. A network
+    that starts from the data (CifarNet's whitening) is shown the first of the training `images`."""
     torch.manual_seed(config.seed)
     model = build_model(config.arch, **model_args(config)).to(device)
+    if config.whiten and isinstance(model, CifarNet) and images is not None:
+        model.whiten(images[:WHITENING_IMAGES])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     stepped = model
@@ -498,7 +508,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         f"{options.data_dir} on {device} in {time.perf_counter() - started:.1f}s")
     steps_per_epoch = -(-(len(x_train) // world) // (config.batch_size // world))
     training = setup_training(config, steps_per_epoch, device, world, options.channels_last,
-                              options.compile)
+                              options.compile, images=x_train)
     checkpoint = output_paths(options.out)["checkpoint"]
     history, best = [], None
     if options.resume:

@@ -15,9 +15,10 @@ from PIL import Image
 from augmentation import random_flip, random_shift
 from conftest import (REAL_DATA_DIR, needs_real_cifar10, run_script, write_cifar10,
                       write_mnist)
-from datasets import DATASETS, black, load_dataset, normalize
+from datasets import DATASETS, black, load_dataset, normalize, split_indices
 from evaluate import learned_mirrors
 from load_model import ImageError, ModelFileError, Predictor, read_model_file
+from model import build_model
 from preprocess import preprocess_photo
 
 CIFAR10 = DATASETS["cifar10"]
@@ -187,3 +188,20 @@ def test_the_server_answers_a_colour_photo_for_a_cifar_model(cifar_model):
     assert seen.size == (32, 32) and seen.mode == "RGB"
     assert seen.getpixel((16, 16))[0] > 150 > seen.getpixel((16, 16))[1]  # still red: in colour
     assert answer["name"] in DATASETS["cifar10"].classes
+
+
+def test_training_keeps_the_whitened_stem_of_the_first_training_images(cifar_model, tiny_cifar10,
+                                                                       tmp_path):
+    images, _ = load_dataset(tiny_cifar10, train=True, download=False, dataset="cifar10")
+    train_indices, _ = split_indices(len(images), 100)  # the fixture's --val-size
+    whitened = build_model("cifarnet", width=8)
+    whitened.whiten(normalize(images[train_indices], **CIFAR10.normalization))
+    trained = read_model_file(cifar_model)["state_dict"]
+    assert torch.allclose(trained["features.0.weight"], whitened.features[0].weight, atol=1e-6)
+    assert not torch.equal(trained["features.0.bias"], whitened.features[0].bias)  # it learned
+
+    out = tmp_path / "plain.pth"
+    run_script("train.py", "--dataset", "cifar10", "--data-dir", tiny_cifar10, "--out", out,
+               "--epochs", "1", "--no-whiten", *TINY)
+    learned = read_model_file(out)["state_dict"]["features.0.weight"]
+    assert not torch.allclose(learned, whitened.features[0].weight, atol=1e-2)

@@ -90,3 +90,17 @@ def test_the_fastnet_has_a_stride_2_stem_and_a_batch_normed_hidden_layer():
         torch.nn.BatchNorm1d]
     assert count_parameters(build_model("fastnet", num_classes=10, width=24)) > 72_138
     assert model.eval()(torch.randn(1, 1, 28, 28)).shape == (1, 10)  # one image: running statistics
+
+
+def test_whitening_fixes_the_cifarnet_stem_to_decorrelate_the_images_2x2_patches():
+    smooth = torch.nn.functional.interpolate(torch.randn(64, 3, 8, 8), size=32, mode="bilinear")
+    images = smooth + 0.5 * smooth.mean(1, keepdim=True)  # neighbours and colours correlated
+    model = build_model("cifarnet", num_classes=10, width=8)
+    model.whiten(images, eps=1e-9)
+    stem = model.features[0]
+    assert torch.equal(stem.weight[12:], -stem.weight[:12])  # each direction and its opposite
+    outputs = torch.nn.functional.conv2d(images, stem.weight[:12]).permute(0, 2, 3, 1)
+    outputs = outputs.reshape(-1, 12)
+    covariance = outputs.T @ outputs / len(outputs)
+    assert torch.allclose(covariance, torch.eye(12), atol=1e-3)
+    assert not stem.weight.requires_grad and stem.bias.requires_grad  # fixed; its bias learns
