@@ -227,13 +227,15 @@ class CifarNet(nn.Module):
     @torch.no_grad()
     def whiten(self, images: Tensor, eps: float = 5e-4) -> None:
         """Fix the stem as airbench does: its 24 filters whiten the 2x2 patches of `images`
-        (N x 3 x 32 x 32, normalized): the patches' 12 principal directions, each scaled to unit
-        variance, and their negatives, so that GELU passes either sign. The filters are frozen;
-        their biases still learn. `eps` keeps the faintest directions from being amplified."""
+        (N x 3 x 32 x 32, normalized): the 12 principal directions of the patches' (uncentred)
+        second moments, each scaled to give outputs of unit second moment, and their negatives,
+        so that GELU passes either sign. The filters are frozen; their biases still learn. `eps`
+        keeps the faintest directions from being amplified."""
         stem = self.features[0]
         patches = images.unfold(2, 2, 1).unfold(3, 2, 1)  # N, 3, 31, 31, 2, 2
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).float()
-        eigenvalues, eigenvectors = torch.linalg.eigh((patches.T @ patches / len(patches)).double())
+        moments = (patches.T @ patches / len(patches)).cpu().double()  # eigh: on the CPU, exact
+        eigenvalues, eigenvectors = torch.linalg.eigh(moments)
         filters = (eigenvectors / (eigenvalues + eps).sqrt()).T.reshape(12, 3, 2, 2)
         stem.weight.copy_(torch.cat([filters, -filters]))
         stem.weight.requires_grad_(False)

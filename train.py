@@ -234,6 +234,9 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     mismatch = shape_mismatch(config.arch, config.dataset)
     if mismatch:
         parser.error(f"argument --arch: {mismatch}")
+    if not config.whiten and config.arch != "cifarnet":
+        parser.error(f"argument --no-whiten: the {config.arch} has no whitened first layer "
+                     "(only cifarnet has)")
     cycled = config.cycle_momentum and config.schedule == "onecycle"
     if cycled and config.beta1 != TrainConfig.beta1:
         parser.error("argument --beta1: one-cycle replaces it with its own cycled value; "
@@ -288,7 +291,9 @@ def setup_training(config: TrainConfig, steps_per_epoch: int, device: torch.devi
     that starts from the data (CifarNet's whitening) is shown the first of the training `images`."""
     torch.manual_seed(config.seed)
     model = build_model(config.arch, **model_args(config)).to(device)
-    if config.whiten and isinstance(model, CifarNet) and images is not None:
+    if config.whiten and isinstance(model, CifarNet):
+        if images is None:
+            raise ValueError("a whitened cifarnet starts from the training images: pass images")
         model.whiten(images[:WHITENING_IMAGES])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import train
 from augmentation import random_flip, random_shift
 from conftest import (REAL_DATA_DIR, needs_real_cifar10, run_script, write_cifar10,
                       write_mnist)
@@ -193,15 +194,38 @@ def test_the_server_answers_a_colour_photo_for_a_cifar_model(cifar_model):
 def test_training_keeps_the_whitened_stem_of_the_first_training_images(cifar_model, tiny_cifar10,
                                                                        tmp_path):
     images, _ = load_dataset(tiny_cifar10, train=True, download=False, dataset="cifar10")
-    train_indices, _ = split_indices(len(images), 100)  # the fixture's --val-size
-    whitened = build_model("cifarnet", width=8)
-    whitened.whiten(normalize(images[train_indices], **CIFAR10.normalization))
+    train_indices, _ = split_indices(len(images), int(TINY[TINY.index("--val-size") + 1]))
+    torch.manual_seed(0)  # train.py's default seed: the runs' random start
+    model = build_model("cifarnet", width=8)
+    stem = model.features[0]
+    random_weight, random_bias = stem.weight.clone(), stem.bias.clone()
+    model.whiten(normalize(images[train_indices], **CIFAR10.normalization))
     trained = read_model_file(cifar_model)["state_dict"]
-    assert torch.allclose(trained["features.0.weight"], whitened.features[0].weight, atol=1e-6)
-    assert not torch.equal(trained["features.0.bias"], whitened.features[0].bias)  # it learned
+    assert torch.allclose(trained["features.0.weight"], stem.weight, atol=1e-6)
+    assert torch.equal(stem.bias, random_bias)  # whitening sets the filters only...
+    assert not torch.allclose(trained["features.0.bias"], random_bias)  # ...and the bias learned
 
     out = tmp_path / "plain.pth"
     run_script("train.py", "--dataset", "cifar10", "--data-dir", tiny_cifar10, "--out", out,
                "--epochs", "1", "--no-whiten", *TINY)
     learned = read_model_file(out)["state_dict"]["features.0.weight"]
-    assert not torch.allclose(learned, whitened.features[0].weight, atol=1e-2)
+    assert not torch.allclose(learned, random_weight, atol=1e-4)  # learned from the random start
+
+
+def test_whitening_reads_at_most_its_first_images(monkeypatch):
+    monkeypatch.setattr(train, "WHITENING_IMAGES", 10)
+    images = torch.randn(50, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    config = train.TrainConfig(dataset="cifar10", arch="cifarnet", width=8)
+    training = train.setup_training(config, 1, torch.device("cpu"), images=images)
+    expected = build_model("cifarnet", width=8)
+    expected.whiten(images[:10])
+    assert torch.equal(training.model.features[0].weight, expected.features[0].weight)
+    with pytest.raises(ValueError, match="pass images"):
+        train.setup_training(config, 1, torch.device("cpu"))
+
+
+def test_only_the_cifar_network_can_go_without_whitening(tmp_path):
+    result = run_script("train.py", "--no-whiten", "--out", tmp_path / "m.pth", check=False)
+    assert result.returncode == 2
+    assert ("argument --no-whiten: the lenet has no whitened first layer (only cifarnet has)"
+            in result.stderr)
