@@ -150,3 +150,11 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UserError(f"device {name!r} is not available here; use one of: auto, "
                         + ", ".join(device for device, ok in available.items() if ok))
     return torch.device(name)
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether `device` does bfloat16 arithmetic in hardware. A CPU without AVX512-BF16 or AMX
+    emulates it, and bf16 autocast there is several times slower than float32."""
+    if device.type != "cpu":
+        return True
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from augmentation import AUGMENTATIONS, augment
 from common import (DATA_HELP, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEVICE_HELP, UserError,
-                    fraction, int_in_range, make_parser, non_negative_float, pick_device,
-                    positive_float, positive_int, run_cli, seed, writable_file)
+                    fraction, has_native_bf16, int_in_range, make_parser, non_negative_float,
+                    pick_device, positive_float, positive_int, run_cli, seed, writable_file)
 from datasets import (DATASETS, DEFAULT_VAL_SIZE, black, load_dataset, normalize,
                       split_indices)
 from evaluate import evaluate
@@ -106,9 +106,10 @@ class TrainConfig:
                                           "images (quick checks)")
     seed: int = setting(0, "optimisation", type=seed,
                         help="seed of initialization, batch order and augmentation")
-    amp: bool = setting(False, "speed", action="store_true",
-                        help="bfloat16 autocast for the forward pass (CUDA, or CPUs with "
-                             "AVX512-BF16/AMX)")
+    amp: bool = setting(False, "speed", action=argparse.BooleanOptionalAction,
+                        help="bfloat16 autocast for the forward pass where the device has bf16 "
+                             "arithmetic (CUDA, CPUs with AVX512-BF16 or AMX); elsewhere a note, "
+                             "and float32")
     whiten: bool = setting(True, "model", action=argparse.BooleanOptionalAction,
                            help="cifarnet: fix its first layer to whiten the training images' "
                                 "2x2 patches (airbench's start) instead of learning it")
@@ -507,6 +508,10 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         raise UserError(f"--batch-size {config.batch_size} is the global batch: it must divide "
                         f"evenly among {world} processes")
     config = replace(config, epochs=1) if options.dry_run else config
+    if config.amp and not has_native_bf16(device):
+        log("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast "
+            "is slower than float32: training in float32")
+        config = replace(config, amp=False)
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = load_splits(config, options, device)
     log(f"data: {len(x_train):,} training and {len(x_val):,} validation images from "

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchvision.datasets import MNIST
 
 from augmentation import augment, random_affine, random_erase, random_flip, random_shift
-from common import UserError, pick_device
+from common import UserError, has_native_bf16, pick_device
 from datasets import DATASETS, load_dataset, normalize, split_indices, training_indices
 from evaluate import evaluate
 from model import build_model
@@ -245,6 +245,14 @@ def test_pick_device_names_the_cpu_and_refuses_unknown_devices():
 
 
 @needs_real_mnist
+def test_bf16_counts_as_native_off_the_cpu_and_on_cpus_with_avx512_bf16_or_amx(monkeypatch):
+    assert has_native_bf16(torch.device("cuda"))
+    for avx512_bf16, amx in [(False, False), (True, False), (False, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert has_native_bf16(torch.device("cpu")) is (avx512_bf16 or amx)
+
+
 def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
     images, labels = load_dataset(REAL_DATA_DIR, train=True, download=False)
     assert images.shape == (60_000, 28, 28)

@@ -88,14 +88,24 @@ def test_a_dry_run_trains_a_few_batches_and_writes_nothing(tiny_data, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bf16_autocast_and_a_compiled_model_train_and_save_plain_weights(tiny_data, tmp_path):
+def test_a_compiled_model_trains_and_saves_plain_weights(tiny_data, tmp_path):
     out = tmp_path / "model.pth"
-    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1", "--amp", "--compile",
+    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1", "--compile",
                *TINY_TRAINING)
     record = read_model_file(out)
-    assert record["metadata"]["amp"] is True
     assert not any(name.startswith("_orig_mod.") for name in record["state_dict"])
     assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_trains_in_bf16_where_the_cpu_has_it_and_in_float32_with_a_note_where_not(
+        tiny_data, tmp_path, monkeypatch, capsys, native):
+    monkeypatch.setattr(train, "has_native_bf16", lambda device: native)
+    out = tmp_path / "model.pth"
+    train.train(*train.parse_args(["--data-dir", str(tiny_data), "--out", str(out), "--epochs", "1",
+                                   "--amp", *TINY_TRAINING]))
+    assert read_model_file(out)["metadata"]["amp"] is native  # the file says how it was trained
+    assert ("no bf16 instructions" in capsys.readouterr().out) is not native
 
 
 @pytest.mark.parametrize("arch, augment_flags, augmentation", [
