@@ -153,8 +153,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def has_native_bf16(device: torch.device) -> bool:
-    """Whether `device` does bfloat16 arithmetic in hardware. A CPU without AVX512-BF16 or AMX
-    emulates it, and bf16 autocast there is several times slower than float32."""
-    if device.type != "cpu":
-        return True
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    """Whether `device` does bfloat16 arithmetic in hardware. A CPU without AVX512-BF16 or AMX, or
+    a GPU older than Ampere, emulates it, and bf16 autocast there is slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return True  # Apple's MPS

@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
-from common import UserError, make_parser, positive_int, run_cli
+from common import UserError, has_native_bf16, make_parser, positive_int, run_cli
 from datasets import DATASETS, load_dataset, normalize
 from model import build_model
 
@@ -137,9 +137,10 @@ def main() -> None:
             layout = "channels_last" if channels_last else "NCHW"
             print(f"{'bf16 autocast' if amp else 'fp32':<14} {layout:<14} {ms:7.2f} ms  "
                   f"{flops / ms / 1e6:6.1f} GFLOP/s")
-    amp = "bf16" if config.amp else "fp32"
+    config = replace(config, amp=config.amp and has_native_bf16(images.device))  # as train.py
     layout = "channels_last" if options.channels_last else "NCHW"
-    print(f"\ntop operators by own time, {own.steps} steps as the recipe runs ({amp}, {layout})")
+    print(f"\ntop operators by own time, {own.steps} steps as the recipe runs "
+          f"({'bf16' if config.amp else 'fp32'}, {layout})")
     print(top_operators(config, images, labels, own.steps, own.top, options.channels_last))
 
 

@@ -269,6 +269,7 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator  # the batch order's and the augmentation's randomness
     distort: Callable[[Tensor], Tensor] | None  # the augmentation of a batch
+    amp: bool = False  # bf16 autocast in training and validation
 
     @property
     def kept(self) -> nn.Module:
@@ -312,7 +313,7 @@ def setup_training(config: TrainConfig, steps_per_epoch: int, device: torch.devi
     if config.augment != "none":
         background = black(DATASETS[config.dataset])
         distort = lambda batch: augment(batch, config.augment, generator, background)  # noqa: E731
-    return Training(model, stepped, ema, optimizer, scheduler, generator, distort)
+    return Training(model, stepped, ema, optimizer, scheduler, generator, distort, config.amp)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
@@ -361,7 +362,7 @@ def train_epoch(training: Training, images: Tensor, labels: Tensor, config: Trai
     for step, start in enumerate(progress):
         batch = order[start:start + batch_size]
         inputs = images[batch] if training.distort is None else training.distort(images[batch])
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=config.amp):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=training.amp):
             logits = training.stepped(inputs)
         loss = F.cross_entropy(logits.float(), labels[batch],
                                label_smoothing=config.label_smoothing)
@@ -508,10 +509,6 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         raise UserError(f"--batch-size {config.batch_size} is the global batch: it must divide "
                         f"evenly among {world} processes")
     config = replace(config, epochs=1) if options.dry_run else config
-    if config.amp and not has_native_bf16(device):
-        log("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast "
-            "is slower than float32: training in float32")
-        config = replace(config, amp=False)
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = load_splits(config, options, device)
     log(f"data: {len(x_train):,} training and {len(x_val):,} validation images from "
@@ -519,6 +516,10 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     steps_per_epoch = -(-(len(x_train) // world) // (config.batch_size // world))
     training = setup_training(config, steps_per_epoch, device, world, options.channels_last,
                               options.compile, images=x_train)
+    if training.amp and not has_native_bf16(device):  # the recipe's setting stays as it was
+        log("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast "
+            "is slower than float32: training in float32")
+        training.amp = False
     checkpoint = output_paths(options.out)["checkpoint"]
     history, best = [], None
     if options.resume:
@@ -567,12 +568,12 @@ def train_and_validate(epoch: int, config: TrainConfig, training: Training, trai
                                              f"epoch {epoch}/{config.epochs}", rank, world)
     if not math.isfinite(train_loss):
         return {"epoch": epoch, "train_loss": train_loss}
-    val_loss, val_accuracy = evaluate_shards(training.kept, *val_split, rank, world, config.amp)
+    val_loss, val_accuracy = evaluate_shards(training.kept, *val_split, rank, world, training.amp)
     row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
            "val_loss": val_loss, "val_accuracy": val_accuracy}
     if training.ema is not None:  # the raw weights too: every run measures what the average adds
         row["raw_val_loss"], row["raw_val_accuracy"] = evaluate_shards(
-            training.model, *val_split, rank, world, config.amp)
+            training.model, *val_split, rank, world, training.amp)
     row["seconds"] = time.perf_counter() - started
     return row
 
@@ -584,7 +585,7 @@ def best_model(config: TrainConfig, training: Training, row: dict) -> dict:
                         dataset.normalization, dataset.classes, {
                             **asdict(config), "best_epoch": row["epoch"],
                             "val_accuracy": row["val_accuracy"], "val_loss": row["val_loss"],
-                            **run_metadata()})
+                            "bf16": training.amp, **run_metadata()})
 
 
 def epoch_line(row: dict, config: TrainConfig, improved: bool, ema: bool) -> str:

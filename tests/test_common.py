@@ -244,15 +244,17 @@ def test_pick_device_names_the_cpu_and_refuses_unknown_devices():
         pick_device("tpu")
 
 
-@needs_real_mnist
-def test_bf16_counts_as_native_off_the_cpu_and_on_cpus_with_avx512_bf16_or_amx(monkeypatch):
-    assert has_native_bf16(torch.device("cuda"))
+def test_bf16_is_native_on_cpus_with_avx512_bf16_or_amx_and_on_gpus_from_ampere(monkeypatch):
     for avx512_bf16, amx in [(False, False), (True, False), (False, True)]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
         assert has_native_bf16(torch.device("cpu")) is (avx512_bf16 or amx)
+    for capability, native in [((7, 5), False), ((8, 0), True), ((9, 0), True)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+        assert has_native_bf16(torch.device("cuda")) is native
 
 
+@needs_real_mnist
 def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
     images, labels = load_dataset(REAL_DATA_DIR, train=True, download=False)
     assert images.shape == (60_000, 28, 28)

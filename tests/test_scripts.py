@@ -97,15 +97,48 @@ def test_a_compiled_model_trains_and_saves_plain_weights(tiny_data, tmp_path):
     assert load_model(out)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
+def output_dtypes(monkeypatch) -> set[torch.dtype]:
+    """The dtypes the network of train.py's next run gives out, in training and validation."""
+    seen, setup_training = set(), train.setup_training
+
+    def spied(*args, **kwargs):
+        training = setup_training(*args, **kwargs)
+        training.model.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        return training
+
+    monkeypatch.setattr(train, "setup_training", spied)
+    return seen
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_trains_in_bf16_where_the_cpu_has_it_and_in_float32_with_a_note_where_not(
         tiny_data, tmp_path, monkeypatch, capsys, native):
     monkeypatch.setattr(train, "has_native_bf16", lambda device: native)
-    out = tmp_path / "model.pth"
+    dtypes, out = output_dtypes(monkeypatch), tmp_path / "model.pth"
     train.train(*train.parse_args(["--data-dir", str(tiny_data), "--out", str(out), "--epochs", "1",
                                    "--amp", *TINY_TRAINING]))
-    assert read_model_file(out)["metadata"]["amp"] is native  # the file says how it was trained
+    assert dtypes == {torch.bfloat16 if native else torch.float32}
+    metadata = read_model_file(out)["metadata"]
+    assert metadata["amp"] is True and metadata["bf16"] is native  # what was asked, what ran
     assert ("no bf16 instructions" in capsys.readouterr().out) is not native
+
+
+def test_a_recipe_with_amp_resumes_on_a_cpu_without_bf16_and_no_amp_beside_it_turns_it_off(
+        tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "has_native_bf16", lambda device: False)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"epochs": 2, "amp": True}))
+    settings = ["--config", str(recipe), "--data-dir", str(tiny_data), *TINY_TRAINING]
+    out = tmp_path / "resumed" / "model.pth"
+    with monkeypatch.context() as interrupt:
+        ctrl_c_in_epoch(interrupt, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train.train(*train.parse_args([*settings, "--out", str(out)]))
+    train.train(*train.parse_args([*settings, "--resume", "--out", str(out)]))  # the same command
+    assert read_model_file(out)["metadata"]["epochs"] == 2
+    plain = tmp_path / "plain" / "model.pth"
+    train.train(*train.parse_args([*settings, "--no-amp", "--out", str(plain)]))
+    assert read_model_file(plain)["metadata"]["amp"] is False
 
 
 @pytest.mark.parametrize("arch, augment_flags, augmentation", [
