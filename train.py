@@ -516,10 +516,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     steps_per_epoch = -(-(len(x_train) // world) // (config.batch_size // world))
     training = setup_training(config, steps_per_epoch, device, world, options.channels_last,
                               options.compile, images=x_train)
-    if training.amp and not has_native_bf16(device):  # the recipe's setting stays as it was
-        log("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast "
-            "is slower than float32: training in float32")
-        training.amp = False
+    drop_emulated_bf16(training, device, log)
     checkpoint = output_paths(options.out)["checkpoint"]
     history, best = [], None
     if options.resume:
@@ -548,6 +545,17 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         raise KeyboardInterrupt(state + (resume if resumable else "")) from None
     del x_train, y_train, x_val, y_val  # room for the test set: peak memory stays training's
     return finish(config, options, history, best, rank, device, report_test)
+
+
+def drop_emulated_bf16(training: Training, device: torch.device, log: Callable) -> None:
+    """bf16 autocast only where the device does bf16 arithmetic: elsewhere it is emulated and
+    slower than float32, so the run says so and trains in float32 (the recipe's setting stays)."""
+    if training.amp and not has_native_bf16(device):
+        cpu = device.type == "cpu"
+        what, needs = ("CPU", "AVX512-BF16 or AMX") if cpu else ("GPU", "Ampere or later")
+        log(f"note: this {what} has no bf16 instructions ({needs}), where bf16 autocast is slower "
+            "than float32: training in float32")
+        training.amp = False
 
 
 def describe(config: TrainConfig, training: Training, world: int, log: Callable) -> None:

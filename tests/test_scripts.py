@@ -123,6 +123,16 @@ def test_amp_trains_in_bf16_where_the_cpu_has_it_and_in_float32_with_a_note_wher
     assert ("no bf16 instructions" in capsys.readouterr().out) is not native
 
 
+def test_a_gpu_without_bf16_is_named_as_a_gpu_in_the_note(monkeypatch):
+    monkeypatch.setattr(train, "has_native_bf16", lambda device: False)
+    config = train.TrainConfig(amp=True)
+    training, notes = train.setup_training(config, 1, torch.device("cpu")), []
+    train.drop_emulated_bf16(training, torch.device("cuda"), notes.append)
+    assert not training.amp
+    assert notes == ["note: this GPU has no bf16 instructions (Ampere or later), where bf16 autocast "
+                     "is slower than float32: training in float32"]
+
+
 def test_a_recipe_with_amp_resumes_on_a_cpu_without_bf16_and_no_amp_beside_it_turns_it_off(
         tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "has_native_bf16", lambda device: False)
