@@ -33,17 +33,21 @@ def random_affine(images: Tensor, generator: torch.Generator, background: Tensor
     return moved + background
 
 
-def random_shift(images: Tensor, generator: torch.Generator, background: Tensor | float,
+def random_shift(images: Tensor, generator: torch.Generator, background: Tensor | float | None,
                  shift: int = 2) -> Tensor:
     """Each image (N, C, H, W) moved by a whole number of pixels, up to `shift` each way and
-    independently in each direction, the uncovered edge filled with `background` (the padded
-    random crop of the CIFAR and Fashion-MNIST literature). Whole pixels keep the strokes and
-    textures sharp, which random_affine's interpolation blurs."""
+    independently in each direction, the uncovered edge filled with `background`, or with the
+    image's reflection when it is None (the padded random crop of the CIFAR and Fashion-MNIST
+    literature). Whole pixels keep the strokes and textures sharp, which random_affine's
+    interpolation blurs."""
     n, _, height, width = images.shape
-    background = per_channel(background, images)
     offsets = torch.randint(0, 2 * shift + 1, (2, n, 1), generator=generator).to(images.device)
-    padded = background.expand(n, images.shape[1], height + 2 * shift, width + 2 * shift).clone()
-    padded[:, :, shift:shift + height, shift:shift + width] = images
+    if background is None:
+        padded = F.pad(images, (shift,) * 4, mode="reflect")
+    else:
+        padded = per_channel(background, images).expand(
+            n, images.shape[1], height + 2 * shift, width + 2 * shift).clone()
+        padded[:, :, shift:shift + height, shift:shift + width] = images
     rows = (torch.arange(height, device=images.device) + offsets[0])[:, :, None]  # (N, H, 1)
     cols = (torch.arange(width, device=images.device) + offsets[1])[:, None, :]  # (N, 1, W)
     batch = torch.arange(n, device=images.device)[:, None, None]
@@ -80,19 +84,21 @@ def random_erase(images: Tensor, generator: torch.Generator,
     return images.masked_fill(erased.unsqueeze(1).to(images.device), 0.0)
 
 
-AUGMENTATIONS = ("affine", "shift", "flip", "erase")
+AUGMENTATIONS = ("affine", "shift", "reflect", "flip", "erase")
 
 
 def augment(images: Tensor, augmentations: str, generator: torch.Generator,
             background: Tensor | float) -> Tensor:
-    """A training batch through the comma-separated `augmentations` ("affine", "shift", "flip",
-    "erase"; "none" for none), in that order; their randomness comes from `generator`;
-    `background` (C, 1, 1) is a black pixel after normalization."""
+    """A training batch through the comma-separated `augmentations` ("affine", "shift" or
+    "reflect", "flip", "erase"; "none" for none), in that order; their randomness comes from
+    `generator`; `background` (C, 1, 1) is a black pixel after normalization."""
     chosen = augmentations.split(",")
     if "affine" in chosen:
         images = random_affine(images, generator, background)
     if "shift" in chosen:
         images = random_shift(images, generator, background)
+    if "reflect" in chosen:
+        images = random_shift(images, generator, None)
     if "flip" in chosen:
         images = random_flip(images, generator)
     if "erase" in chosen:

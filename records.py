@@ -104,9 +104,12 @@ def check_record(record: object, source: str | Path) -> dict:
     if missing:
         raise ModelFileError(f"{source} lacks {', '.join(missing)}")
     field.known("arch", record["arch"], ARCHITECTURES, "an unknown architecture")
-    arguments = set(inspect.signature(ARCHITECTURES[record["arch"]]).parameters)
-    for name, value in field.mapping("model_args", record["model_args"], arguments).items():
-        field.count(f"model_args.{name}", value, most=MAX_MODEL_ARG)
+    arguments = inspect.signature(ARCHITECTURES[record["arch"]]).parameters
+    for name, value in field.mapping("model_args", record["model_args"], set(arguments)).items():
+        if arguments[name].annotation is not float:  # sizes
+            field.count(f"model_args.{name}", value, most=MAX_MODEL_ARG)
+        elif field.number(f"model_args.{name}", value) <= 0:  # scales
+            raise field.fail(f"model_args.{name}", "a positive number", value)
     field.known("dataset", record["dataset"], DATASETS, "an unknown dataset")
     shape, given = list(DATASETS[record["dataset"]].shape), record["input_shape"]
     if not (type(given) in (list, tuple) and [type(size) for size in given] == [int] * len(given)

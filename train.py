@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import Field, asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,6 +57,9 @@ def augmentation_list(text: str) -> str:
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(f"unknown augmentation {', '.join(unknown)!r}; "
                                          f"choose from {', '.join(AUGMENTATIONS)}, or none")
+    if {"shift", "reflect"} <= set(chosen):
+        raise argparse.ArgumentTypeError("shift and reflect are the same moves with different "
+                                         "edges: choose one")
     return ",".join(name for name in AUGMENTATIONS if name in chosen)
 
 
@@ -78,27 +82,45 @@ class TrainConfig:
         None, "model", type=lambda text: int_in_range(text, 4, 512),
         help="a stronger network's channels in its first stage, doubled in each of the next two "
              "(default: the network's own); cost grows with its square")
+    logit_scale: float | None = setting(
+        None, "model", type=positive_float,
+        help="cifarnet: its logits multiplied by this (default 1); airbench's 1/9 keeps SGD's "
+             "large steps from swamping the last layer")
     epochs: int = setting(8, "optimisation", type=positive_int,
                           help="passes over the training split")
     batch_size: int = setting(256, "optimisation", type=positive_int,
                               help="images per optimizer step (under torchrun: in all)")
     lr: float = setting(0.01, "optimisation", type=positive_float,
-                        help="peak learning rate (AdamW)")
-    schedule: str = setting("onecycle", "optimisation", choices=["onecycle", "constant"],
-                            help="one-cycle warm-up then cosine decay, or constant --lr")
+                        help="peak learning rate (for SGD, of the batch's mean loss)")
+    optimizer: str = setting("adamw", "optimisation", choices=["adamw", "sgd"],
+                             help="AdamW, or SGD with Nesterov momentum as airbench trains: batch "
+                                  "norm's scales stay 1 and its biases learn 64 times faster")
+    momentum: float = setting(0.9, "optimisation", type=fraction,
+                              help="SGD's Nesterov momentum (replaced by the cycled one while "
+                                   "--cycle-momentum is on with onecycle)")
+    schedule: str = setting("onecycle", "optimisation",
+                            choices=["onecycle", "triangle", "constant"],
+                            help="one-cycle warm-up then cosine decay; airbench's triangle (up "
+                                 "from 0.2 --lr to --lr over the first 23%% of the steps, then "
+                                 "down to 0.07 --lr); or constant --lr")
     weight_decay: float = setting(0.0, "optimisation", type=non_negative_float,
-                                  help="AdamW's decoupled weight decay")
+                                  help="AdamW's decoupled weight decay, or SGD's L2 penalty")
     label_smoothing: float = setting(0.0, "optimisation", type=fraction,
                                      help="weight of the uniform distribution mixed into the "
                                           "targets")
     augment: str = setting(
         "none", "augmentation", type=augmentation_list, nargs="?", const="default",
         metavar="LIST", help="distort every training batch: alone, as suits the dataset (mnist: "
-        "affine; fashion-mnist: flip,erase); or a list of affine (rotation, scale, shear, "
-        "shift), shift (whole pixels), flip (mirror) and erase (random erasing)")
+        "affine; fashion-mnist: flip,erase; cifar10: shift,flip); or a list of affine (rotation, "
+        "scale, shear, shift), shift (whole pixels, the edge black), reflect (the same, the edge "
+        "mirrored), flip (mirror) and erase (random erasing)")
     ema: float = setting(0.0, "optimisation", type=fraction,
                          help="decay of a moving average of the weights, updated every step; "
                               "above 0 (e.g. 0.999) the average is validated and saved")
+    lookahead: bool = setting(False, "optimisation", action=argparse.BooleanOptionalAction,
+                              help="airbench's lookahead: every 5 steps the weights are pulled "
+                                   "back toward where the last pull left them, harder as the run "
+                                   "ends")
     val_size: int = setting(DEFAULT_VAL_SIZE, "data", type=positive_int,
                             help="training images held out for validation (a fixed split)")
     train_size: int | None = setting(None, "data", type=positive_int,
@@ -119,8 +141,8 @@ class TrainConfig:
     beta2: float = setting(0.999, "optimisation", type=fraction,
                            help="AdamW's decay of its squared-gradient average")
     cycle_momentum: bool = setting(True, "optimisation", action=argparse.BooleanOptionalAction,
-                                   help="with onecycle, cycle beta1 from 0.95 down to 0.85 and "
-                                        "back, against the learning rate")
+                                   help="with onecycle, cycle beta1 (SGD: the momentum) from 0.95 "
+                                        "down to 0.85 and back, against the learning rate")
 
 
 SETTINGS = tuple(entry.name for entry in fields(TrainConfig))
@@ -173,10 +195,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         recipe = read_recipe(options.config) if options.config is not None else {}
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --config: {error}")
+    if "optimizer" in named:  # flags win: the recipe's settings of another optimizer go
+        recipe = {name: value for name, value in recipe.items()
+                  if name not in foreign_settings(named["optimizer"])}
     settings = recipe | named
     dataset = DATASETS.get(settings.get("dataset", TrainConfig.dataset))
     config = TrainConfig(**{"arch": dataset.arch} | settings)
-    check_settings(parser, config, options)
+    # a full recipe (tune.py's best.json) states every setting: its defaults name nothing
+    chosen = set(named) | {name for name, value in recipe.items()
+                           if value != getattr(TrainConfig, name)}
+    check_settings(parser, config, options, chosen)
     if options.resume:
         checkpoint = output_paths(options.out)["checkpoint"]
         config = resumed_config(config, set(recipe | named), checkpoint)
@@ -223,24 +251,38 @@ def recipe_value(path: Path, entry: Field, value: object) -> object:
     return value
 
 
+OPTIMIZER_SETTINGS = {"adamw": {"beta1", "beta2"}, "sgd": {"momentum"}}  # each one's own
+MODEL_SETTINGS = ("width", "logit_scale")  # passed to the networks that take them
+
+
+def foreign_settings(optimizer: str) -> set[str]:
+    """The settings of the optimizers other than `optimizer`."""
+    return set().union(*(own for name, own in OPTIMIZER_SETTINGS.items() if name != optimizer))
+
+
 def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
-                   options: argparse.Namespace) -> None:
-    """What no single flag can check: how the settings and options fit together. Resolves
-    `--augment` alone to the dataset's own augmentation."""
-    widened = [name for name, network in ARCHITECTURES.items()
-               if "width" in inspect.signature(network).parameters]
-    if config.width is not None and config.arch not in widened:
-        parser.error(f"argument --width: the {config.arch} has none "
-                     f"(architectures with a width: {', '.join(widened)})")
+                   options: argparse.Namespace, named: set[str] = frozenset()) -> None:
+    """What no single flag can check: how the settings and options fit together, and the
+    settings `named` by the flags or the recipe. Resolves `--augment` alone to the dataset's own
+    augmentation."""
+    for name in MODEL_SETTINGS:
+        having = [arch for arch, network in ARCHITECTURES.items()
+                  if name in inspect.signature(network).parameters]
+        if getattr(config, name) is not None and config.arch not in having:
+            parser.error(f"argument --{name.replace('_', '-')}: the {config.arch} has none "
+                         f"(architectures with a {name.replace('_', ' ')}: {', '.join(having)})")
     mismatch = shape_mismatch(config.arch, config.dataset)
     if mismatch:
         parser.error(f"argument --arch: {mismatch}")
     if not config.whiten and config.arch != "cifarnet":
         parser.error(f"argument --no-whiten: the {config.arch} has no whitened first layer "
                      "(only cifarnet has)")
+    for name in sorted(named & foreign_settings(config.optimizer)):
+        parser.error(f"argument --{name}: --optimizer {config.optimizer} has none")
     cycled = config.cycle_momentum and config.schedule == "onecycle"
-    if cycled and config.beta1 != TrainConfig.beta1:
-        parser.error("argument --beta1: one-cycle replaces it with its own cycled value; "
+    momentum = "beta1" if config.optimizer == "adamw" else "momentum"
+    if cycled and getattr(config, momentum) != getattr(TrainConfig, momentum):
+        parser.error(f"argument --{momentum}: one-cycle replaces it with its own cycled value; "
                      "add --no-cycle-momentum to keep it")
     if config.augment == "default":
         config.augment = DATASETS[config.dataset].augmentation
@@ -259,6 +301,31 @@ def output_paths(out: Path) -> dict[str, Path]:
     return {name: check_output_file(path) for name, path in paths.items()}
 
 
+class Lookahead:
+    """airbench's lookahead: every EVERY steps the weights (and batch norm's statistics) are pulled
+    back toward where the last pull left them, by a decay that grows as the cube of the run's
+    progress: free early on, a strong average at the end."""
+    EVERY, DECAY = 5, 0.95 ** 5
+
+    def __init__(self, model: nn.Module, total_steps: int) -> None:
+        self.state = [t for t in model.state_dict().values() if t.is_floating_point()]  # views
+        self.average = [t.clone() for t in self.state]
+        self.total_steps = total_steps
+
+    @torch.no_grad()
+    def step(self, steps: int) -> None:
+        """After the optimizer's `steps`-th step of the run."""
+        if steps % self.EVERY == 0:
+            decay = self.DECAY * (steps / self.total_steps) ** 3
+            torch._foreach_lerp_(self.average, self.state, 1 - decay)
+            torch._foreach_copy_(self.state, self.average)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Back to where the last pull left the weights: what is validated and saved."""
+        torch._foreach_copy_(self.state, self.average)
+
+
 @dataclass
 class Training:
     """What a run steps, epoch after epoch."""
@@ -270,6 +337,7 @@ class Training:
     generator: torch.Generator  # the batch order's and the augmentation's randomness
     distort: Callable[[Tensor], Tensor] | None  # the augmentation of a batch
     amp: bool = False  # bf16 autocast in training and validation
+    lookahead: Lookahead | None = None  # airbench's lookahead, when asked for
 
     @property
     def kept(self) -> nn.Module:
@@ -280,7 +348,8 @@ class Training:
 def model_args(config: TrainConfig) -> dict:
     """The network's keyword arguments (model.py), as model files store them."""
     return {"num_classes": len(DATASETS[config.dataset].classes),
-            **({"width": config.width} if config.width else {})}
+            **{name: getattr(config, name) for name in MODEL_SETTINGS
+               if getattr(config, name) is not None}}
 
 
 WHITENING_IMAGES = 5000  # as airbench: enough for a 12x12 covariance, and quick
@@ -299,6 +368,9 @@ def setup_training(config: TrainConfig, steps_per_epoch: int, device: torch.devi
         model.whiten(images[:WHITENING_IMAGES])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.optimizer == "sgd":  # before DDP, which notes what needs gradients when built
+        for norm in batch_norms(model):
+            norm.weight.requires_grad_(False)
     stepped = model
     if world > 1:
         devices = [device] if device.type == "cuda" else None
@@ -308,27 +380,68 @@ def setup_training(config: TrainConfig, steps_per_epoch: int, device: torch.devi
     if config.ema:  # batch norm's statistics are averaged too
         ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema), use_buffers=True)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
+    lookahead = Lookahead(model, config.epochs * steps_per_epoch) if config.lookahead else None
     generator = torch.Generator().manual_seed(config.seed)
     distort = None
     if config.augment != "none":
         background = black(DATASETS[config.dataset])
         distort = lambda batch: augment(batch, config.augment, generator, background)  # noqa: E731
-    return Training(model, stepped, ema, optimizer, scheduler, generator, distort, config.amp)
+    return Training(model, stepped, ema, optimizer, scheduler, generator, distort, config.amp,
+                    lookahead)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int):
-    """AdamW and its schedule: one-cycle over the run's steps, or constant."""
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")  # one kernel for all updates
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  betas=(config.beta1, config.beta2),
-                                  weight_decay=config.weight_decay, fused=fused)
-    if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-            cycle_momentum=config.cycle_momentum)
+def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW or SGD, and the schedule over the run's steps: one-cycle, triangle or constant."""
+    if config.optimizer == "adamw":
+        fused = next(model.parameters()).device.type in ("cpu", "cuda")  # one kernel for all
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                      betas=(config.beta1, config.beta2),
+                                      weight_decay=config.weight_decay, fused=fused)
     else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return optimizer, scheduler
+        optimizer = torch.optim.SGD(sgd_groups(model, config), momentum=config.momentum,
+                                    nesterov=config.momentum > 0)
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return optimizer, torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total, cycle_momentum=config.cycle_momentum)
+    factor = partial(triangle, total=total) if config.schedule == "triangle" else lambda _: 1.0
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+TRIANGLE = (0.2, 0.23, 0.07)  # airbench's: start, where the peak is, end (of the rate, the steps)
+
+
+def triangle(step: int, total: int) -> float:
+    """The learning rate's factor at `step` of `total`: up in a line from TRIANGLE's start to 1
+    at its peak, then down in a line to its end."""
+    start, at, end = TRIANGLE
+    peak = int(at * total)
+    if step < peak:
+        return start + (1 - start) * step / peak
+    return 1 - (1 - end) * (step - peak) / max(total - peak, 1)
+
+
+BIAS_LR_SCALE = 64  # airbench's: batch norm's biases learn this much faster than the weights
+
+
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    return [module for module in model.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
+def sgd_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """SGD's parameter groups as airbench sets them (with batch norm's scales fixed at 1 by
+    setup_training; the next layer can scale): batch norm's biases at BIAS_LR_SCALE times the
+    learning rate with the weight decay divided by as much (the same decay a step), everything
+    else at --lr."""
+    biases = {id(norm.bias) for norm in batch_norms(model)}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return [dict(params=[p for p in trained if id(p) not in biases], lr=config.lr,
+                 weight_decay=config.weight_decay),
+            dict(params=[p for p in trained if id(p) in biases], lr=config.lr * BIAS_LR_SCALE,
+                 weight_decay=config.weight_decay / BIAS_LR_SCALE)]
 
 
 def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
@@ -370,12 +483,16 @@ def train_epoch(training: Training, images: Tensor, labels: Tensor, config: Trai
         loss.backward()
         training.optimizer.step()
         training.scheduler.step()
+        if training.lookahead is not None:
+            training.lookahead.step(training.scheduler.last_epoch)
         if training.ema is not None:
             training.ema.update_parameters(training.model)
         loss_sum += loss.detach() * len(batch)
         correct += (logits.argmax(1) == labels[batch]).sum()
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss.item():.4f}")
+    if training.lookahead is not None:
+        training.lookahead.restore()
     if world > 1:
         dist.all_reduce(loss_sum)
         dist.all_reduce(correct)
@@ -403,6 +520,7 @@ def save_checkpoint(path: Path, config: TrainConfig, training: Training, history
                  "model": best, "history": history,
                  "state_dict": {name: t.cpu() for name, t in training.model.state_dict().items()},
                  "ema": training.ema.state_dict() if training.ema is not None else None,
+                 "lookahead": None if training.lookahead is None else training.lookahead.average,
                  "optimizer": training.optimizer.state_dict(),
                  "scheduler": training.scheduler.state_dict(),
                  "generator": training.generator.get_state(), "torch_rng": torch.get_rng_state()},
@@ -424,6 +542,10 @@ def restore_checkpoint(checkpoint: dict, training: Training) -> tuple[list[dict]
     training.model.load_state_dict(checkpoint["state_dict"])
     if training.ema is not None:
         training.ema.load_state_dict(checkpoint["ema"])
+    if training.lookahead is not None:
+        for average, saved in zip(training.lookahead.average, checkpoint["lookahead"],
+                                  strict=True):
+            average.copy_(saved)
     training.optimizer.load_state_dict(checkpoint["optimizer"])
     training.scheduler.load_state_dict(checkpoint["scheduler"])
     training.generator.set_state(checkpoint["generator"])

@@ -14,8 +14,8 @@ from PIL import Image
 
 import train
 from augmentation import random_flip, random_shift
-from conftest import (REAL_DATA_DIR, needs_real_cifar10, run_script, write_cifar10,
-                      write_mnist)
+from conftest import (PROJECT_DIR, REAL_DATA_DIR, needs_real_cifar10, run_script,
+                      write_cifar10, write_mnist)
 from datasets import DATASETS, black, load_dataset, normalize, split_indices
 from evaluate import learned_mirrors
 from load_model import ImageError, ModelFileError, Predictor, read_model_file
@@ -168,11 +168,15 @@ def test_a_cifar_model_exports_to_onnx_and_int8(cifar_model, tiny_cifar10, tmp_p
 
 
 @needs_real_cifar10
-def test_a_short_run_on_the_real_cifar10_learns_far_above_chance(tmp_path):
+@pytest.mark.parametrize("settings", [
+    ["--dataset", "cifar10", "--lr", "0.02", "--epochs", "2"],  # AdamW
+    ["--config", PROJECT_DIR / "configs" / "cifar10-fast.json", "--epochs", "3",
+     "--batch-size", "256", "--lr", "0.375"]],  # SGD: airbench's rate for a quarter the batch
+    ids=["adamw", "the-fast-recipe-shrunk"])
+def test_a_short_run_on_the_real_cifar10_learns_far_above_chance(tmp_path, settings):
     out = tmp_path / "model.pth"
-    run_script("train.py", "--dataset", "cifar10", "--data-dir", REAL_DATA_DIR, "--out", out,
-               "--train-size", "5000", "--epochs", "2", "--width", "8", "--lr", "0.02",
-               "--no-download")
+    run_script("train.py", *settings, "--data-dir", REAL_DATA_DIR, "--out", out,
+               "--train-size", "5000", "--width", "8", "--no-download")
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert metrics["val_accuracy"] > 0.3 and metrics["test"]["accuracy"] > 0.3  # chance: 0.1
 

@@ -162,6 +162,20 @@ def test_random_shift_moves_each_image_by_whole_pixels_and_fills_the_edge_with_b
     assert len(offsets) == 25  # all 5 x 5 offsets occur
 
 
+def test_reflect_shifts_by_whole_pixels_and_fills_the_edge_with_the_images_reflection():
+    x = torch.rand(300, 2, 12, 12)
+    moved = random_shift(x, torch.Generator().manual_seed(0), background=None, shift=2)
+    reflected = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")  # 16 x 16
+    offsets = set()
+    for image, shifted in zip(reflected, moved):
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(shifted, image[:, dy:dy + 12, dx:dx + 12])]
+        assert len(found) == 1  # a 12 x 12 window of the reflected image, the same in each channel
+        offsets.add(found[0])
+    assert len(offsets) == 25
+    assert augment(x, "reflect", torch.Generator().manual_seed(0), background=-1.0).min() >= 0
+
+
 def roll_mask(size: int, dy: int, dx: int) -> Tensor:
     """Where an image rolled by (dy, dx) shows its own pixels rather than ones wrapped round the edge."""
     rows, cols = torch.arange(size)[:, None] - dy, torch.arange(size)[None, :] - dx

@@ -45,6 +45,17 @@ def test_two_processes_train_together_and_rank_0_alone_writes(tiny_data, tmp_pat
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
+def test_two_processes_train_a_batch_norm_network_with_sgd_and_lookahead(tiny_data, tmp_path):
+    """SGD fixes batch norm's scales before DistributedDataParallel notes what needs gradients."""
+    out = tmp_path / "model.pth"
+    result = torchrun("--data-dir", tiny_data, "--out", out, "--arch", "convnet", "--width", "8",
+                      "--optimizer", "sgd", "--lr", "0.05", "--schedule", "triangle", "--lookahead",
+                      "--epochs", "5", *TINY_TRAINING)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["val_accuracy"] > 0.5
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
 def test_resume_reads_the_checkpoint_on_every_process(tiny_data, tmp_path):
     out = tmp_path / "model.pth"
     assert torchrun("--data-dir", tiny_data, "--out", out, "--epochs", "2", *TINY_TRAINING).returncode == 0

@@ -105,3 +105,19 @@ def test_whitening_fixes_the_cifarnet_stem_to_decorrelate_the_images_2x2_patches
     covariance = outputs.T @ outputs / len(outputs)
     assert torch.allclose(covariance, torch.eye(12), atol=1e-3)
     assert not stem.weight.requires_grad and stem.bias.requires_grad  # fixed; its bias learns
+
+
+def test_the_cifarnets_3x3_convolutions_start_as_identities_and_its_logits_are_scaled():
+    model = build_model("cifarnet", num_classes=10, width=8, logit_scale=0.5)
+    convolutions = [m for m in model.features if isinstance(m, torch.nn.Conv2d)
+                    and m.kernel_size == (3, 3)]
+    assert len(convolutions) == 6
+    for conv in convolutions:
+        passed = min(conv.in_channels, conv.out_channels)  # the first filters copy their channel
+        identity = torch.zeros(passed, conv.in_channels, 3, 3)
+        identity[range(passed), range(passed), 1, 1] = 1
+        assert torch.equal(conv.weight[:passed], identity)
+    images = torch.randn(2, 3, 32, 32)
+    model.eval()
+    plain = model.classifier(model.features(images))
+    assert torch.allclose(model(images), 0.5 * plain)

@@ -13,7 +13,7 @@ import records
 import save_model as save_model_module
 from conftest import PROJECT_DIR, run_script
 from load_model import MODEL_KEYS, ModelFileError, build_from_record, load_model, read_model_file
-from model import LeNet
+from model import CifarNet, LeNet
 from save_model import model_record, save_atomic, save_model
 
 NORMALIZATION = {"mean": 0.1307, "std": 0.3081}
@@ -230,6 +230,26 @@ def test_arbitrary_bytes_never_load_as_a_model(tmp_path, data):
     path.write_bytes(data)
     with pytest.raises(ModelFileError):
         load_model(path)
+
+
+def test_a_cifarnets_logit_scale_is_kept_in_the_file_and_must_be_a_positive_number(tmp_path):
+    torch.manual_seed(0)
+    args = {"num_classes": 10, "width": 8, "logit_scale": 0.25}
+    record = model_record(CifarNet(**args), "cifarnet", args, "cifar10",
+                          {"mean": [0.5] * 3, "std": [0.25] * 3}, list("abcdefghij"), {})
+    path = tmp_path / "cifar.pth"
+    save_model(record, path)
+    assert read_model_file(path)["model_args"] == args and load_model(path).logit_scale == 0.25
+    for wrong, complaint in ((0, "a positive number"), (-1.0, "a positive number"),
+                             ("0.25", "a finite number"), (float("nan"), "a finite number"),
+                             (float("inf"), "a finite number"), (True, "a finite number")):
+        record["model_args"]["logit_scale"] = wrong
+        path.write_bytes(save_bytes(record))
+        with pytest.raises(ModelFileError, match=f"model_args.logit_scale must be {complaint}"):
+            load_model(path)
+    record["model_args"]["logit_scale"] = 1  # a whole number is a number too
+    path.write_bytes(save_bytes(record))
+    assert load_model(path).logit_scale == 1
 
 
 # Round two: structurally valid files whose fields are wrong, silent NaN, memory bombs.

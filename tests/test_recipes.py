@@ -11,7 +11,7 @@ from evaluate import evaluate, learned_mirrors, tta_views
 from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 from datasets import DATASETS
 from load_model import read_model_file
-from model import LeNet
+from model import CifarNet, LeNet
 
 
 def test_a_config_file_sets_the_run_and_flags_given_beside_it_win(tmp_path):
@@ -42,9 +42,13 @@ def test_with_ema_the_average_is_validated_and_saved_and_the_raw_weights_are_sco
     assert any(not torch.equal(raw[name], averaged[name]) for name in raw)  # the file holds the average
 
 
-def test_resuming_a_run_with_ema_ends_with_the_same_average_as_an_uninterrupted_run(tiny_data, tmp_path,
-                                                                                  monkeypatch):
-    settings = ["--data-dir", str(tiny_data), "--ema", "0.9", "--epochs", "3", "--seed", "4", *TINY_TRAINING]
+@pytest.mark.parametrize("averaging", [
+    ["--ema", "0.9"],
+    ["--optimizer", "sgd", "--lr", "0.05", "--lookahead", "--batch-size", "60"]],  # 9 steps an epoch
+    ids=["ema", "sgd-lookahead"])
+def test_resuming_a_run_with_ema_or_lookahead_ends_with_the_weights_of_an_uninterrupted_run(
+        tiny_data, tmp_path, monkeypatch, averaging):
+    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--seed", "4", *TINY_TRAINING, *averaging]
     whole, interrupted = tmp_path / "whole" / "model.pth", tmp_path / "interrupted" / "model.pth"
     run_script("train.py", *settings, "--out", whole)
     ctrl_c_in_epoch(monkeypatch, 2)
@@ -54,6 +58,28 @@ def test_resuming_a_run_with_ema_ends_with_the_same_average_as_an_uninterrupted_
     expected, resumed = read_model_file(whole)["state_dict"], read_model_file(interrupted)["state_dict"]
     for name, tensor in expected.items():
         assert torch.equal(tensor, resumed[name]), name
+
+
+def test_lookahead_pulls_the_weights_back_every_5_steps_harder_as_the_run_ends():
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    weight, mean = model[0].weight, model[1].running_mean
+    torch.nn.init.zeros_(weight)
+    lookahead = train.Lookahead(model, total_steps=10)
+    for step in range(1, 11):
+        with torch.no_grad():
+            weight += 1.0  # a step of the optimizer
+            mean += 1.0  # and of batch norm's statistics
+            model[1].num_batches_tracked += 1
+        lookahead.step(step)
+        if step == 5:  # decay 0.95^5 x (5/10)^3 of the way back to 0, where the run started
+            assert weight.item() == mean.item() == pytest.approx(5 * (1 - 0.95 ** 5 / 8))
+    pulled = 5 * (1 - 0.95 ** 5 / 8) + 5 * (1 - 0.95 ** 5)
+    assert weight.item() == mean.item() == pytest.approx(pulled)
+    assert model[1].num_batches_tracked.item() == 10  # a count, not averaged
+    with torch.no_grad():
+        weight += 1.0
+    lookahead.restore()  # the end of an epoch: back to the last pull
+    assert weight.item() == pytest.approx(pulled)
 
 
 def test_tta_views_are_the_image_and_its_four_one_pixel_shifts():
@@ -179,6 +205,75 @@ def test_a_beta1_that_momentum_cycling_would_overwrite_is_refused():
     assert config.beta1 == 0.7
     # the default, which tune.py's recipes name, is accepted with cycling
     assert train.parse_args(["--beta1", "0.9"])[0].cycle_momentum
+
+
+def sgd_training(*flags: str, steps: int = 100):
+    """The CifarNet and the SGD, its parameter groups and schedule that train.py sets up from
+    `flags`."""
+    config, _ = train.parse_args(["--dataset", "cifar10", "--optimizer", "sgd", "--width", "8",
+                                  *flags])
+    training = train.setup_training(config, steps, torch.device("cpu"),
+                                    images=torch.randn(8, 3, 32, 32))
+    return training.model, training.optimizer, training.scheduler
+
+
+def test_sgd_keeps_batch_norms_scales_at_one_and_steps_its_biases_64_times_faster():
+    model, optimizer, _ = sgd_training("--lr", "0.5", "--weight-decay", "0.0064",
+                                       "--schedule", "constant")
+    weights, biases = optimizer.param_groups
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(norm.weight.requires_grad for norm in norms)
+    assert {id(p) for p in biases["params"]} == {id(norm.bias) for norm in norms}
+    assert (weights["lr"], weights["weight_decay"]) == (0.5, 0.0064)
+    assert (biases["lr"], biases["weight_decay"]) == (32.0, pytest.approx(0.0001))
+    assert weights["nesterov"] and weights["momentum"] == 0.9
+    assert not sgd_training("--momentum", "0", "--schedule", "constant")[1].defaults["nesterov"]
+    loss = model(torch.randn(4, 3, 32, 32)).square().mean()
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(norm.weight, torch.ones_like(norm.weight)) for norm in norms)
+
+
+def test_the_triangle_schedule_rises_from_a_fifth_to_the_peak_at_23_percent_then_falls_to_7():
+    _, optimizer, scheduler = sgd_training("--lr", "2", "--schedule", "triangle", "--epochs", "1")
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(0.4) and max(rates) == rates[23] == pytest.approx(2)
+    assert rates[-1] == pytest.approx(0.14)
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(0.14 * 64)
+
+
+def test_each_optimizer_refuses_the_other_ones_settings_and_cycling_owns_the_momentum():
+    for flags, error in (
+            (["--momentum", "0.8", "--no-cycle-momentum"], "--momentum: --optimizer adamw has none"),
+            (["--optimizer", "sgd", "--beta1", "0.9"], "--beta1: --optimizer sgd has none"),
+            (["--optimizer", "sgd", "--beta2", "0.9"], "--beta2: --optimizer sgd has none"),
+            (["--optimizer", "sgd", "--momentum", "0.8"], "one-cycle replaces it")):
+        result = run_script("train.py", *flags, "--dry-run", check=False)
+        assert result.returncode == 2 and error in result.stderr.splitlines()[-1], flags
+    config, _ = train.parse_args(["--optimizer", "sgd", "--momentum", "0.8", "--schedule",
+                                  "triangle"])
+    assert config.momentum == 0.8
+
+
+def test_an_optimizer_named_beside_a_recipe_leaves_out_the_recipes_settings_of_the_other():
+    recipe = str(PROJECT_DIR / "configs" / "cifar10.json")
+    config, _ = train.parse_args(["--config", recipe, "--optimizer", "adamw", "--lr", "0.01"])
+    assert (config.optimizer, config.momentum, config.schedule) == ("adamw", 0.9, "triangle")
+    assert train.parse_args(["--config", recipe])[0].momentum == 0.85
+
+
+def test_sgd_learns_the_tiny_digits(tiny_data, tmp_path):
+    out = tmp_path / "model.pth"
+    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "5",
+               "--optimizer", "sgd", "--lr", "0.1", "--schedule", "triangle", *TINY_TRAINING)
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert metrics["val_accuracy"] > 0.5  # chance is 0.1
+    assert read_model_file(out)["metadata"]["optimizer"] == "sgd"
 
 
 def test_a_recipe_beta_of_one_or_more_is_refused(tmp_path):
