@@ -34,7 +34,7 @@ from torchvision import transforms
 import train
 from common import (DATA_HELP, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError,
                     make_parser, positive_int, run_cli, writable_file)
-from datasets import DATASETS, load_dataset, normalize, training_indices
+from datasets import DATASETS, idx_source, load_dataset, normalize, training_indices
 from evaluate import evaluate
 from examples_mnist import train_examples_recipe
 from load_model import ImageError, Predictor, load_model, predict_images, read_model_file
@@ -50,8 +50,9 @@ def conventional_throughput(data_dir: Path, dataset: str, batch_size: int, steps
     ToTensor + Normalize per sample, through a DataLoader (its CPU default: no worker processes)."""
     torch.manual_seed(seed)
     spec = DATASETS[dataset]
-    images = spec.source(str(data_dir), train=True, download=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((spec.mean,), (spec.std,))]))
+    per_sample = transforms.Compose([transforms.ToTensor(),
+                                     transforms.Normalize((spec.mean,), (spec.std,))])
+    images = idx_source(spec)(str(data_dir), train=True, download=False, transform=per_sample)
     loader = DataLoader(images, batch_size=batch_size, shuffle=True)
     model = build_model("lenet")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.datasets import MNIST, FashionMNIST
 
 from cifar10 import CIFAR10_CLASSES, CIFAR10_FOLDER, load_cifar10
 from errors import UserError
@@ -35,8 +34,9 @@ class DatasetInfo:
     std: tuple[float, ...]
     augmentation: str  # what --augment applies when no list is given: see augmentation.py
     arch: str  # the network train.py builds when none is named (model.py)
-    # torchvision's class for the IDX datasets: the files with their MD5s, the mirrors
-    source: type[MNIST] | None = None
+    # the name of torchvision's class for an IDX dataset (the files with their MD5s, the mirrors):
+    # see idx_source
+    source: str | None = None
 
     @property
     def normalization(self) -> dict[str, float | list[float]]:
@@ -47,15 +47,26 @@ class DatasetInfo:
         return {"mean": list(self.mean), "std": list(self.std)}
 
 
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")  # torchvision's names, in label order
+
+
+def idx_source(spec: DatasetInfo) -> type:
+    """torchvision's class for an IDX dataset of DATASETS, which downloads its files and lists
+    their MD5s. Imported only when needed: importing torchvision imports all its models, which
+    would slow the start of every script, predicting included."""
+    from torchvision import datasets  # noqa: PLC0415
+    return getattr(datasets, spec.source)
+
+
 # Means and standard deviations of the 60,000 training images' pixels (tests check them on the
 # real files).
 # CIFAR-10's are those of its 50,000 (SOURCE.md beside the shared copy checks them).
 DATASETS = {
     "mnist": DatasetInfo("mnist", "MNIST", tuple(str(digit) for digit in range(10)), (1, 28, 28),
-                         (0.1307,), (0.3081,), "affine", "lenet", MNIST),
-    "fashion-mnist": DatasetInfo("fashion-mnist", "FashionMNIST", tuple(FashionMNIST.classes),
-                                 (1, 28, 28), (0.2860,), (0.3530,), "flip,erase", "lenet",
-                                 FashionMNIST),
+                         (0.1307,), (0.3081,), "affine", "lenet", "MNIST"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", "FashionMNIST", FASHION_CLASSES, (1, 28, 28),
+                                 (0.2860,), (0.3530,), "flip,erase", "lenet", "FashionMNIST"),
     "cifar10": DatasetInfo("cifar10", CIFAR10_FOLDER, CIFAR10_CLASSES, (3, 32, 32),
                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "shift,flip",
                            "cifarnet"),
@@ -119,12 +130,12 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
                           for name in names)
     if download and not present():
         try:
-            spec.source(str(data_dir), train=train, download=True)
+            idx_source(spec)(str(data_dir), train=train, download=True)
         except Exception:  # RuntimeError, URLError or OSError from torchvision: "not here"
             pass
     if not present():
         missing = [name for name in names if not (raw_dir / name).is_file()]
-        wanted = ", ".join(f"{gz}" for gz, _ in spec.source.resources)
+        wanted = ", ".join(f"{gz}" for gz, _ in idx_source(spec).resources)
         raise UserError(f"{spec.folder} files missing in {raw_dir} ({', '.join(missing)}); "
                         f"put the four files {wanted} there (gzipped or not), "
                         f"or run once with a network connection to download them")
@@ -182,7 +193,7 @@ def _check_real(path: Path, data: bytes, dataset: str, beside_gz: bool) -> None:
 def _check_md5(path: Path, spec: DatasetInfo) -> None:
     """The original .gz files have published MD5s (torchvision's resources lists): a damaged
     download is caught here."""
-    expected = dict(spec.source.resources)[path.name]
+    expected = dict(idx_source(spec).resources)[path.name]
     if hashlib.md5(path.read_bytes()).hexdigest() != expected:
         raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; "
                         "delete it and fetch it again")

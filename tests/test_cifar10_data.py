@@ -16,6 +16,9 @@ from cifar10 import (CIFAR10_CLASSES, CIFAR10_FOLDER, CIFAR10_MD5, CIFAR10_URL, 
 from conftest import REAL_DATA_DIR, needs_real_cifar10
 from errors import UserError
 
+# What cifar10.py calls to fetch the tarball (imported there only when a download is wanted).
+TORCHVISION_DOWNLOAD = "torchvision.datasets.utils.download_and_extract_archive"
+
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
@@ -23,7 +26,7 @@ def offline(monkeypatch):
     replaces it."""
     def no_network(*args, **kwargs):
         raise OSError("no network in the tests")
-    monkeypatch.setattr(cifar10, "download_and_extract_archive", no_network)
+    monkeypatch.setattr(TORCHVISION_DOWNLOAD, no_network)
 
 
 def record(label: int, red: int, green: int, blue: int) -> bytes:
@@ -145,7 +148,7 @@ def test_missing_files_are_downloaded_from_the_official_tarball(tmp_path, monkey
     def fake_download(url, download_root, md5):
         calls.append((url, Path(download_root), md5))
         write_split(Path(download_root), train=False, first_label=4)  # as unpacking would
-    monkeypatch.setattr(cifar10, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(TORCHVISION_DOWNLOAD, fake_download)
     images, labels = load_cifar10(tmp_path, train=False)
     assert calls == [(CIFAR10_URL, tmp_path, CIFAR10_MD5)]
     assert CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -155,7 +158,7 @@ def test_missing_files_are_downloaded_from_the_official_tarball(tmp_path, monkey
 
 
 def test_no_download_when_download_is_off(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar10, "download_and_extract_archive",
+    monkeypatch.setattr(TORCHVISION_DOWNLOAD,
                         lambda *args, **kwargs: pytest.fail("downloaded with download=False"))
     with pytest.raises(UserError, match="files missing"):
         load_cifar10(tmp_path, train=True, download=False)

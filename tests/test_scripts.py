@@ -1,6 +1,7 @@
 """The scripts end to end, run as a user runs them, on a tiny dataset the tests write."""
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -313,3 +314,13 @@ def test_profile_recipe_reports_flops_rates_layouts_and_the_top_operators(tiny_d
     too_many = run_script("profile_recipe.py", "--data-dir", tiny_data, "--steps", "100",
                           "--no-download", check=False)
     assert too_many.returncode == 1 and "need 26,112 training images" in too_many.stderr
+
+
+def test_predicting_and_importing_the_scripts_leave_torchvision_unimported():
+    """Importing torchvision imports all of its models, a wait at every start; only a download
+    needs it, so the scripts import it then."""
+    code = ("import sys, evaluate, load_model, save_model, serve, train, tune; "
+            "print(load_model.predict('examples/seven.png').name, 'torchvision' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == ["7", "False"]
