@@ -34,8 +34,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     augmentation: str  # what --augment applies when no list is given: see augmentation.py
     arch: str  # the network train.py builds when none is named (model.py)
-    # the name of torchvision's class for an IDX dataset (the files with their MD5s, the mirrors):
-    # see idx_source
+    # the name of torchvision's class for an IDX dataset, which downloads it: see idx_source
     source: str | None = None
 
     @property
@@ -52,9 +51,9 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 
 def idx_source(spec: DatasetInfo) -> type:
-    """torchvision's class for an IDX dataset of DATASETS, which downloads its files and lists
-    their MD5s. Imported only when needed: importing torchvision imports all its models, which
-    would slow the start of every script, predicting included."""
+    """torchvision's class for an IDX dataset of DATASETS, which downloads its files. Imported
+    only then: importing torchvision imports all of its models, which would slow the start of
+    every script, predicting included."""
     from torchvision import datasets  # noqa: PLC0415
     return getattr(datasets, spec.source)
 
@@ -97,6 +96,18 @@ IDX_SHA256 = {
 }
 # Their sizes (the same in both datasets): the IDX header, then 60,000 training or 10,000 test
 # images of 28 x 28 bytes, or one byte a label.
+# The published MD5s of the original .gz files (the datasets' pages; torchvision's lists hold the
+# same, and a test compares them): a damaged download is caught before it is unpacked.
+IDX_MD5 = {
+    "mnist": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+              "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+              "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+    "fashion-mnist": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                      "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                      "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                      "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+}
 IDX_SIZES = {"train-images-idx3-ubyte": 16 + 60_000 * 784, "train-labels-idx1-ubyte": 8 + 60_000,
              "t10k-images-idx3-ubyte": 16 + 10_000 * 784, "t10k-labels-idx1-ubyte": 8 + 10_000}
 # The validation split is fixed (not tied to --seed) so that every run, whatever
@@ -135,7 +146,7 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
             pass
     if not present():
         missing = [name for name in names if not (raw_dir / name).is_file()]
-        wanted = ", ".join(f"{gz}" for gz, _ in idx_source(spec).resources)
+        wanted = ", ".join(IDX_MD5[dataset])
         raise UserError(f"{spec.folder} files missing in {raw_dir} ({', '.join(missing)}); "
                         f"put the four files {wanted} there (gzipped or not), "
                         f"or run once with a network connection to download them")
@@ -160,7 +171,7 @@ def _idx_bytes(path: Path, dataset: str) -> bytes:
     in a read-only folder the bytes in memory serve."""
     compressed = path.with_name(f"{path.name}.gz")
     if compressed.is_file():
-        _check_md5(compressed, DATASETS[dataset])
+        _check_md5(compressed, dataset)
     if path.is_file():
         data = path.read_bytes()
         _check_real(path, data, dataset, beside_gz=compressed.is_file())
@@ -190,10 +201,9 @@ def _check_real(path: Path, data: bytes, dataset: str, beside_gz: bool) -> None:
     raise UserError(f"{path} is altered or corrupt ({what}); delete it and {fix}")
 
 
-def _check_md5(path: Path, spec: DatasetInfo) -> None:
-    """The original .gz files have published MD5s (torchvision's resources lists): a damaged
-    download is caught here."""
-    expected = dict(idx_source(spec).resources)[path.name]
+def _check_md5(path: Path, dataset: str) -> None:
+    """An original .gz file of `dataset` must have its published MD5 (IDX_MD5)."""
+    expected = IDX_MD5[dataset][path.name]
     if hashlib.md5(path.read_bytes()).hexdigest() != expected:
         raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; "
                         "delete it and fetch it again")

@@ -11,7 +11,9 @@ from torchvision.datasets import MNIST
 
 from augmentation import augment, random_affine, random_erase, random_flip, random_shift
 from common import UserError, has_native_bf16, pick_device
-from datasets import DATASETS, load_dataset, normalize, split_indices, training_indices
+import datasets
+from datasets import (DATASETS, idx_source, load_dataset, normalize, split_indices,
+                      training_indices)
 from evaluate import evaluate
 from model import build_model
 from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
@@ -31,13 +33,11 @@ def test_load_dataset_reads_idx_files_in_torchvisions_layout(tmp_path):
 
 
 def gzip_in_place(raw, name: str, keep_bytes: int | None = None, monkeypatch=None) -> None:
-    """Replaces raw/name by raw/name.gz and, for the test, publishes that file's MD5 as torchvision's."""
+    """Replaces raw/name by raw/name.gz and, for the test, publishes that file's MD5 as the real one's."""
     compressed = gzip.compress((raw / name).read_bytes())[:keep_bytes]
     (raw / f"{name}.gz").write_bytes(compressed)
     (raw / name).unlink()
-    resources = [(file, hashlib.md5(compressed).hexdigest() if file == f"{name}.gz" else md5)
-                 for file, md5 in MNIST.resources]
-    monkeypatch.setattr(MNIST, "resources", resources)
+    monkeypatch.setitem(datasets.IDX_MD5["mnist"], f"{name}.gz", hashlib.md5(compressed).hexdigest())
 
 
 def test_the_original_gzipped_files_are_read_without_a_download(tmp_path, monkeypatch):
@@ -75,12 +75,16 @@ def test_missing_files_are_named_with_the_folder_to_put_them_in(tmp_path):
 
 
 def test_a_failed_download_ends_in_the_same_clear_error(tmp_path, monkeypatch):
+    tried = []
+
     def offline(self):
+        tried.append(self.root)
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
 
     monkeypatch.setattr(MNIST, "download", offline)
     with pytest.raises(UserError, match="MNIST files missing in .*train-images-idx3-ubyte"):
         load_dataset(tmp_path, train=True, download=True)
+    assert tried == [str(tmp_path)]  # torchvision was asked
 
 
 @pytest.mark.parametrize("kept_bytes", [0, 3, 15, 16 + 28 * 28 * 5 + 7])
@@ -282,10 +286,15 @@ def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
     assert test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_the_published_md5s_are_torchvisions(dataset):
+    assert list(datasets.IDX_MD5[dataset].items()) == list(idx_source(DATASETS[dataset]).resources)
+
+
 @needs_real_mnist
 def test_the_real_gzip_files_pass_the_md5_check():
     raw = REAL_DATA_DIR / "MNIST" / "raw"
-    if not all((raw / f"{name}").is_file() for name, _ in MNIST.resources):
+    if not all((raw / f"{name}").is_file() for name in datasets.IDX_MD5["mnist"]):
         pytest.skip(f"the .gz files are not in {raw}")
     load_dataset(REAL_DATA_DIR, train=True, download=False)
     load_dataset(REAL_DATA_DIR, train=False, download=False)

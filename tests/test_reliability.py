@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from torchvision.datasets import MNIST
 
 import common
 import datasets
@@ -267,8 +266,7 @@ def publish_as_real(monkeypatch, raw, dataset: str = "mnist") -> None:
     monkeypatch.setitem(datasets.IDX_SHA256, dataset, known)
     monkeypatch.setattr(datasets, "IDX_SIZES", {name: (raw / name).stat().st_size for name in known})
     published = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in raw.glob("*.gz")}
-    monkeypatch.setattr(MNIST, "resources",
-                        [(name, published.get(name, md5)) for name, md5 in MNIST.resources])
+    monkeypatch.setitem(datasets.IDX_MD5, dataset, {**datasets.IDX_MD5[dataset], **published})
 
 
 def alter_a_label(path) -> None:
@@ -351,13 +349,13 @@ def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monk
 
 def test_parallel_processes_decompressing_the_same_fresh_gz_all_succeed(tmp_path, monkeypatch):
     raw = only_gz(tmp_path, monkeypatch)
-    published = dict(MNIST.resources)
+    published = datasets.IDX_MD5["mnist"]
     child = ("import sys; sys.path.insert(0, sys.argv[1]); import datasets;"
-             "from torchvision.datasets import MNIST; MNIST.resources = eval(sys.argv[3]);"
+             "datasets.IDX_MD5['mnist'] = eval(sys.argv[3]);"
              "datasets.IDX_SHA256['mnist'] = eval(sys.argv[4]);"
              "images, _ = datasets.load_dataset(sys.argv[2], train=False, download=False);"
              "print(len(images))")
-    arguments = [str(PROJECT_DIR), str(tmp_path), repr(list(published.items())),
+    arguments = [str(PROJECT_DIR), str(tmp_path), repr(published),
                  repr(datasets.IDX_SHA256["mnist"])]
     processes = [subprocess.Popen([sys.executable, "-c", child, *arguments], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(4)]

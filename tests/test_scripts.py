@@ -9,7 +9,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import train
-from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
+from conftest import (PROJECT_DIR, REAL_DATA_DIR, TINY_TRAINING, ctrl_c_in_epoch, needs_real_mnist,
+                      run_script)
 from load_model import load_model, read_model_file
 
 
@@ -316,11 +317,26 @@ def test_profile_recipe_reports_flops_rates_layouts_and_the_top_operators(tiny_d
     assert too_many.returncode == 1 and "need 26,112 training images" in too_many.stderr
 
 
+def imports_torchvision(code: str, *args) -> tuple[list[str], bool]:
+    """What `code` prints, run in a fresh Python in the project's folder, and whether it imported
+    torchvision (this process has: the tests use it)."""
+    code += "; print('torchvision' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", f"import sys; {code}", *map(str, args)],
+                            cwd=PROJECT_DIR, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    *printed, imported = result.stdout.split()
+    return printed, imported == "True"
+
+
 def test_predicting_and_importing_the_scripts_leave_torchvision_unimported():
-    """Importing torchvision imports all of its models, a wait at every start; only a download
-    needs it, so the scripts import it then."""
-    code = ("import sys, evaluate, load_model, save_model, serve, train, tune; "
-            "print(load_model.predict('examples/seven.png').name, 'torchvision' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True,
-                            text=True, check=True)
-    assert result.stdout.split() == ["7", "False"]
+    """Importing torchvision imports all of its models, a wait at every start; only downloads
+    need it, so the scripts import it then."""
+    code = ("import evaluate, load_model, save_model, serve, train, tune; "
+            "print(load_model.predict('examples/seven.png').name)")
+    assert imports_torchvision(code) == (["7"], False)
+
+
+@needs_real_mnist
+def test_reading_the_real_files_and_checking_their_gz_leave_torchvision_unimported():
+    code = "import datasets; print(len(datasets.load_dataset(sys.argv[1], train=False)[0]))"
+    assert imports_torchvision(code, REAL_DATA_DIR) == (["10000"], False)
