@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from errors import UserError
-from outputs import check_output_file
+from outputs import check_output_file, check_output_folder
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
@@ -49,12 +49,18 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # a polite kill gets the same clean exit as Ctrl-C
 
 
-def writable_file(text: str) -> Path:
-    """An output path (argparse's type): outputs.check_output_file's verdict, before any work."""
-    try:
-        return check_output_file(text)
-    except UserError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def checked_output(check: Callable[[str], Path]) -> Callable[[str], Path]:
+    """argparse's type for an output path: `check`'s verdict (outputs.py), before any work."""
+    def output_path(text: str) -> Path:
+        try:
+            return check(text)
+        except UserError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return output_path
+
+
+writable_file = checked_output(check_output_file)
+writable_folder = checked_output(check_output_folder)
 
 
 def require(module: str):

@@ -35,7 +35,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from common import (DEVICE_HELP, MODEL_HELP, default_model_path, make_parser, pick_device,
-                    positive_int, require, run_cli)
+                    positive_int, require, run_cli, writable_folder)
 from datasets import DATASETS, standardize
 from outputs import write_atomic
 from preprocess import (MAX_IMAGE_PIXELS, MAX_JPEG_PIXELS, PREPROCESSING, ImageError,  # noqa: F401
@@ -334,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--top-k", type=positive_int, default=1,
                         help="how many likeliest classes to print")
-    parser.add_argument("--save-input", type=Path, metavar="DIR",
+    parser.add_argument("--save-input", type=writable_folder, metavar="DIR",
                         help="write the input the model saw (28x28, or 32x32 in colour) for "
                              "each image into DIR, as NAME.input.png")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)

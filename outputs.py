@@ -21,18 +21,26 @@ from errors import UserError
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def check_output_folder(folder: str | Path, written: str | Path | None = None) -> Path:
+    """`folder` if files can be written into it: it, or the nearest folder above it that exists
+    (the rest is made when written), is a folder and is writable. Errors name `written`, the
+    file to be written there, when given."""
+    folder = nearest = Path(folder)
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UserError(f"can't write {written or folder}: {nearest} is not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise UserError(f"can't write {written or folder}: {nearest} is not writable")
+    return folder
+
+
 def check_output_file(path: str | Path) -> Path:
     """`path` if a file can be written there: its folder exists (or can be made) and is writable,
     and what is there now, if anything, is a regular file. A folder, a symbolic link (writing
     would replace the link, not its target), a device, a pipe or a socket is refused."""
     path = Path(path)
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(f"can't write {path}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"can't write {path}: {folder} is not writable")
+    check_output_folder(path.parent, path)
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

@@ -235,6 +235,15 @@ def test_save_input_writes_the_28x28_the_model_saw_beside_each_prediction(tmp_pa
     assert np.array_equal(np.asarray(saved), expected)
 
 
+def test_save_input_into_a_file_is_one_line_before_any_image_is_read(tmp_path):
+    result = run_script("load_model.py", "--save-input", PROJECT_DIR / "README.md", SEVEN,
+                        check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].endswith(
+        f"argument --save-input: can't write {PROJECT_DIR / 'README.md'}: "
+        f"{PROJECT_DIR / 'README.md'} is not a folder")
+
+
 @needs_real_mnist
 def test_most_real_digits_are_read_right_from_phone_photos():
     """Real MNIST test digits rendered as phone photos (every condition at once) and read from
