@@ -94,8 +94,6 @@ IDX_SHA256 = {
             "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
 }
-# Their sizes (the same in both datasets): the IDX header, then 60,000 training or 10,000 test
-# images of 28 x 28 bytes, or one byte a label.
 # The published MD5s of the original .gz files (the datasets' pages; torchvision's lists hold the
 # same, and a test compares them): a damaged download is caught before it is unpacked.
 IDX_MD5 = {
@@ -108,6 +106,8 @@ IDX_MD5 = {
                       "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
                       "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
 }
+# The uncompressed files' sizes (the same in both datasets): the IDX header, then 60,000 training
+# or 10,000 test images of 28 x 28 bytes, or one byte a label.
 IDX_SIZES = {"train-images-idx3-ubyte": 16 + 60_000 * 784, "train-labels-idx1-ubyte": 8 + 60_000,
              "t10k-images-idx3-ubyte": 16 + 10_000 * 784, "t10k-labels-idx1-ubyte": 8 + 10_000}
 # The validation split is fixed (not tied to --seed) so that every run, whatever
