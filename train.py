@@ -325,6 +325,12 @@ class Lookahead:
         """Back to where the last pull left the weights: what is validated and saved."""
         torch._foreach_copy_(self.state, self.average)
 
+    @torch.no_grad()
+    def settle(self) -> None:
+        """The average set to the weights, as after restore(): for a checkpoint's weights, saved
+        at the end of an epoch, which restore() ended."""
+        torch._foreach_copy_(self.average, self.state)
+
 
 @dataclass
 class Training:
@@ -520,7 +526,6 @@ def save_checkpoint(path: Path, config: TrainConfig, training: Training, history
                  "model": best, "history": history,
                  "state_dict": {name: t.cpu() for name, t in training.model.state_dict().items()},
                  "ema": training.ema.state_dict() if training.ema is not None else None,
-                 "lookahead": None if training.lookahead is None else training.lookahead.average,
                  "optimizer": training.optimizer.state_dict(),
                  "scheduler": training.scheduler.state_dict(),
                  "generator": training.generator.get_state(), "torch_rng": torch.get_rng_state()},
@@ -543,9 +548,7 @@ def restore_checkpoint(checkpoint: dict, training: Training) -> tuple[list[dict]
     if training.ema is not None:
         training.ema.load_state_dict(checkpoint["ema"])
     if training.lookahead is not None:
-        for average, saved in zip(training.lookahead.average, checkpoint["lookahead"],
-                                  strict=True):
-            average.copy_(saved)
+        training.lookahead.settle()
     training.optimizer.load_state_dict(checkpoint["optimizer"])
     training.scheduler.load_state_dict(checkpoint["scheduler"])
     training.generator.set_state(checkpoint["generator"])
