@@ -99,6 +99,10 @@ def positive_int(text: str) -> int:
     return int_in_range(text, 1, None)
 
 
+def non_negative_int(text: str) -> int:
+    return int_in_range(text, 0, None)
+
+
 def int_in_range(text: str, low: int, high: int | None) -> int:
     """An integer from `low` to `high` (no upper bound when None), as argparse's type check."""
     try:

@@ -264,9 +264,10 @@ def black(spec: DatasetInfo) -> Tensor:
 
 
 def split_indices(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:
-    """A seeded random split of range(n) into (train, validation) indices."""
-    if not 0 < val_size < n:
-        raise UserError(f"validation size must be between 1 and {n - 1} for {n} training images, "
+    """A seeded random split of range(n) into (train, validation) indices; a `val_size` of 0
+    holds nothing out."""
+    if not 0 <= val_size < n:
+        raise UserError(f"validation size must be between 0 and {n - 1} for {n} training images, "
                         f"got {val_size}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[val_size:], order[:val_size]

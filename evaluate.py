@@ -177,15 +177,22 @@ def check_datasets(paths: list[Path], records: list[dict], asked: str | None) ->
                             f"it can't be scored on {wanted}")
 
 
-def load_split(data_dir: Path, split: str, record: dict, download: bool) -> tuple[Tensor, Tensor]:
-    """The test images and labels of the model's dataset, or those of the validation split its
-    training run held out."""
+def load_split(data_dir: Path, split: str, models: dict[Path, dict],
+               download: bool) -> tuple[Tensor, Tensor]:
+    """The test images and labels of the models' dataset, or the validation images that every
+    one of their training runs held out: the smallest of their splits, which the others contain
+    (each split is the start of one fixed order)."""
+    dataset = next(iter(models.values()))["dataset"]
     if split == "test":
-        return load_dataset(data_dir, train=False, download=download, dataset=record["dataset"])
-    images, labels = load_dataset(data_dir, train=True, download=download,
-                                  dataset=record["dataset"])
-    _, val_indices = split_indices(len(images),
-                                   record["metadata"].get("val_size", DEFAULT_VAL_SIZE))
+        return load_dataset(data_dir, train=False, download=download, dataset=dataset)
+    sizes = {path: record["metadata"].get("val_size", DEFAULT_VAL_SIZE)
+             for path, record in models.items()}
+    for path, size in sizes.items():
+        if size == 0:
+            raise UserError(f"{path} was trained on every training image (--val-size 0): "
+                            "it has no validation split to score")
+    images, labels = load_dataset(data_dir, train=True, download=download, dataset=dataset)
+    _, val_indices = split_indices(len(images), min(sizes.values()))
     return images[val_indices], labels[val_indices]
 
 
@@ -228,7 +235,8 @@ def main() -> None:
     stems = figure_stems(args.model, args.out_dir, variant)
     records = [read_model_file(path) for path in args.model]
     check_datasets(args.model, records, args.dataset)
-    images, labels = load_split(args.data_dir, args.split, records[0], args.download)
+    images, labels = load_split(args.data_dir, args.split, dict(zip(args.model, records)),
+                                args.download)
     classes = records[0]["classes"]
     reports, all_probabilities = [], []
     for path, record, stem in zip(args.model, records, stems):

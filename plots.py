@@ -19,11 +19,11 @@ def _pyplot():
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, training against validation."""
+    """Loss and accuracy per epoch, training against validation (when the run held some out)."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val"):
+    for split in ("train", "val") if "val_loss" in history[0] else ("train",):
         loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
         accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history],
                            marker="o", label=split)

@@ -28,7 +28,7 @@ ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
 MAX_MODEL_ARG = 65_536
 # The types of the metadata that scripts read (others are kept as they are, unread).
 METADATA_FIELDS = {"val_accuracy": "number", "val_loss": "number", "train_seconds": "number",
-                   "best_epoch": "count", "epochs": "count", "val_size": "count"}
+                   "best_epoch": "count", "epochs": "count", "val_size": "size"}
 
 
 class ModelFileError(UserError):
@@ -75,6 +75,11 @@ class _Field:
         if type(value) is not int or not 1 <= value <= (most or value):
             limit = f" up to {most:,}" if most else ""
             raise self.fail(field, f"a positive whole number{limit}", value)
+        return value
+
+    def size(self, field: str, value: object) -> int:
+        if type(value) is not int or value < 0:
+            raise self.fail(field, "a whole number >= 0", value)
         return value
 
     def known(self, field: str, value: object, names: dict, what: str) -> str:

@@ -179,9 +179,10 @@ def main() -> None:
                        if args.format == "onnx-int8" else None)
         export_onnx(record, args.out, calibration)
     metadata = record["metadata"]
+    validation = (f"validation accuracy {metadata['val_accuracy']:.2%} at"
+                  if "val_accuracy" in metadata else "no validation, kept")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB): {record['arch']}, "
-          f"validation accuracy {metadata.get('val_accuracy', float('nan')):.2%} "
-          f"at epoch {metadata.get('best_epoch')} of {metadata.get('epochs')}")
+          f"{validation} epoch {metadata.get('best_epoch')} of {metadata.get('epochs')}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Train a model on MNIST (or Fashion-MNIST) and keep the best weights by validation accuracy.
+"""Train a model on MNIST, Fashion-MNIST or CIFAR-10 and keep the best weights by validation
+accuracy.
 
     python train.py [--epochs N] [--seed S] [--data-dir data] [--out mnist_model.pth]
     python train.py --config configs/convnet.json   # a recipe tune.py wrote; flags beside it win
     torchrun --nproc_per_node=N train.py ...    # the run on N processes (DistributedDataParallel)
 
-Writes, beside --out: the model file (best epoch by validation accuracy), a
-training checkpoint `.ckpt` after every epoch (for --resume), the metrics history
-`.metrics.json` and the curves `.curves.png`. The test set is read once, at the
-end, to report the chosen model's accuracy: nothing is chosen on it.
+Writes, beside --out: the model file (best epoch by validation accuracy; the last with
+--val-size 0, which trains on every training image), a training checkpoint `.ckpt` after every
+epoch (for --resume), the metrics history `.metrics.json` and the curves `.curves.png`. The test
+set is read once, at the end, to report the chosen model's accuracy: nothing is chosen on it.
 
 A run's settings are one TrainConfig: its defaults, then a JSON recipe's values, then the flags
 given. The checkpoint stores them, and a resumed run keeps them.
@@ -35,7 +36,8 @@ from tqdm import tqdm
 from augmentation import AUGMENTATIONS, augment
 from common import (DATA_HELP, DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH, DEVICE_HELP, UserError,
                     fraction, has_native_bf16, int_in_range, make_parser, non_negative_float,
-                    pick_device, positive_float, positive_int, run_cli, seed, writable_file)
+                    non_negative_int, pick_device, positive_float, positive_int, run_cli, seed,
+                    writable_file)
 from datasets import (DATASETS, DEFAULT_VAL_SIZE, black, load_dataset, normalize,
                       split_indices)
 from evaluate import evaluate
@@ -121,8 +123,10 @@ class TrainConfig:
                               help="airbench's lookahead: every 5 steps the weights are pulled "
                                    "back toward where the last pull left them, harder as the run "
                                    "ends")
-    val_size: int = setting(DEFAULT_VAL_SIZE, "data", type=positive_int,
-                            help="training images held out for validation (a fixed split)")
+    val_size: int = setting(DEFAULT_VAL_SIZE, "data", type=non_negative_int,
+                            help="training images held out for validation (a fixed split); 0 "
+                                 "trains on them all, once a recipe is chosen, and keeps the "
+                                 "last epoch")
     train_size: int | None = setting(None, "data", type=positive_int,
                                      help="train on only this many of the training split's "
                                           "images (quick checks)")
@@ -658,9 +662,9 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
                                 f"training diverged; try a lower --lr "
                                 f"({checkpoint_state(checkpoint, written)[0]})")
             history.append(row)
-            improved = best is None or row["val_accuracy"] > best["metadata"]["val_accuracy"]
+            improved = improves(row, best)
             best = best_model(config, training, row) if improved else best
-            log(epoch_line(row, config, improved, training.ema is not None))
+            log(epoch_line(row, config, improved))
             if rank == 0 and not options.dry_run:
                 written = True
                 save_checkpoint(checkpoint, config, training, history, best)
@@ -701,14 +705,22 @@ def train_and_validate(epoch: int, config: TrainConfig, training: Training, trai
                                              f"epoch {epoch}/{config.epochs}", rank, world)
     if not math.isfinite(train_loss):
         return {"epoch": epoch, "train_loss": train_loss}
-    val_loss, val_accuracy = evaluate_shards(training.kept, *val_split, rank, world, training.amp)
-    row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-           "val_loss": val_loss, "val_accuracy": val_accuracy}
-    if training.ema is not None:  # the raw weights too: every run measures what the average adds
-        row["raw_val_loss"], row["raw_val_accuracy"] = evaluate_shards(
-            training.model, *val_split, rank, world, training.amp)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy}
+    if len(val_split[0]):  # none held out (--val-size 0): nothing to validate
+        row["val_loss"], row["val_accuracy"] = evaluate_shards(training.kept, *val_split, rank,
+                                                               world, training.amp)
+        if training.ema is not None:  # the raw weights too: what the average adds, every run
+            row["raw_val_loss"], row["raw_val_accuracy"] = evaluate_shards(
+                training.model, *val_split, rank, world, training.amp)
     row["seconds"] = time.perf_counter() - started
     return row
+
+
+def improves(row: dict, best: dict | None) -> bool:
+    """Whether the epoch of `row` is kept over `best`: by validation accuracy, or, with nothing
+    validated, as the later one."""
+    return (best is None or "val_accuracy" not in row
+            or row["val_accuracy"] > best["metadata"]["val_accuracy"])
 
 
 def best_model(config: TrainConfig, training: Training, row: dict) -> dict:
@@ -717,16 +729,19 @@ def best_model(config: TrainConfig, training: Training, row: dict) -> dict:
     return model_record(training.kept, config.arch, model_args(config), config.dataset,
                         dataset.normalization, dataset.classes, {
                             **asdict(config), "best_epoch": row["epoch"],
-                            "val_accuracy": row["val_accuracy"], "val_loss": row["val_loss"],
+                            **{key: row[key] for key in ("val_accuracy", "val_loss") if key in row},
                             "bf16": training.amp, **run_metadata()})
 
 
-def epoch_line(row: dict, config: TrainConfig, improved: bool, ema: bool) -> str:
-    """An epoch's line of the log; `*` marks a new best."""
-    raw = f" (raw weights {row['raw_val_accuracy']:.2%})" if ema else ""
+def epoch_line(row: dict, config: TrainConfig, improved: bool) -> str:
+    """An epoch's line of the log; `*` marks the weights now kept (a new best; with nothing
+    validated, every epoch's)."""
+    raw = f" (raw weights {row['raw_val_accuracy']:.2%})" if "raw_val_accuracy" in row else ""
+    val = (f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}{raw}"
+           if "val_accuracy" in row else "no validation")
     return (f"epoch {row['epoch']:2d}/{config.epochs}  train loss {row['train_loss']:.4f} acc "
-            f"{row['train_accuracy']:.2%}  val loss {row['val_loss']:.4f} acc "
-            f"{row['val_accuracy']:.2%}{raw}{' *' if improved else '  '}  {row['seconds']:.1f}s")
+            f"{row['train_accuracy']:.2%}  {val}{' *' if improved else '  '}  "
+            f"{row['seconds']:.1f}s")
 
 
 def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict], best: dict,
@@ -734,7 +749,7 @@ def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict]
     """Saves the best model, reports its test accuracy, and writes the metrics and curves."""
     metrics = {"settings": asdict(config), "history": history,
                "best_epoch": best["metadata"]["best_epoch"],
-               "val_accuracy": best["metadata"]["val_accuracy"],
+               "val_accuracy": best["metadata"].get("val_accuracy"),  # None: none held out
                "train_seconds": sum(row["seconds"] for row in history)}
     if rank != 0:
         return metrics  # rank 0 writes the files
@@ -743,8 +758,10 @@ def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict]
         return metrics
     best["metadata"].update(epochs=config.epochs, train_seconds=metrics["train_seconds"])
     save_model(best, options.out)
-    print(f"best epoch {metrics['best_epoch']} (val acc {metrics['val_accuracy']:.2%}) "
-          f"saved to {options.out}; training took {metrics['train_seconds']:.1f}s")
+    kept = (f"best epoch {metrics['best_epoch']} (val acc {metrics['val_accuracy']:.2%})"
+            if metrics["val_accuracy"] is not None else
+            f"last epoch {metrics['best_epoch']} (no validation)")
+    print(f"{kept} saved to {options.out}; training took {metrics['train_seconds']:.1f}s")
     if report_test:
         images, labels = load_dataset(options.data_dir, train=False, download=options.download,
                                       dataset=config.dataset)

@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, train
                          "tune.py trains each run in full into --out-dir")
     # train.py's flags, checked before any work: the settings every run of the sweep shares.
     config, options = train.parse_args(fixed + ["--out", str(args.out_dir / "check.pth")])
+    if config.val_size == 0:
+        parser.error("a validation size of 0 holds nothing out, and tune.py scores by "
+                     "validation accuracy")
     return args, config, options
 
 

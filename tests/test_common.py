@@ -132,6 +132,15 @@ def test_the_default_training_indices_leave_out_the_default_validation_split():
     assert torch.equal(training_indices(200), split_indices(200, 20)[0])  # tiny data: a tenth held out
 
 
+def test_a_smaller_validation_split_is_the_start_of_a_larger_one():
+    assert torch.equal(split_indices(100, 20)[1][:10], split_indices(100, 10)[1])
+
+
+def test_a_validation_size_of_0_holds_nothing_out():
+    train, val = split_indices(100, 0)
+    assert sorted(train.tolist()) == list(range(100)) and len(val) == 0
+
+
 def test_a_validation_split_as_large_as_the_data_is_an_error():
     with pytest.raises(UserError, match="validation size"):
         split_indices(100, 100)

@@ -303,7 +303,7 @@ WRONG_FIELDS = {
     "metadata accuracy a string": (setting("metadata", {"val_accuracy": "99%"}),
                                    r"metadata.val_accuracy must be a finite number"),
     "metadata val_size negative": (setting("metadata", {"val_size": -5}),
-                                   r"metadata.val_size must be a positive"),
+                                   r"metadata.val_size must be a whole number >= 0"),
     "arch a number": (setting("arch", 5), r"arch must be a name, not int 5"),
     "dataset unknown": (setting("dataset", "cifar"), r"dataset names an unknown dataset 'cifar'"),
     "input_shape another": (setting("input_shape", [3, 32, 32]),

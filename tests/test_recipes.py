@@ -138,6 +138,14 @@ def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_acc
     assert "done before" in again.stdout  # a finished run is not trained again
 
 
+def test_tune_refuses_val_size_0_it_has_nothing_to_score(tmp_path):
+    result = run_script("tune.py", "--val-size", "0", "--out-dir", tmp_path / "sweep", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "tune.py: error: a validation size of 0 holds nothing out, and tune.py scores by validation accuracy")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_evaluate_scores_the_validation_split_with_tta_without_touching_the_test_figures(tiny_model, tiny_data):
     test_figure = tiny_model.with_suffix(".confusion.png")
     before = test_figure.stat().st_mtime_ns if test_figure.exists() else None

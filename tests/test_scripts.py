@@ -32,6 +32,60 @@ def test_training_writes_the_model_checkpoint_metrics_and_curves(tiny_model):
     assert metadata["val_accuracy"] == max(row["val_accuracy"] for row in metrics["history"])
 
 
+@pytest.fixture(scope="module")
+def all_images_run(tiny_data, tmp_path_factory) -> tuple:
+    """A model trained with --val-size 0 on all 600 tiny training images for 3 epochs, with a
+    weight average (EMA), and what train.py printed."""
+    out = tmp_path_factory.mktemp("all_images") / "model.pth"
+    result = run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "3",
+                        "--ema", "0.9", *TINY_TRAINING, "--val-size", "0")
+    return out, result.stdout
+
+
+def test_val_size_0_trains_on_every_image_and_keeps_the_last_epoch(all_images_run):
+    out, printed = all_images_run
+    assert "600 training and 0 validation images" in printed
+    epochs = [line for line in printed.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3 and all("no validation *" in line for line in epochs)
+    assert f"last epoch 3 (no validation) saved to {out}" in printed
+    record = read_model_file(out)
+    assert (record["metadata"]["val_size"], record["metadata"]["best_epoch"]) == (0, 3)
+    assert "val_accuracy" not in record["metadata"] and "val_loss" not in record["metadata"]
+    average = torch.load(out.with_suffix(".ckpt"), weights_only=True)["ema"]  # after epoch 3
+    for name, tensor in record["state_dict"].items():
+        assert torch.equal(tensor, average[f"module.{name}"]), name
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert metrics["val_accuracy"] is None and metrics["best_epoch"] == 3
+    assert all(not any("val" in key for key in row) for row in metrics["history"])
+    assert metrics["test"]["accuracy"] > 0.5 and out.with_suffix(".curves.png").is_file()
+
+
+def test_a_model_without_validation_says_so_when_saved_and_has_no_split_to_score(
+        all_images_run, tiny_model, tiny_data, tmp_path):
+    out, _ = all_images_run
+    saved = run_script("save_model.py", out, "--out", tmp_path / "lean.pth")
+    assert "no validation, kept epoch 3 of 3" in saved.stdout
+    for models in ([out], [tiny_model, out]):
+        scored = run_script("evaluate.py", "--model", *models, "--data-dir", tiny_data,
+                            "--split", "val", "--out-dir", tmp_path, "--no-download", check=False)
+        assert scored.returncode == 1
+        assert scored.stderr == (f"error: {out} was trained on every training image "
+                                 "(--val-size 0): it has no validation split to score\n")
+
+
+def test_models_that_held_out_splits_of_different_sizes_are_scored_on_the_smallest(
+        tiny_model, tiny_data, tmp_path):
+    other = tmp_path / "other.pth"
+    run_script("train.py", "--data-dir", tiny_data, "--out", other, "--epochs", "1",
+               *TINY_TRAINING, "--val-size", "50")
+    scored = run_script("evaluate.py", "--model", tiny_model, other, "--data-dir", tiny_data,
+                        "--split", "val", "--out-dir", tmp_path, "--no-download", "--json")
+    assert [report["images"] for report in json.loads(scored.stdout)["models"]] == [50, 50]
+    alone = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data,
+                       "--split", "val", "--out-dir", tmp_path, "--no-download", "--json")
+    assert [report["images"] for report in json.loads(alone.stdout)["models"]] == [100]
+
+
 def test_training_learns_the_tiny_task(tiny_model):
     history = json.loads(tiny_model.with_suffix(".metrics.json").read_text())["history"]
     assert history[-1]["val_accuracy"] > 0.5  # chance is 0.1
@@ -47,8 +101,10 @@ def test_the_same_seed_gives_the_same_metrics_run_after_run(tiny_data, tmp_path)
     assert runs[0] == runs[1]
 
 
-def test_resuming_after_ctrl_c_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
-    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--seed", "3", *TINY_TRAINING]
+@pytest.mark.parametrize("val_size", ["100", "0"])
+def test_resuming_after_ctrl_c_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch,
+                                                                                  val_size):
+    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--seed", "3", *TINY_TRAINING, "--val-size", val_size]
     uninterrupted = tmp_path / "whole" / "model.pth"
     run_script("train.py", *settings, "--out", uninterrupted)
 
@@ -259,7 +315,7 @@ def test_load_model_predicts_image_files_and_reports_bad_ones_without_stopping(t
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-5"), ("--lr", "fast"),
                                          ("--lr", "0"), ("--lr", "nan"),
-                                         ("--weight-decay", "-0.1"), ("--val-size", "0")])
+                                         ("--weight-decay", "-0.1"), ("--val-size", "-1")])
 def test_bad_arguments_stop_before_any_work_with_status_2(flag, value, tmp_path):
     result = run_script("train.py", flag, value, "--out", tmp_path / "m.pth", check=False)
     assert result.returncode == 2
