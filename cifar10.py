@@ -70,8 +70,10 @@ def _ensure_present(data_dir: Path, names: tuple[str, ...], download: bool) -> N
     folder = data_dir / CIFAR10_FOLDER
     missing = lambda: [name for name in names if not (folder / name).is_file()]
     if download and missing():
-        try:  # torchvision imported only now: see datasets.idx_source
-            from torchvision.datasets.utils import download_and_extract_archive  # noqa: PLC0415
+        # Imported only now (see datasets.idx_source), outside the try: a torchvision missing is
+        # not "offline".
+        from torchvision.datasets.utils import download_and_extract_archive  # noqa: PLC0415
+        try:
             download_and_extract_archive(CIFAR10_URL, download_root=data_dir, md5=CIFAR10_MD5)
         except Exception:  # URLError, OSError or RuntimeError from torchvision: "not here"
             pass

@@ -140,8 +140,9 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
     present = lambda: all((raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file()
                           for name in names)
     if download and not present():
+        source = idx_source(spec)  # outside the try: a torchvision missing is not "offline"
         try:
-            idx_source(spec)(str(data_dir), train=train, download=True)
+            source(str(data_dir), train=train, download=True)
         except Exception:  # RuntimeError, URLError or OSError from torchvision: "not here"
             pass
     if not present():

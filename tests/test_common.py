@@ -3,6 +3,7 @@
 
 import gzip
 import hashlib
+import sys
 import numpy as np
 import pytest
 import torch
@@ -307,3 +308,11 @@ def test_the_real_gzip_files_pass_the_md5_check():
         pytest.skip(f"the .gz files are not in {raw}")
     load_dataset(REAL_DATA_DIR, train=True, download=False)
     load_dataset(REAL_DATA_DIR, train=False, download=False)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_a_download_without_torchvision_is_not_mistaken_for_being_offline(dataset, tmp_path, monkeypatch):
+    for name in ["torchvision", *(name for name in sys.modules if name.startswith("torchvision."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    with pytest.raises(ImportError, match="torchvision"):
+        load_dataset(tmp_path, train=True, download=True, dataset=dataset)
