@@ -152,6 +152,11 @@ class TrainConfig:
 SETTINGS = tuple(entry.name for entry in fields(TrainConfig))
 
 
+def flag_of(name: str) -> str:
+    """The command-line flag of setting `name`: --logit-scale for logit_scale."""
+    return "--" + name.replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The flags: one for each setting of TrainConfig, and the options that are not settings (the
     files, the device, speed); a recipe can set only the former."""
@@ -164,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     for entry in fields(TrainConfig):
         flag = {key: value for key, value in entry.metadata.items() if key != "group"}
         groups[entry.metadata["group"]].add_argument(
-            f"--{entry.name.replace('_', '-')}", default=entry.default, **flag)
+            flag_of(entry.name), default=entry.default, **flag)
     groups["data"].add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                                 help=f"{DATA_HELP} (default: data/ in the project folder)")
     groups["data"].add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
@@ -273,7 +278,7 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
         having = [arch for arch, network in ARCHITECTURES.items()
                   if name in inspect.signature(network).parameters]
         if getattr(config, name) is not None and config.arch not in having:
-            parser.error(f"argument --{name.replace('_', '-')}: the {config.arch} has none "
+            parser.error(f"argument {flag_of(name)}: the {config.arch} has none "
                          f"(architectures with a {name.replace('_', ' ')}: {', '.join(having)})")
     mismatch = shape_mismatch(config.arch, config.dataset)
     if mismatch:
@@ -566,7 +571,7 @@ def resumed_config(config: TrainConfig, named: set[str], checkpoint: Path) -> Tr
     for name in (name for name in SETTINGS if name in named):
         given, kept = getattr(config, name), getattr(recorded, name)
         if given != kept:
-            raise UserError(f"--{name.replace('_', '-')} {given} differs from the checkpoint's "
+            raise UserError(f"{flag_of(name)} {given} differs from the checkpoint's "
                             f"{kept}; a resumed run keeps its own settings")
     return recorded
 
