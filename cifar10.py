@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common import require
 from errors import UserError
 
 CIFAR10_FOLDER = "cifar-10-batches-bin"
@@ -72,9 +73,10 @@ def _ensure_present(data_dir: Path, names: tuple[str, ...], download: bool) -> N
     if download and missing():
         # Imported only now (see datasets.idx_source), outside the try: a torchvision missing is
         # not "offline".
-        from torchvision.datasets.utils import download_and_extract_archive  # noqa: PLC0415
+        utils = require("torchvision.datasets.utils", "requirements.txt")
         try:
-            download_and_extract_archive(CIFAR10_URL, download_root=data_dir, md5=CIFAR10_MD5)
+            utils.download_and_extract_archive(CIFAR10_URL, download_root=data_dir,
+                                               md5=CIFAR10_MD5)
         except Exception:  # URLError, OSError or RuntimeError from torchvision: "not here"
             pass
     if missing():

@@ -63,13 +63,14 @@ writable_file = checked_output(check_output_file)
 writable_folder = checked_output(check_output_folder)
 
 
-def require(module: str):
-    """Imports a package of the optional deployment set, or says how to install it."""
+def require(module: str, listed_in: str = "requirements-deploy.txt"):
+    """Imports a package that only some work needs (by default, of the optional deployment set),
+    or says how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
         raise UserError(f"this needs the {module.split('.')[0]} package: "
-                        "pip install -r requirements-deploy.txt") from None
+                        f"pip install -r {listed_in}") from None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

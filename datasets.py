@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from cifar10 import CIFAR10_CLASSES, CIFAR10_FOLDER, load_cifar10
+from common import require
 from errors import UserError
 from outputs import write_atomic
 
@@ -54,8 +55,7 @@ def idx_source(spec: DatasetInfo) -> type:
     """torchvision's class for an IDX dataset of DATASETS, which downloads its files. Imported
     only then: importing torchvision imports all of its models, which would slow the start of
     every script, predicting included."""
-    from torchvision import datasets  # noqa: PLC0415
-    return getattr(datasets, spec.source)
+    return getattr(require("torchvision.datasets", "requirements.txt"), spec.source)
 
 
 # Means and standard deviations of the 60,000 training images' pixels (tests check them on the

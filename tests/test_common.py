@@ -311,8 +311,8 @@ def test_the_real_gzip_files_pass_the_md5_check():
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-def test_a_download_without_torchvision_is_not_mistaken_for_being_offline(dataset, tmp_path, monkeypatch):
+def test_a_download_without_torchvision_says_to_install_it_not_that_it_is_offline(dataset, tmp_path, monkeypatch):
     for name in ["torchvision", *(name for name in sys.modules if name.startswith("torchvision."))]:
         monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
-    with pytest.raises(ImportError, match="torchvision"):
+    with pytest.raises(UserError, match=r"^this needs the torchvision package: pip install -r requirements.txt$"):
         load_dataset(tmp_path, train=True, download=True, dataset=dataset)
