@@ -101,10 +101,10 @@ def test_the_same_seed_gives_the_same_metrics_run_after_run(tiny_data, tmp_path)
     assert runs[0] == runs[1]
 
 
-@pytest.mark.parametrize("val_size", ["100", "0"])
+@pytest.mark.parametrize("held_out", [[], ["--val-size", "0"]], ids=["validated", "nothing-held-out"])
 def test_resuming_after_ctrl_c_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch,
-                                                                                  val_size):
-    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--seed", "3", *TINY_TRAINING, "--val-size", val_size]
+                                                                                  held_out):
+    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--seed", "3", *TINY_TRAINING, *held_out]
     uninterrupted = tmp_path / "whole" / "model.pth"
     run_script("train.py", *settings, "--out", uninterrupted)
 
