@@ -12,6 +12,7 @@ import pytest
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
+sys.path.insert(0, str(PROJECT_DIR / "tools"))  # the benchmarks' renderers of digits and photos
 
 REAL_DATA_DIR = PROJECT_DIR / "data"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -83,7 +84,8 @@ def tiny_data(tmp_path_factory) -> Path:
 def run_script(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Runs one of the project's scripts in a subprocess, as from a shell, on the CPU."""
     result = subprocess.run([sys.executable, str(PROJECT_DIR / script), *map(str, args)],
-                            capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                            capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                                 "PYTHONPATH": str(PROJECT_DIR)})  # tools/ import the package
     if check and result.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
     return result
@@ -102,9 +104,9 @@ def tiny_model(tiny_data, tmp_path_factory) -> Path:
 
 def ctrl_c_in_epoch(monkeypatch, epoch: int) -> None:
     """Makes train.py's training loop raise KeyboardInterrupt as epoch `epoch` starts (a Ctrl-C)."""
-    import train
+    import lenetkit.training
 
-    real_train_epoch, epochs_started = train.train_epoch, []
+    real_train_epoch, epochs_started = lenetkit.training.train_epoch, []
 
     def interrupted(*args, **kwargs):
         epochs_started.append(1)
@@ -112,4 +114,4 @@ def ctrl_c_in_epoch(monkeypatch, epoch: int) -> None:
             raise KeyboardInterrupt
         return real_train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_epoch", interrupted)
+    monkeypatch.setattr(lenetkit.training, "train_epoch", interrupted)

@@ -4,11 +4,13 @@ import json
 
 import pytest
 
-import train
+import lenetkit.config
+import lenetkit.training
+
 from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
 
-SCRIPTS = ("train.py", "evaluate.py", "load_model.py", "save_model.py", "tune.py", "bench.py",
-           "serve.py", "bench_serve.py", "profile_recipe.py", "examples_mnist.py")
+SCRIPTS = ("train.py", "evaluate.py", "load_model.py", "save_model.py", "tune.py", "tools/bench.py",
+           "serve.py", "tools/bench_serve.py", "tools/profile_recipe.py", "tools/examples_mnist.py")
 
 
 def refused(script: str, *args: str) -> str:
@@ -63,8 +65,8 @@ def test_resume_refuses_a_flag_that_differs_from_the_checkpoint_even_when_it_equ
     settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--lr", "0.003", *TINY_TRAINING]
     ctrl_c_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.train(*train.parse_args([*settings, "--arch", "convnet", "--out", str(out)]))
-    defaults = train.build_parser()
+        lenetkit.training.train(*lenetkit.config.parse_args([*settings, "--arch", "convnet", "--out", str(out)]))
+    defaults = lenetkit.config.build_parser()
     for flag in ("--arch", "--lr", "--epochs"):
         value = str(defaults.get_default(flag[2:]))
         complaint = refused("train.py", "--resume", flag, value, "--out", out, "--data-dir", tiny_data)
@@ -76,7 +78,7 @@ def test_resume_with_flags_equal_to_the_checkpoints_goes_on(tiny_data, tmp_path,
     settings = ["--data-dir", str(tiny_data), "--epochs", "2", "--lr", "0.01", *TINY_TRAINING]
     ctrl_c_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.train(*train.parse_args([*settings, "--out", str(out)]))
+        lenetkit.training.train(*lenetkit.config.parse_args([*settings, "--out", str(out)]))
     result = run_script("train.py", "--resume", *settings, "--out", out)
     assert "resuming" in result.stdout and out.is_file()
 
@@ -88,7 +90,7 @@ def test_ctrl_c_before_the_first_epoch_never_offers_an_earlier_runs_checkpoint(t
     assert out.with_suffix(".ckpt").is_file()  # the earlier run's
     ctrl_c_in_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt) as interrupt:
-        train.train(*train.parse_args(["--data-dir", str(tiny_data), "--out", str(out), *TINY_TRAINING]))
+        lenetkit.training.train(*lenetkit.config.parse_args(["--data-dir", str(tiny_data), "--out", str(out), *TINY_TRAINING]))
     assert "no epoch was finished" in str(interrupt.value) and "--resume" not in str(interrupt.value)
 
 
@@ -98,9 +100,9 @@ def test_no_flag_can_be_abbreviated_so_tune_never_mistakes_seed_for_another_flag
 
 
 def test_tune_takes_its_seeds_with_the_same_flag_as_train_and_refuses_a_dry_run(tmp_path):
-    import tune
+    import lenetkit.tuning
 
-    args, config, _ = tune.parse_args(["--seed", "3", "4", "--lr", "0.02", "--out-dir",
+    args, config, _ = lenetkit.tuning.parse_args(["--seed", "3", "4", "--lr", "0.02", "--out-dir",
                                        str(tmp_path), "--arch", "convnet"])
     assert args.seeds == [3, 4] and args.lr == [0.02] and config.arch == "convnet"
     assert "not for a sweep" in refused("tune.py", "--dry-run", "--out-dir", tmp_path)

@@ -12,15 +12,23 @@ import pytest
 import torch
 from PIL import Image
 
-import train
-from augmentation import random_flip, random_shift
-from conftest import (PROJECT_DIR, REAL_DATA_DIR, needs_real_cifar10, run_script,
-                      write_cifar10, write_mnist)
-from datasets import DATASETS, black, load_dataset, normalize, split_indices
-from evaluate import learned_mirrors
-from load_model import ImageError, ModelFileError, Predictor, read_model_file
-from model import build_model
-from preprocess import preprocess_photo
+import lenetkit.training
+from lenetkit.augmentation import random_flip, random_shift
+from lenetkit.datasets import DATASETS, black, load_dataset, normalize, split_indices
+from lenetkit.evaluation import learned_mirrors
+from lenetkit.model import build_model
+from lenetkit.modelfile import ModelFileError, read_model_file
+from lenetkit.prediction import Predictor
+from lenetkit.preprocess import ImageError, preprocess_photo
+
+from conftest import (
+    PROJECT_DIR,
+    REAL_DATA_DIR,
+    needs_real_cifar10,
+    run_script,
+    write_cifar10,
+    write_mnist,
+)
 
 CIFAR10 = DATASETS["cifar10"]
 TINY = ("--val-size", "100", "--batch-size", "50", "--no-download", "--width", "8")
@@ -182,11 +190,11 @@ def test_a_short_run_on_the_real_cifar10_learns_far_above_chance(tmp_path, setti
 
 
 def test_the_server_answers_a_colour_photo_for_a_cifar_model(cifar_model):
-    import serve
+    import lenetkit.server
 
     photo = io.BytesIO()
     Image.fromarray(np.full((60, 90, 3), (200, 30, 30), dtype=np.uint8)).save(photo, "JPEG")
-    with serve.Model(cifar_model) as model:
+    with lenetkit.server.Model(cifar_model) as model:
         assert model.info()["dataset"] == "cifar10"
         answer = model.answer(photo.getvalue())
     seen = Image.open(io.BytesIO(base64.b64decode(answer["input"].split(",", 1)[1])))
@@ -217,15 +225,15 @@ def test_training_keeps_the_whitened_stem_of_the_first_training_images(cifar_mod
 
 
 def test_whitening_reads_at_most_its_first_images(monkeypatch):
-    monkeypatch.setattr(train, "WHITENING_IMAGES", 10)
+    monkeypatch.setattr(lenetkit.training, "WHITENING_IMAGES", 10)
     images = torch.randn(50, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    config = train.TrainConfig(dataset="cifar10", arch="cifarnet", width=8)
-    training = train.setup_training(config, 1, torch.device("cpu"), images=images)
+    config = lenetkit.training.TrainConfig(dataset="cifar10", arch="cifarnet", width=8)
+    training = lenetkit.training.setup_training(config, 1, torch.device("cpu"), images=images)
     expected = build_model("cifarnet", width=8)
     expected.whiten(images[:10])
     assert torch.equal(training.model.features[0].weight, expected.features[0].weight)
     with pytest.raises(ValueError, match="pass images"):
-        train.setup_training(config, 1, torch.device("cpu"))
+        lenetkit.training.setup_training(config, 1, torch.device("cpu"))
 
 
 def test_only_the_cifar_network_can_go_without_whitening(tmp_path):

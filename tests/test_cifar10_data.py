@@ -1,4 +1,4 @@
-"""CIFAR-10's binary version: how cifar10.py reads it (tiny files of known pixels), each way a file
+"""CIFAR-10's binary version: how lenetkit/cifar10.py reads it (tiny files of known pixels), each way a file
 can be wrong, the download when files are missing (never the network: it is replaced), and the
 real files when they are here."""
 
@@ -10,13 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-import cifar10
-from cifar10 import (CIFAR10_CLASSES, CIFAR10_FOLDER, CIFAR10_MD5, CIFAR10_URL, RECORD_BYTES,
-                     REAL_FILE_BYTES, cifar10_files, load_cifar10)
-from conftest import REAL_DATA_DIR, needs_real_cifar10
-from errors import UserError
+import lenetkit.cifar10
+from lenetkit.cifar10 import (
+    CIFAR10_CLASSES,
+    CIFAR10_FOLDER,
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    REAL_FILE_BYTES,
+    RECORD_BYTES,
+    cifar10_files,
+    load_cifar10,
+)
+from lenetkit.errors import UserError
 
-# What cifar10.py calls to fetch the tarball (imported there only when a download is wanted).
+from conftest import REAL_DATA_DIR, needs_real_cifar10
+
+# What lenetkit/cifar10.py calls to fetch the tarball (imported there only when a download is wanted).
 TORCHVISION_DOWNLOAD = "torchvision.datasets.utils.download_and_extract_archive"
 
 
@@ -121,7 +130,7 @@ def test_a_real_file_under_another_real_files_name_is_named(tmp_path, monkeypatc
     folder.mkdir()
     (folder / "test_batch.bin").write_bytes(bytes(REAL_FILE_BYTES))
     zeros = hashlib.sha256(bytes(REAL_FILE_BYTES)).hexdigest()
-    monkeypatch.setitem(cifar10.CIFAR10_SHA256, "data_batch_2.bin", zeros)
+    monkeypatch.setitem(lenetkit.cifar10.CIFAR10_SHA256, "data_batch_2.bin", zeros)
     with pytest.raises(UserError, match=r"\(it is data_batch_2.bin\); delete it"):
         load_cifar10(tmp_path, train=False, download=False)
 

@@ -1,23 +1,32 @@
 """The pipeline's parts: reading MNIST files, normalization and the validation split
-(datasets.py), augmentation (augmentation.py), evaluation (evaluate.py), device choice (common.py)."""
+(lenetkit/datasets.py), augmentation (augmentation.py), evaluation (evaluate.py), device choice (common.py)."""
 
 import gzip
 import hashlib
 import sys
+
 import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 from torchvision.datasets import MNIST
 
-from augmentation import augment, random_affine, random_erase, random_flip, random_shift
-from common import UserError, has_native_bf16, pick_device
-import datasets
-from datasets import (DATASETS, idx_source, load_dataset, normalize, split_indices,
-                      training_indices)
-from evaluate import evaluate
-from model import build_model
-from conftest import needs_real_mnist, REAL_DATA_DIR, synthetic_digits, write_idx, write_mnist
+import lenetkit.datasets
+from lenetkit.augmentation import augment, random_affine, random_erase, random_flip, random_shift
+from lenetkit.datasets import (
+    DATASETS,
+    idx_source,
+    load_dataset,
+    normalize,
+    split_indices,
+    training_indices,
+)
+from lenetkit.environment import has_native_bf16, pick_device
+from lenetkit.errors import UserError
+from lenetkit.evaluation import evaluate
+from lenetkit.model import build_model
+
+from conftest import REAL_DATA_DIR, needs_real_mnist, synthetic_digits, write_idx, write_mnist
 
 (MNIST_MEAN,), (MNIST_STD,) = DATASETS["mnist"].mean, DATASETS["mnist"].std
 
@@ -38,7 +47,7 @@ def gzip_in_place(raw, name: str, keep_bytes: int | None = None, monkeypatch=Non
     compressed = gzip.compress((raw / name).read_bytes())[:keep_bytes]
     (raw / f"{name}.gz").write_bytes(compressed)
     (raw / name).unlink()
-    monkeypatch.setitem(datasets.IDX_MD5["mnist"], f"{name}.gz", hashlib.md5(compressed).hexdigest())
+    monkeypatch.setitem(lenetkit.datasets.IDX_MD5["mnist"], f"{name}.gz", hashlib.md5(compressed).hexdigest())
 
 
 def test_the_original_gzipped_files_are_read_without_a_download(tmp_path, monkeypatch):
@@ -298,13 +307,13 @@ def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_the_published_md5s_are_torchvisions(dataset):
-    assert list(datasets.IDX_MD5[dataset].items()) == list(idx_source(DATASETS[dataset]).resources)
+    assert list(lenetkit.datasets.IDX_MD5[dataset].items()) == list(idx_source(DATASETS[dataset]).resources)
 
 
 @needs_real_mnist
 def test_the_real_gzip_files_pass_the_md5_check():
     raw = REAL_DATA_DIR / "MNIST" / "raw"
-    if not all((raw / f"{name}").is_file() for name in datasets.IDX_MD5["mnist"]):
+    if not all((raw / f"{name}").is_file() for name in lenetkit.datasets.IDX_MD5["mnist"]):
         pytest.skip(f"the .gz files are not in {raw}")
     load_dataset(REAL_DATA_DIR, train=True, download=False)
     load_dataset(REAL_DATA_DIR, train=False, download=False)

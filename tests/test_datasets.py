@@ -7,10 +7,12 @@ import pytest
 from PIL import Image
 from torchvision.datasets import FashionMNIST
 
-from common import UserError
-from datasets import DATASETS, load_dataset, normalize
+from lenetkit.datasets import DATASETS, load_dataset, normalize
+from lenetkit.errors import UserError
+from lenetkit.modelfile import read_model_file, with_dataset
+from lenetkit.preprocess import preprocess_garment
+
 from conftest import REAL_DATA_DIR, TINY_TRAINING, needs_real_fashion, run_script, write_mnist
-from load_model import preprocess_garment, read_model_file, with_dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lenetkit.modelfile import read_model_file, read_torch_file
+from lenetkit.prediction import load_model
+
 from conftest import PROJECT_DIR, TINY_TRAINING
-from load_model import load_model, read_model_file, read_torch_file
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 

@@ -2,8 +2,9 @@
 
 import torch
 
+from lenetkit.model import count_parameters
+
 from examples_mnist import ExampleNet, train_examples_recipe
-from model import count_parameters
 
 
 def test_the_examples_network_has_main_pys_layers_and_1199882_parameters():

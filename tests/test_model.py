@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model import ARCHITECTURES, LeNet, build_model, count_parameters
+from lenetkit.model import ARCHITECTURES, LeNet, build_model, count_parameters
 
 
 def test_lenet_maps_a_batch_of_28x28_images_to_10_logits():

@@ -9,12 +9,21 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import records
-import save_model as save_model_module
+import lenetkit.export
+import lenetkit.modelfile
+from lenetkit.model import CifarNet, LeNet
+from lenetkit.modelfile import (
+    MODEL_KEYS,
+    ModelFileError,
+    build_from_record,
+    model_record,
+    read_model_file,
+    save_atomic,
+    save_model,
+)
+from lenetkit.prediction import load_model
+
 from conftest import PROJECT_DIR, run_script
-from load_model import MODEL_KEYS, ModelFileError, build_from_record, load_model, read_model_file
-from model import CifarNet, LeNet
-from save_model import model_record, save_atomic, save_model
 
 NORMALIZATION = {"mean": 0.1307, "std": 0.3081}
 CLASSES = [str(digit) for digit in range(10)]
@@ -66,7 +75,7 @@ def test_a_crash_while_saving_leaves_the_old_file_whole_and_no_temporary_behind(
         file.write(b"half a model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(save_model_module.torch, "save", crash_midway)
+    monkeypatch.setattr(lenetkit.modelfile.torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         save_model(lenet_record(seed=1), model_file)
     assert model_file.read_bytes() == before
@@ -387,13 +396,13 @@ def test_an_unused_large_tensor_stored_plainly_is_refused_before_the_network_is_
     record = lenet_record()
     record["state_dict"]["junk"] = torch.zeros(16 * 2 ** 20)
     save_model(record, tmp_path / "padded.pth")
-    devices, build = [], records.build_model
+    devices, build = [], lenetkit.modelfile.build_model
 
     def recorded(*args, **kwargs):
         devices.append(torch.get_default_device().type)
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(records, "build_model", recorded)
+    monkeypatch.setattr(lenetkit.modelfile, "build_model", recorded)
     with pytest.raises(ModelFileError, match="unexpected junk"):
         load_model(tmp_path / "padded.pth")
     assert devices == ["meta"]  # compared on the meta device: nothing allocated for the network

@@ -8,11 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from common import PRETRAINED_MODEL_PATH, UserError
-from datasets import DATASETS, load_dataset, normalize
-from evaluate import evaluate
+from lenetkit.datasets import DATASETS, load_dataset, normalize
+from lenetkit.environment import PRETRAINED_MODEL_PATH
+from lenetkit.errors import UserError
+from lenetkit.evaluation import evaluate
+from lenetkit.modelfile import ModelFileError, read_model_file
+from lenetkit.prediction import load_model
+
 from conftest import PROJECT_DIR, REAL_DATA_DIR, TINY_TRAINING, needs_real_mnist, run_script
-from load_model import ModelFileError, load_model, read_model_file
 
 onnx = pytest.importorskip("onnx", reason="the deployment packages: pip install -r requirements-deploy.txt")
 pytest.importorskip("onnxruntime", reason="the deployment packages: pip install -r requirements-deploy.txt")

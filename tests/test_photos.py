@@ -2,6 +2,7 @@
 coloured ink), read through one predict() call; bad files reported one by one."""
 
 import io
+import re
 import struct
 import subprocess
 import sys
@@ -12,12 +13,15 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import load_model
+import lenetkit.prediction
+import lenetkit.preprocess
+from lenetkit.environment import PRETRAINED_MODEL_PATH
+from lenetkit.errors import UserError
+from lenetkit.prediction import Prediction, Predictor, predict
+from lenetkit.preprocess import ImageError, preprocess_digit, read_image
+
 import photos
-import preprocess
-from common import PRETRAINED_MODEL_PATH
 from conftest import PROJECT_DIR, needs_real_mnist, run_script
-from load_model import ImageError, Prediction, Predictor, predict, preprocess_digit, read_image
 
 SEVEN = PROJECT_DIR / "examples" / "seven.png"
 
@@ -97,7 +101,7 @@ def test_a_photo_saved_sideways_is_read_upright_as_its_exif_orientation_says(tmp
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
     photos.photo(four(), "ruled", 0).resize((4000, 3000)).save(tmp_path / "phone.jpg", quality=85)
     image = read_image(tmp_path / "phone.jpg")
-    assert max(image.size) <= 4 * preprocess.WORK_SIDE  # Pillow's draft mode: not 12 megapixels
+    assert max(image.size) <= 4 * lenetkit.preprocess.WORK_SIDE  # Pillow's draft mode: not 12 megapixels
     assert preprocess_digit(image).shape == (28, 28)
 
 
@@ -142,18 +146,18 @@ def test_one_bad_file_never_stops_the_others(tmp_path):
 
 
 def test_an_unexpected_failure_on_one_file_is_reported_and_the_rest_go_on(monkeypatch, capsys):
-    real = load_model.Predictor.inputs
+    real = lenetkit.prediction.Predictor.inputs
 
     def failing_once(self, images):
         if str(images).endswith("first.png"):
             raise RuntimeError("something unforeseen")
         return real(self, images)
 
-    monkeypatch.setattr(load_model.Predictor, "inputs", failing_once)
+    monkeypatch.setattr(lenetkit.prediction.Predictor, "inputs", failing_once)
     monkeypatch.setattr(sys, "argv", ["load_model.py", "--model", str(PRETRAINED_MODEL_PATH),
                                       "first.png", str(SEVEN)])
     with pytest.raises(SystemExit) as exit_status:
-        load_model.main()
+        lenetkit.prediction.main()
     output = capsys.readouterr()
     assert exit_status.value.code == 1
     assert "first.png: error: could not predict it (RuntimeError: something unforeseen)" \
@@ -169,8 +173,25 @@ def test_predict_takes_a_path_a_pil_image_a_numpy_array_or_a_tensor():
         prediction = predict(given, model=PRETRAINED_MODEL_PATH)
         assert isinstance(prediction, Prediction), type(given)
         assert (prediction.label, prediction.name) == (7, "7") and prediction.probability > 0.9
-        assert prediction.top[0] == ("7", prediction.probability) and len(prediction.top) == 3
+        assert prediction.top == [("7", prediction.probability)]  # the top class, as the CLI
         assert prediction.input.shape == (28, 28)
+
+
+def test_a_prediction_prints_as_the_command_line_prints_it():
+    prediction = predict(SEVEN, model=PRETRAINED_MODEL_PATH, top_k=2)
+    assert str(prediction).startswith("7 (") and str(prediction).count("%") == 2
+    assert "input=" not in repr(prediction) and "label=7" in repr(prediction)
+
+
+def test_the_api_refuses_a_device_this_machine_lacks_and_names_the_list_item_at_fault(tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="device 'cuda' is not available here"):
+            Predictor(PRETRAINED_MODEL_PATH, device="cuda")
+    missing = tmp_path / "missing.png"
+    with pytest.raises(ImageError, match=rf"item 1 \({re.escape(str(missing))}\)"):
+        predict([SEVEN, missing], model=PRETRAINED_MODEL_PATH)
+    with pytest.raises(ImageError, match="item 0: can't predict a int"):
+        predict([3], model=PRETRAINED_MODEL_PATH)
 
 
 def test_a_list_or_a_tensor_batch_gives_a_list_of_predictions():
@@ -205,10 +226,10 @@ def test_the_readme_snippet_works_from_another_folder(tmp_path):
 
 
 def test_a_low_confidence_prediction_says_so(monkeypatch, capsys):
-    monkeypatch.setattr(load_model, "LOW_CONFIDENCE", 1.01)  # over any probability: all are unsure
+    monkeypatch.setattr(lenetkit.prediction, "LOW_CONFIDENCE", 1.01)  # over any probability: all are unsure
     monkeypatch.setattr(sys, "argv", ["load_model.py", "--model", str(PRETRAINED_MODEL_PATH),
                                       str(SEVEN)])
-    load_model.main()
+    lenetkit.prediction.main()
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{SEVEN}: 7 (")
     assert line.endswith("[low confidence: check the input]")
@@ -248,7 +269,8 @@ def test_save_input_into_a_file_is_one_line_before_any_image_is_read(tmp_path):
 def test_most_real_digits_are_read_right_from_phone_photos():
     """Real MNIST test digits rendered as phone photos (every condition at once) and read from
     their JPEG files by the shipped model. The photo benchmark (bench.py --photos) measures more."""
-    from datasets import load_dataset
+    from lenetkit.datasets import load_dataset
+
     from conftest import REAL_DATA_DIR
 
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from PIL import Image, ImageDraw
 
-from load_model import ImageError, preprocess_digit, read_image
+from lenetkit.preprocess import ImageError, preprocess_digit, read_image
 
 
 def drawn_digit(ink: int = 0, paper: int = 255, size=(400, 300), box=(20, 30, 140, 230)) -> Image.Image:
@@ -153,9 +153,9 @@ def test_any_grayscale_image_gives_a_valid_input_or_a_clear_error(pixels):
 
 
 def test_an_image_over_our_pixel_limit_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
-    import preprocess
+    import lenetkit.preprocess
 
-    monkeypatch.setattr(preprocess, "MAX_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setattr(lenetkit.preprocess, "MAX_IMAGE_PIXELS", 100 * 100)
     drawn_digit(size=(101, 100), box=(10, 10, 60, 90)).save(tmp_path / "big.png")
     with pytest.raises(ImageError, match="101x100 pixels is too large"):
         read_image(tmp_path / "big.png")
@@ -166,7 +166,7 @@ def test_an_image_over_our_pixel_limit_is_refused_before_it_is_decoded(tmp_path,
 def test_distances_on_the_ink_s_bounding_box_equal_those_on_the_whole_image(mask):
     from scipy import ndimage
 
-    from preprocess import depth, within
+    from lenetkit.preprocess import depth, within
     assert np.array_equal(depth(mask), ndimage.distance_transform_edt(mask) * mask)
     for radius in (0.5, 2.0, 3.7):
         expected = mask.any() & (ndimage.distance_transform_edt(~mask) <= radius)

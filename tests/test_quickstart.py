@@ -37,7 +37,7 @@ def project_copy(tmp_path):
 
 
 def test_training_with_the_defaults_then_testing_leaves_git_status_clean(project_copy, tiny_data):
-    shipped = project_copy / "pretrained" / "mnist_model.pth"
+    shipped = project_copy / "lenetkit" / "pretrained" / "mnist_model.pth"
     before = hashlib.sha256(shipped.read_bytes()).hexdigest()
     # `make train` runs train.py with its defaults; only the data (tiny) and its size differ here.
     run(project_copy, sys.executable, "train.py", "--data-dir", str(tiny_data), "--epochs", "1",

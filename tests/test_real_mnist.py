@@ -7,11 +7,14 @@ import re
 import pytest
 import torch
 
-from common import PRETRAINED_MODEL_PATH, PROJECT_DIR
-from datasets import load_dataset, normalize
-from evaluate import evaluate
+from lenetkit.datasets import load_dataset, normalize
+from lenetkit.environment import PRETRAINED_MODEL_PATH, PROJECT_DIR
+from lenetkit.evaluation import evaluate
+from lenetkit.modelfile import build_from_record, read_model_file
+from lenetkit.prediction import predict_images
+from lenetkit.preprocess import preprocess_digit
+
 from conftest import REAL_DATA_DIR, needs_real_mnist, run_script
-from load_model import build_from_record, predict_images, preprocess_digit, read_model_file
 from photos import redrawn
 
 pytestmark = needs_real_mnist

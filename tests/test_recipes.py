@@ -6,19 +6,21 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import train
-from evaluate import evaluate, learned_mirrors, tta_views
+import lenetkit.config
+import lenetkit.training
+from lenetkit.datasets import DATASETS
+from lenetkit.evaluation import evaluate, learned_mirrors, tta_views
+from lenetkit.model import LeNet
+from lenetkit.modelfile import read_model_file
+
 from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
-from datasets import DATASETS
-from load_model import read_model_file
-from model import CifarNet, LeNet
 
 
 def test_a_config_file_sets_the_run_and_flags_given_beside_it_win(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"arch": "convnet", "lr": 0.003, "augment": True, "epochs": 20}))
-    config, _ = train.parse_args(["--config", str(recipe), "--epochs", "5"])
-    assert config == train.TrainConfig(arch="convnet", lr=0.003, augment="affine", epochs=5)
+    config, _ = lenetkit.config.parse_args(["--config", str(recipe), "--epochs", "5"])
+    assert config == lenetkit.training.TrainConfig(arch="convnet", lr=0.003, augment="affine", epochs=5)
 
 
 def test_a_config_file_with_an_unknown_or_invalid_setting_is_refused_in_one_line(tmp_path):
@@ -53,7 +55,7 @@ def test_resuming_a_run_with_ema_or_lookahead_ends_with_the_weights_of_an_uninte
     run_script("train.py", *settings, "--out", whole)
     ctrl_c_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.train(*train.parse_args([*settings, "--out", str(interrupted)]))
+        lenetkit.training.train(*lenetkit.config.parse_args([*settings, "--out", str(interrupted)]))
     run_script("train.py", "--resume", "--data-dir", tiny_data, "--out", interrupted, "--no-download")
     expected, resumed = read_model_file(whole)["state_dict"], read_model_file(interrupted)["state_dict"]
     for name, tensor in expected.items():
@@ -64,7 +66,7 @@ def test_lookahead_pulls_the_weights_back_every_5_steps_harder_as_the_run_ends()
     model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
     weight, mean = model[0].weight, model[1].running_mean
     torch.nn.init.zeros_(weight)
-    lookahead = train.Lookahead(model, total_steps=10)
+    lookahead = lenetkit.training.Lookahead(model, total_steps=10)
     for step in range(1, 11):
         with torch.no_grad():
             weight += 1.0  # a step of the optimizer
@@ -130,7 +132,7 @@ def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_acc
     assert (out_dir / "lr.png").stat().st_size > 0
     recipe = json.loads((out_dir / "best.json").read_text())
     assert (recipe["lr"], recipe["epochs"]) == (rows[0]["lr"], rows[0]["epochs"]) and "seed" not in recipe
-    config, _ = train.parse_args(["--config", str(out_dir / "best.json")])
+    config, _ = lenetkit.config.parse_args(["--config", str(out_dir / "best.json")])
     assert (config.lr, config.batch_size, config.epochs, config.val_size) == (
         recipe["lr"], 50, recipe["epochs"], 100)
     again = run_script("tune.py", "--lr", "0.002", "--batch-size", "50", "--epochs", "1", "--seed", "0",
@@ -161,7 +163,7 @@ def test_the_committed_recipes_are_valid_train_py_configs():
     recipes = sorted((PROJECT_DIR / "configs").glob("*.json"))
     assert recipes, "configs/ holds the README's recipes"
     for recipe in recipes:
-        config, _ = train.parse_args(["--config", str(recipe)])
+        config, _ = lenetkit.config.parse_args(["--config", str(recipe)])
         assert config.dataset in DATASETS and config.epochs > 0, recipe
 
 
@@ -171,17 +173,17 @@ def test_a_recipe_loads_into_the_same_config_object_that_the_checkpoint_stores(t
     out = tmp_path / "model.pth"
     run_script("train.py", "--config", recipe, "--data-dir", tiny_data, "--out", out, "--seed", "7",
                "--no-download")
-    config, _ = train.parse_args(["--config", str(recipe), "--seed", "7"])
-    checkpoint = train.read_checkpoint(out.with_suffix(".ckpt"))
+    config, _ = lenetkit.config.parse_args(["--config", str(recipe), "--seed", "7"])
+    checkpoint = lenetkit.training.read_checkpoint(out.with_suffix(".ckpt"), lenetkit.config.SETTINGS)
     assert checkpoint["config"] == asdict(config)
     assert (config.lr, config.epochs, config.seed) == (0.004, 1, 7)
 
 
 def betas_through_a_run(flags: list[str], steps: int = 10) -> list[tuple[float, float]]:
     """AdamW's betas at each step of a one-epoch schedule that train.py builds from `flags`."""
-    config, _ = train.parse_args(flags)
+    config, _ = lenetkit.config.parse_args(flags)
     model = LeNet()
-    optimizer, scheduler = train.make_optimizer(model, config, steps_per_epoch=steps)
+    optimizer, scheduler = lenetkit.training.make_optimizer(model, config, steps_per_epoch=steps)
     betas = []
     for _ in range(steps):
         betas.append(tuple(optimizer.param_groups[0]["betas"]))
@@ -208,19 +210,19 @@ def test_by_default_one_cycle_still_cycles_beta1_between_095_and_085():
 
 def test_a_beta1_that_momentum_cycling_would_overwrite_is_refused():
     with pytest.raises(SystemExit):
-        train.parse_args(["--beta1", "0.7"])
-    config, _ = train.parse_args(["--beta1", "0.7", "--schedule", "constant"])
+        lenetkit.config.parse_args(["--beta1", "0.7"])
+    config, _ = lenetkit.config.parse_args(["--beta1", "0.7", "--schedule", "constant"])
     assert config.beta1 == 0.7
     # the default, which tune.py's recipes name, is accepted with cycling
-    assert train.parse_args(["--beta1", "0.9"])[0].cycle_momentum
+    assert lenetkit.config.parse_args(["--beta1", "0.9"])[0].cycle_momentum
 
 
 def sgd_training(*flags: str, steps: int = 100):
     """The CifarNet and the SGD, its parameter groups and schedule that train.py sets up from
     `flags`."""
-    config, _ = train.parse_args(["--dataset", "cifar10", "--optimizer", "sgd", "--width", "8",
+    config, _ = lenetkit.config.parse_args(["--dataset", "cifar10", "--optimizer", "sgd", "--width", "8",
                                   *flags])
-    training = train.setup_training(config, steps, torch.device("cpu"),
+    training = lenetkit.training.setup_training(config, steps, torch.device("cpu"),
                                     images=torch.randn(8, 3, 32, 32))
     return training.model, training.optimizer, training.scheduler
 
@@ -263,16 +265,16 @@ def test_each_optimizer_refuses_the_other_ones_settings_and_cycling_owns_the_mom
             (["--optimizer", "sgd", "--momentum", "0.8"], "one-cycle replaces it")):
         result = run_script("train.py", *flags, "--dry-run", check=False)
         assert result.returncode == 2 and error in result.stderr.splitlines()[-1], flags
-    config, _ = train.parse_args(["--optimizer", "sgd", "--momentum", "0.8", "--schedule",
+    config, _ = lenetkit.config.parse_args(["--optimizer", "sgd", "--momentum", "0.8", "--schedule",
                                   "triangle"])
     assert config.momentum == 0.8
 
 
 def test_an_optimizer_named_beside_a_recipe_leaves_out_the_recipes_settings_of_the_other():
     recipe = str(PROJECT_DIR / "configs" / "cifar10.json")
-    config, _ = train.parse_args(["--config", recipe, "--optimizer", "adamw", "--lr", "0.01"])
+    config, _ = lenetkit.config.parse_args(["--config", recipe, "--optimizer", "adamw", "--lr", "0.01"])
     assert (config.optimizer, config.momentum, config.schedule) == ("adamw", 0.9, "triangle")
-    assert train.parse_args(["--config", recipe])[0].momentum == 0.85
+    assert lenetkit.config.parse_args(["--config", recipe])[0].momentum == 0.85
 
 
 def test_sgd_learns_the_tiny_digits(tiny_data, tmp_path):
@@ -288,11 +290,11 @@ def test_a_recipe_beta_of_one_or_more_is_refused(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"beta2": 1.0}))
     with pytest.raises(SystemExit):
-        train.parse_args(["--config", str(recipe)])
+        lenetkit.config.parse_args(["--config", str(recipe)])
 
 
 def test_the_fast_recipe_trains_the_fastnet_in_one_pass_with_fixed_betas():
-    config, _ = train.parse_args(["--config", str(PROJECT_DIR / "configs" / "fast.json")])
+    config, _ = lenetkit.config.parse_args(["--config", str(PROJECT_DIR / "configs" / "fast.json")])
     assert (config.arch, config.epochs, config.train_size, config.val_size) == (
         "fastnet", 1, None, 5000)
     assert (config.beta1, config.beta2, config.cycle_momentum) == (0.7, 0.9, False)

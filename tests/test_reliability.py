@@ -15,20 +15,28 @@ import numpy as np
 import pytest
 import torch
 
-import common
-import datasets
-import outputs
-import train
-import tune
-from common import UserError
-from datasets import load_dataset
-from conftest import (PROJECT_DIR, REAL_DATA_DIR, REAL_FASHION_PRESENT, TINY_TRAINING,
-                      needs_real_mnist, run_script, write_idx, write_mnist)
-from evaluate import figure_paths, figure_stems
-from load_model import read_model_file, read_torch_file
-from outputs import check_output_file, write_json, write_text
-from plots import plot_history
-from save_model import save_atomic
+import lenetkit.cli
+import lenetkit.datasets
+import lenetkit.outputs
+import lenetkit.training
+import lenetkit.tuning
+from lenetkit.datasets import load_dataset
+from lenetkit.errors import UserError
+from lenetkit.evaluation import figure_paths, figure_stems
+from lenetkit.modelfile import read_model_file, read_torch_file, save_atomic
+from lenetkit.outputs import check_output_file, write_json, write_text
+from lenetkit.plots import plot_history
+
+from conftest import (
+    PROJECT_DIR,
+    REAL_DATA_DIR,
+    REAL_FASHION_PRESENT,
+    TINY_TRAINING,
+    needs_real_mnist,
+    run_script,
+    write_idx,
+    write_mnist,
+)
 
 
 def start_training(*args) -> subprocess.Popen:
@@ -137,7 +145,7 @@ def test_an_output_path_is_refused_when_a_symlink_a_pipe_a_folder_or_a_device_is
     assert check_output_file(target) == target  # a regular file is replaced; an absent one created
 
 
-@pytest.mark.parametrize("script", ["train.py", "save_model.py", "bench.py"])
+@pytest.mark.parametrize("script", ["train.py", "save_model.py", "tools/bench.py"])
 def test_every_scripts_out_refuses_a_pipe_before_any_work(tmp_path, script):
     os.mkfifo(tmp_path / "pipe.pth")
     arguments = [tmp_path / "model.ckpt"] if script == "save_model.py" else []
@@ -147,7 +155,7 @@ def test_every_scripts_out_refuses_a_pipe_before_any_work(tmp_path, script):
 
 
 def test_bench_refuses_a_folder_as_its_out_before_benchmarking(tmp_path):
-    result = run_script("bench.py", "--quick", "--out", tmp_path, check=False)
+    result = run_script("tools/bench.py", "--quick", "--out", tmp_path, check=False)
     assert result.returncode == 2 and f"{tmp_path} is a folder; give a file name" in result.stderr
 
 
@@ -170,7 +178,7 @@ def test_a_full_disk_keeps_the_old_json_whole_and_says_so_in_one_line(tmp_path, 
     def disk_full(descriptor):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(outputs.os, "fsync", disk_full)
+    monkeypatch.setattr(lenetkit.outputs.os, "fsync", disk_full)
     with pytest.raises(UserError, match=f"can't write {path}: No space left on device"):
         write_json(path, {"val_accuracy": 0.9})
     assert json.loads(path.read_text()) == {"val_accuracy": 0.5}
@@ -202,7 +210,7 @@ def test_tune_names_a_damaged_metrics_file_instead_of_a_json_traceback(tmp_path,
     path = tmp_path / "model.metrics.json"
     path.write_bytes(content)
     with pytest.raises(UserError, match=f"{path} is damaged .*delete it and tune.py trains"):
-        tune.finished_run(path)
+        lenetkit.tuning.finished_run(path)
 
 
 def signal_in_the_middle_of_writing(monkeypatch, signal_number: int, calls: list) -> None:
@@ -233,7 +241,7 @@ def signal_in_the_middle_of_writing(monkeypatch, signal_number: int, calls: list
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_a_save_waits_until_the_file_is_whole_then_interrupts(tmp_path, monkeypatch,
                                                                                 signal_number):
-    previous = signal.signal(signal.SIGTERM, common._interrupt)
+    previous = signal.signal(signal.SIGTERM, lenetkit.cli._interrupt)
     try:
         path, calls = tmp_path / "model.pth", []
         signal_in_the_middle_of_writing(monkeypatch, signal_number, calls)
@@ -254,7 +262,7 @@ def test_ctrl_c_inside_the_checkpoint_save_ends_in_the_resume_line_not_a_zip_wri
                                       "--epochs", "3", *TINY_TRAINING])
     resume_line = f"keeps epoch 2; continue with: python train.py --resume --out {out}"
     with pytest.raises(KeyboardInterrupt, match=resume_line):
-        train.main()
+        lenetkit.training.main()
     assert read_torch_file(out.with_suffix(".ckpt"))["history"][-1]["epoch"] == 2
 
 
@@ -263,10 +271,10 @@ def publish_as_real(monkeypatch, raw, dataset: str = "mnist") -> None:
     the MD5s of any .gz files there."""
     known = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
              for path in raw.glob("*-ubyte")}
-    monkeypatch.setitem(datasets.IDX_SHA256, dataset, known)
-    monkeypatch.setattr(datasets, "IDX_SIZES", {name: (raw / name).stat().st_size for name in known})
+    monkeypatch.setitem(lenetkit.datasets.IDX_SHA256, dataset, known)
+    monkeypatch.setattr(lenetkit.datasets, "IDX_SIZES", {name: (raw / name).stat().st_size for name in known})
     published = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in raw.glob("*.gz")}
-    monkeypatch.setitem(datasets.IDX_MD5, dataset, {**datasets.IDX_MD5[dataset], **published})
+    monkeypatch.setitem(lenetkit.datasets.IDX_MD5, dataset, {**lenetkit.datasets.IDX_MD5[dataset], **published})
 
 
 def alter_a_label(path) -> None:
@@ -337,7 +345,7 @@ def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monk
     def read_only_mount(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(outputs.tempfile, "mkstemp", read_only_mount)  # a read-only mount's answer
+    monkeypatch.setattr(lenetkit.outputs.tempfile, "mkstemp", read_only_mount)  # a read-only mount's answer
     raw.chmod(0o555)  # and, for a user other than root, what a read-only folder answers
     try:
         images, labels = load_dataset(tmp_path, train=False, download=False)
@@ -349,14 +357,14 @@ def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monk
 
 def test_parallel_processes_decompressing_the_same_fresh_gz_all_succeed(tmp_path, monkeypatch):
     raw = only_gz(tmp_path, monkeypatch)
-    published = datasets.IDX_MD5["mnist"]
-    child = ("import sys; sys.path.insert(0, sys.argv[1]); import datasets;"
+    published = lenetkit.datasets.IDX_MD5["mnist"]
+    child = ("import sys; sys.path.insert(0, sys.argv[1]); from lenetkit import datasets;"
              "datasets.IDX_MD5['mnist'] = eval(sys.argv[3]);"
              "datasets.IDX_SHA256['mnist'] = eval(sys.argv[4]);"
              "images, _ = datasets.load_dataset(sys.argv[2], train=False, download=False);"
              "print(len(images))")
     arguments = [str(PROJECT_DIR), str(tmp_path), repr(published),
-                 repr(datasets.IDX_SHA256["mnist"])]
+                 repr(lenetkit.datasets.IDX_SHA256["mnist"])]
     processes = [subprocess.Popen([sys.executable, "-c", child, *arguments], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for process in processes:

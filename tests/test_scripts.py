@@ -8,10 +8,19 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import train
-from conftest import (PROJECT_DIR, REAL_DATA_DIR, TINY_TRAINING, ctrl_c_in_epoch, needs_real_mnist,
-                      run_script)
-from load_model import load_model, read_model_file
+import lenetkit.config
+import lenetkit.training
+from lenetkit.modelfile import read_model_file
+from lenetkit.prediction import load_model
+
+from conftest import (
+    PROJECT_DIR,
+    REAL_DATA_DIR,
+    TINY_TRAINING,
+    ctrl_c_in_epoch,
+    needs_real_mnist,
+    run_script,
+)
 
 
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py", "save_model.py", "load_model.py", "tune.py"])
@@ -112,7 +121,7 @@ def test_resuming_after_ctrl_c_ends_with_the_same_weights_as_an_uninterrupted_ru
     ctrl_c_in_epoch(monkeypatch, 2)
     monkeypatch.setattr(sys, "argv", ["train.py", *settings, "--out", str(interrupted)])
     with pytest.raises(KeyboardInterrupt):
-        train.main()
+        lenetkit.training.main()
     assert torch.load(interrupted.with_suffix(".ckpt"), weights_only=True)["history"][-1]["epoch"] == 1
     assert not interrupted.exists()
 
@@ -157,23 +166,23 @@ def test_a_compiled_model_trains_and_saves_plain_weights(tiny_data, tmp_path):
 
 def output_dtypes(monkeypatch) -> set[torch.dtype]:
     """The dtypes the network of train.py's next run gives out, in training and validation."""
-    seen, setup_training = set(), train.setup_training
+    seen, setup_training = set(), lenetkit.training.setup_training
 
     def spied(*args, **kwargs):
         training = setup_training(*args, **kwargs)
         training.model.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
         return training
 
-    monkeypatch.setattr(train, "setup_training", spied)
+    monkeypatch.setattr(lenetkit.training, "setup_training", spied)
     return seen
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_trains_in_bf16_where_the_cpu_has_it_and_in_float32_with_a_note_where_not(
         tiny_data, tmp_path, monkeypatch, capsys, native):
-    monkeypatch.setattr(train, "has_native_bf16", lambda device: native)
+    monkeypatch.setattr(lenetkit.training, "has_native_bf16", lambda device: native)
     dtypes, out = output_dtypes(monkeypatch), tmp_path / "model.pth"
-    train.train(*train.parse_args(["--data-dir", str(tiny_data), "--out", str(out), "--epochs", "1",
+    lenetkit.training.train(*lenetkit.config.parse_args(["--data-dir", str(tiny_data), "--out", str(out), "--epochs", "1",
                                    "--amp", *TINY_TRAINING]))
     assert dtypes == {torch.bfloat16 if native else torch.float32}
     metadata = read_model_file(out)["metadata"]
@@ -182,10 +191,10 @@ def test_amp_trains_in_bf16_where_the_cpu_has_it_and_in_float32_with_a_note_wher
 
 
 def test_a_gpu_without_bf16_is_named_as_a_gpu_in_the_note(monkeypatch):
-    monkeypatch.setattr(train, "has_native_bf16", lambda device: False)
-    config = train.TrainConfig(amp=True)
-    training, notes = train.setup_training(config, 1, torch.device("cpu")), []
-    train.drop_emulated_bf16(training, torch.device("cuda"), notes.append)
+    monkeypatch.setattr(lenetkit.training, "has_native_bf16", lambda device: False)
+    config = lenetkit.training.TrainConfig(amp=True)
+    training, notes = lenetkit.training.setup_training(config, 1, torch.device("cpu")), []
+    lenetkit.training.drop_emulated_bf16(training, torch.device("cuda"), notes.append)
     assert not training.amp
     assert notes == ["note: this GPU has no bf16 instructions (Ampere or later), where bf16 autocast "
                      "is slower than float32: training in float32"]
@@ -193,7 +202,7 @@ def test_a_gpu_without_bf16_is_named_as_a_gpu_in_the_note(monkeypatch):
 
 def test_a_recipe_with_amp_resumes_on_a_cpu_without_bf16_and_no_amp_beside_it_turns_it_off(
         tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "has_native_bf16", lambda device: False)
+    monkeypatch.setattr(lenetkit.training, "has_native_bf16", lambda device: False)
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"epochs": 2, "amp": True}))
     settings = ["--config", str(recipe), "--data-dir", str(tiny_data), *TINY_TRAINING]
@@ -201,11 +210,11 @@ def test_a_recipe_with_amp_resumes_on_a_cpu_without_bf16_and_no_amp_beside_it_tu
     with monkeypatch.context() as interrupt:
         ctrl_c_in_epoch(interrupt, 2)
         with pytest.raises(KeyboardInterrupt):
-            train.train(*train.parse_args([*settings, "--out", str(out)]))
-    train.train(*train.parse_args([*settings, "--resume", "--out", str(out)]))  # the same command
+            lenetkit.training.train(*lenetkit.config.parse_args([*settings, "--out", str(out)]))
+    lenetkit.training.train(*lenetkit.config.parse_args([*settings, "--resume", "--out", str(out)]))  # the same command
     assert read_model_file(out)["metadata"]["epochs"] == 2
     plain = tmp_path / "plain" / "model.pth"
-    train.train(*train.parse_args([*settings, "--no-amp", "--out", str(plain)]))
+    lenetkit.training.train(*lenetkit.config.parse_args([*settings, "--no-amp", "--out", str(plain)]))
     assert read_model_file(plain)["metadata"]["amp"] is False
 
 
@@ -239,7 +248,7 @@ def test_a_width_for_the_lenet_is_refused_in_one_line():
 
 
 def test_the_quick_benchmark_runs_and_writes_its_table(tiny_data, tmp_path):
-    result = run_script("bench.py", "--quick", "--data-dir", tiny_data, "--out", tmp_path / "bench.json")
+    result = run_script("tools/bench.py", "--quick", "--data-dir", tiny_data, "--out", tmp_path / "bench.json")
     assert "training throughput" in result.stdout and "time to 99.0% test accuracy" in result.stdout
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert [row["batch_size"] for row in bench["throughput"]] == [64, 256]
@@ -254,7 +263,7 @@ def test_a_quick_benchmark_never_overwrites_the_committed_full_run_in_bench_json
     import bench
 
     assert bench.results_path(None, quick=True) == PROJECT_DIR / "runs" / "bench-quick.json"
-    assert bench.results_path(None, quick=False) == PROJECT_DIR / "bench.json"
+    assert bench.results_path(None, quick=False) == PROJECT_DIR / "tools" / "bench.json"
     assert bench.results_path(tmp_path / "mine.json", quick=True) == tmp_path / "mine.json"
     assert "/runs/" in (PROJECT_DIR / ".gitignore").read_text().splitlines()  # git ignores it there
 
@@ -353,7 +362,7 @@ def test_a_missing_data_folder_without_download_is_refused_before_any_work(tmp_p
 
 def test_the_quick_time_to_accuracy_bench_times_the_three_recipes(tiny_data, tmp_path):
     out = tmp_path / "time.json"
-    run_script("bench.py", "--time-to-accuracy", "--quick", "--data-dir", tiny_data, "--out", out)
+    run_script("tools/bench.py", "--time-to-accuracy", "--quick", "--data-dir", tiny_data, "--out", out)
     results = json.loads(out.read_text())
     assert set(results) == {"fast (configs/fast.json)", "default (train.py)", "pytorch/examples"}
     for curve in (result["curve"] for result in results.values()):
@@ -361,14 +370,14 @@ def test_the_quick_time_to_accuracy_bench_times_the_three_recipes(tiny_data, tmp
 
 
 def test_profile_recipe_reports_flops_rates_layouts_and_the_top_operators(tiny_data):
-    result = run_script("profile_recipe.py", "--config", PROJECT_DIR / "configs" / "fast.json",
+    result = run_script("tools/profile_recipe.py", "--config", PROJECT_DIR / "configs" / "fast.json",
                         "--data-dir", tiny_data, "--batch-size", "50", "--steps", "2", "--top", "3",
                         "--no-download")
     assert "MFLOP an image" in result.stdout and "matmul 2048 fp32" in result.stdout
     for setting in ("fp32           NCHW", "fp32           channels_last", "bf16 autocast  NCHW"):
         assert setting in result.stdout
     assert "top operators" in result.stdout and "aten::" in result.stdout
-    too_many = run_script("profile_recipe.py", "--data-dir", tiny_data, "--steps", "100",
+    too_many = run_script("tools/profile_recipe.py", "--data-dir", tiny_data, "--steps", "100",
                           "--no-download", check=False)
     assert too_many.returncode == 1 and "need 26,112 training images" in too_many.stderr
 
@@ -394,5 +403,5 @@ def test_predicting_and_importing_the_scripts_leave_torchvision_unimported():
 
 @needs_real_mnist
 def test_reading_the_real_files_and_checking_their_gz_leave_torchvision_unimported():
-    code = "import datasets; print(len(datasets.load_dataset(sys.argv[1], train=False)[0]))"
+    code = "from lenetkit import datasets; print(len(datasets.load_dataset(sys.argv[1], train=False)[0]))"
     assert imports_torchvision(code, REAL_DATA_DIR) == (["10000"], False)

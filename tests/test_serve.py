@@ -23,24 +23,25 @@ import pytest
 import torch
 from PIL import Image
 
+import lenetkit.server
+from lenetkit.datasets import DATASETS, load_dataset
+from lenetkit.environment import PRETRAINED_MODEL_PATH, default_model_path
+from lenetkit.model import build_model
+from lenetkit.modelfile import model_record, save_model
+from lenetkit.outputs import write_atomic
+from lenetkit.prediction import Predictor
+
 import drawings
-import serve
-from common import PRETRAINED_MODEL_PATH, default_model_path
-from datasets import DATASETS, load_dataset
 from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
-from load_model import Predictor
-from model import build_model
-from outputs import write_atomic
-from save_model import model_record, save_model
 
 SEVEN = PROJECT_DIR / "examples" / "seven.png"
 NINE = PROJECT_DIR / "examples" / "nine_on_black.jpg"
 
 
 @contextmanager
-def running(model: serve.Model, **limits):
-    """A serve.Server for `model` on a free port of 127.0.0.1, serving in a thread; yields it."""
-    server = serve.start_server(model, "127.0.0.1", 0, **limits)
+def running(model: lenetkit.server.Model, **limits):
+    """A lenetkit.server.Server for `model` on a free port of 127.0.0.1, serving in a thread; yields it."""
+    server = lenetkit.server.start_server(model, "127.0.0.1", 0, **limits)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -52,8 +53,8 @@ def running(model: serve.Model, **limits):
 
 
 @pytest.fixture(scope="module")
-def shipped() -> serve.Model:
-    return serve.Model(PRETRAINED_MODEL_PATH)
+def shipped() -> lenetkit.server.Model:
+    return lenetkit.server.Model(PRETRAINED_MODEL_PATH)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_health_says_which_model_answers_and_the_classes_it_knows(server):
     status, _, content = ask(server, "GET", "/health")
     assert status == 200
     assert content["status"] == "ok" and content["dataset"] == "mnist"
-    assert content["model"] == "pretrained/mnist_model.pth"
+    assert content["model"] == "lenetkit/pretrained/mnist_model.pth"
     assert content["classes"] == [str(digit) for digit in range(10)]
 
 
@@ -194,7 +195,7 @@ def test_an_image_bomb_is_refused_unread(server):
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
     # Only the headers are sent: the answer can't wait for the body.
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {serve.MAX_BODY_BYTES + 1}"
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {lenetkit.server.MAX_BODY_BYTES + 1}"
             "\r\n\r\n").encode()
     answer = raw_exchange(server, head, wait=10)
     assert answer.startswith(b"HTTP/1.1 413 ") and b"over the limit" in answer
@@ -338,8 +339,8 @@ def test_a_body_that_trickles_in_too_slowly_gets_408(shipped):
 
 
 @pytest.fixture(scope="module")
-def pooled() -> serve.Model:
-    with serve.Model(PRETRAINED_MODEL_PATH, workers=2) as model:
+def pooled() -> lenetkit.server.Model:
+    with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=2) as model:
         yield model
 
 
@@ -363,7 +364,7 @@ def test_in_worker_processes_images_get_the_answers_and_refusals_of_the_servers_
 
 
 def test_a_worker_process_that_dies_is_replaced():
-    with serve.Model(PRETRAINED_MODEL_PATH, workers=1) as model, running(model) as server:
+    with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=1) as model, running(model) as server:
         os.kill(model.pool.submit(os.getpid).result(), signal.SIGKILL)
         status, _, answer = ask(server, "POST", "/predict", SEVEN.read_bytes())
         assert status == 500 and "BrokenProcessPool" in answer["error"]
@@ -426,7 +427,7 @@ def test_no_worker_process_outlives_the_server(stop):
 
 def test_the_number_of_workers_is_checked_before_anything_is_loaded(capsys):
     with pytest.raises(SystemExit):
-        serve.parse_args(["--workers", "-1"])
+        lenetkit.server.parse_args(["--workers", "-1"])
     assert "--workers: must be a whole number from 0 to 256" in capsys.readouterr().err
 
 
@@ -448,7 +449,7 @@ def garment_photo() -> Image.Image:
 
 
 def test_a_fashion_model_says_its_class_names_and_reads_photos_of_garments(tmp_path):
-    model = serve.Model(fashion_model_file(tmp_path))
+    model = lenetkit.server.Model(fashion_model_file(tmp_path))
     with running(model) as server:
         status, _, health = ask(server, "GET", "/health")
         assert health["dataset"] == "fashion-mnist" and "Sneaker" in health["classes"]
@@ -459,8 +460,8 @@ def test_a_fashion_model_says_its_class_names_and_reads_photos_of_garments(tmp_p
 
 
 def test_by_default_the_server_uses_load_models_default_model():
-    assert serve.parse_args([]).model is None
-    assert serve.Model(None).path == default_model_path()
+    assert lenetkit.server.parse_args([]).model is None
+    assert lenetkit.server.Model(None).path == default_model_path()
 
 
 def test_the_command_line_prints_the_address_and_serves_until_stopped(tmp_path):
@@ -484,7 +485,7 @@ def test_the_command_line_prints_the_address_and_serves_until_stopped(tmp_path):
 
 def test_a_port_out_of_range_is_refused_before_anything_is_loaded(capsys):
     with pytest.raises(SystemExit) as exit:
-        serve.parse_args(["--port", "70000"])
+        lenetkit.server.parse_args(["--port", "70000"])
     assert exit.value.code == 2
     assert "--port: must be a whole number from 0 to 65,535" in capsys.readouterr().err
 
@@ -529,7 +530,7 @@ def test_mnist_digits_drawn_as_the_page_draws_them_are_read_right(server):
 
 @needs_real_mnist
 def test_the_serving_benchmark_runs_and_prints_its_figures():
-    result = run_script("bench_serve.py", "--calls", "20", "--requests", "40", "--clients", "2")
+    result = run_script("tools/bench_serve.py", "--calls", "20", "--requests", "40", "--clients", "2")
     lines = result.stdout.splitlines()
     assert lines[0].startswith("serve.py on ") and "load average" in lines[0]
     assert any(line.startswith("1 client, 20 requests: the server's time median ")
@@ -574,7 +575,7 @@ def browser():
 
 
 def open_page(driver, server) -> None:
-    driver.get(serve.address_url(server))
+    driver.get(lenetkit.server.address_url(server))
     wait_for(driver, "return document.body.dataset.ready === 'true'")
 
 
@@ -671,7 +672,7 @@ def test_in_a_browser_a_fashion_model_lists_its_classes_and_takes_photos_only(br
                                                                               tmp_path):
     from selenium.webdriver.common.by import By
 
-    with running(serve.Model(fashion_model_file(tmp_path))) as server:
+    with running(lenetkit.server.Model(fashion_model_file(tmp_path))) as server:
         open_page(browser, server)
         about = browser.find_element(By.ID, "about").text
         assert "Sneaker" in about and "Ankle boot" in about and "photo" in about

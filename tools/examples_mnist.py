@@ -14,7 +14,6 @@ training is timed apart from it. main.py shuffles the training images only on an
 DataLoader recipes usually are, and `shuffle=False` gives main.py's CPU behaviour.
 """
 
-import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,8 @@ from torch.optim.lr_scheduler import StepLR
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from common import DEFAULT_DATA_DIR, make_parser, positive_int, run_cli
+from lenetkit.cli import make_parser, positive_int, run_cli
+from lenetkit.environment import DEFAULT_DATA_DIR
 
 MEAN, STD = 0.1307, 0.3081  # main.py's constants (this project's MNIST statistics too)
 

@@ -1,23 +1,42 @@
-"""What a model record must be: one schema, checked whole when a model file is read.
+"""The model file format, in one place: what a model file and a training checkpoint hold, how
+they are written (atomically) and read (with `torch.load(weights_only=True)`), and one check of
+every field.
 
-A model file (or a training checkpoint's best model, or an ONNX file's description) is untrusted:
-every field is checked for its type and values before anything uses it, and the network it
-describes is built only once its weights are known to fit, then tried on a few inputs. Every
-failure is one ModelFileError naming the field, never a TypeError or KeyError from deep inside.
+A model file is a plain dict: the architecture's name and arguments, the state_dict, the
+dataset, input shape, normalization constants and class names, and the metadata of the run that
+made it. A training checkpoint holds that dict for its best epoch, beside the run's settings and
+state. Both are untrusted when read: every field is checked for its type and values before
+anything uses it, and the network a record describes is built only once its weights are known to
+fit, then tried on a few inputs. Every failure is one ModelFileError naming the file and field,
+never a TypeError or KeyError from deep inside.
 """
 
 import inspect
 import math
+import pickle
+import re
 import reprlib
+import zipfile
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from datasets import DATASETS, standardize
-from errors import UserError
-from model import ARCHITECTURES, build_model
+from lenetkit.datasets import DATASETS, standardize
+from lenetkit.errors import UserError
+from lenetkit.model import ARCHITECTURES, build_model
+from lenetkit.outputs import write_atomic
 
+if TYPE_CHECKING:  # for the annotations only: they import this module
+    from lenetkit.config import TrainConfig
+    from lenetkit.onnxfiles import OnnxModel
+    from lenetkit.training import Training
+
+MODEL_FORMAT = "mnist-pipeline/model"
+CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
+FORMAT_VERSION = 1
 MODEL_KEYS = ("arch", "model_args", "state_dict", "dataset", "input_shape", "normalization",
               "classes", "metadata")
 # ONNX files (save_model.py --format onnx): these names, and the description as JSON in metadata.
@@ -227,24 +246,143 @@ def probe_outputs(model, record: dict, device: str | torch.device = "cpu") -> No
                              "its weights (or its normalization) are unusable")
 
 
-def check_onnx_graph(proto, record: dict, source: str | Path) -> None:
-    """An ONNX graph must take `image` (N x the record's input_shape, float) and give `logits`
-    (N x classes), with standard operators only (a custom one would need code this project does
-    not ship)."""
-    classes, input_shape = len(record["classes"]), record["input_shape"]
-    shape = lambda value: [dim.dim_value or dim.dim_param or "?"
-                           for dim in value.type.tensor_type.shape.dim]
-    inputs = [(value.name, shape(value)) for value in proto.graph.input]
-    outputs = [(value.name, shape(value)) for value in proto.graph.output]
-    if len(inputs) != 1 or inputs[0][0] != ONNX_INPUT or inputs[0][1][1:] != input_shape:
-        raise ModelFileError(f"{source}: the graph's input must be {ONNX_INPUT} (N x "
-                             f"{' x '.join(map(str, input_shape))}), not {show(inputs)}")
-    if len(outputs) != 1 or outputs[0][0] != ONNX_OUTPUT or outputs[0][1][1:] != [classes]:
-        raise ModelFileError(f"{source}: the graph's output must be {ONNX_OUTPUT} (N x {classes}, "
-                             f"one score a class), not {show(outputs)}")
-    nodes = [*proto.graph.node, *(node for function in proto.functions for node in function.node)]
-    foreign = sorted({f"{node.domain}.{node.op_type}" for node in nodes
-                      if node.domain not in ONNX_DOMAINS})
-    if foreign:
-        raise ModelFileError(f"{source} uses operators outside ONNX's standard set: "
-                             + ", ".join(foreign))
+def read_torch_file(path: str | Path) -> dict:
+    """The dict stored in a file written by `torch.save`, loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"no file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a PyTorch file, or it is truncated")
+    check_unpacked_size(path)
+    try:
+        # mmap: tensors are read from the file only where used, so one the record doesn't need
+        # (refused below) costs no memory.
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        # weights_only=True stopped at an object that is not a tensor or plain container.
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        what = refused.group(1) if refused else "an object"
+        raise ModelFileError(f"{path} holds pickled objects other than weights ({what}); "
+                             "refusing to load it") from None
+    except Exception as error:  # torch.load reports damage as RuntimeError, EOFError, KeyError, ...
+        raise ModelFileError(f"{path} is damaged or not a PyTorch file "
+                             f"({type(error).__name__}: {error})") from None
+    if not isinstance(content, dict):
+        raise ModelFileError(f"{path} holds a {type(content).__name__}, "
+                             "not a model file of this project")
+    return content
+
+
+def check_unpacked_size(path: Path) -> None:
+    """torch.save stores its entries uncompressed, so what one of its files holds is never larger
+    than the file: an archive that unpacks to more is a decompression bomb (a small file that
+    fills memory)."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except Exception as error:  # zipfile reports damage as BadZipFile, ValueError, EOFError, ...
+        raise ModelFileError(f"{path} is damaged or not a PyTorch file "
+                             f"({type(error).__name__}: {error})") from None
+    if unpacked > size:
+        raise ModelFileError(f"{path} unpacks to {unpacked:,} bytes from {size:,}: torch.save "
+                             "never compresses, so this file was made to fill memory; "
+                             "refusing to load it")
+
+
+def read_model_file(path: str | Path) -> dict:
+    """The model record (arch, model_args, state_dict, dataset, input_shape, normalization,
+    classes, metadata) in a model file, or the best model's record in a training checkpoint. For
+    an ONNX file, the record holds `onnx` (its path) in place of the state_dict."""
+    if Path(path).suffix == ".onnx":
+        from lenetkit.onnxfiles import (
+            read_onnx_file,  # ONNX is optional: only for its files
+        )
+
+        return read_onnx_file(Path(path))
+    content = read_torch_file(path)
+    kind = content.get("format") if isinstance(content.get("format"), str) else None
+    if kind == CHECKPOINT_FORMAT:
+        content = content.get("model")
+        if not isinstance(content, dict):
+            raise ModelFileError(f"{path} is a training checkpoint without a model record "
+                                 "(no epoch finished)")
+    elif kind != MODEL_FORMAT:
+        hint = (" (it looks like a bare state_dict)"
+                if all(isinstance(v, Tensor) for v in content.values()) else "")
+        raise ModelFileError(f"{path} is a PyTorch file but not a model file of this project{hint}")
+    check_format(content, path, FORMAT_VERSION)
+    return check_record(with_dataset(content), path)
+
+
+def with_dataset(record: dict) -> dict:
+    """Files written before the dataset became a setting hold MNIST models and don't say so."""
+    return {"dataset": "mnist", "input_shape": list(DATASETS["mnist"].shape), **record}
+
+
+def build_from_record(record: dict, device: str | torch.device = "cpu") -> "nn.Module | OnnxModel":
+    """The network described by a record that check_record passed (or that training made), with
+    its weights, in eval mode (ONNX files run in ONNX Runtime), once it has given finite outputs
+    of the right shape on a few plain images."""
+    if "onnx" in record:
+        from lenetkit.onnxfiles import OnnxModel
+
+        model, device = OnnxModel(record["onnx"]), "cpu"
+    else:
+        model = build_network(record).to(device).eval()
+    probe_outputs(model, record, device)
+    return model
+
+
+def save_atomic(obj: object, path: str | Path) -> None:
+    """`torch.save`, atomically (see write_atomic)."""
+    write_atomic(path, lambda file: torch.save(obj, file))
+
+
+def model_record(model: nn.Module, arch: str, model_args: dict, dataset: str, normalization: dict,
+                 classes: list[str], metadata: dict) -> dict:
+    """A model file's content: plain types and CPU tensors only, so weights_only loading works."""
+    return {
+        "format": MODEL_FORMAT,
+        "version": FORMAT_VERSION,
+        "arch": arch,
+        "model_args": dict(model_args),
+        "state_dict": {name: tensor.detach().cpu().contiguous().clone()
+                       for name, tensor in model.state_dict().items()},
+        "dataset": dataset,
+        "input_shape": list(DATASETS[dataset].shape),
+        "normalization": dict(normalization),
+        "classes": list(classes),
+        "metadata": dict(metadata),
+    }
+
+
+def save_model(record: dict, path: str | Path) -> None:
+    """Writes a model record as a lean model file (only the keys a model file holds)."""
+    lean = {key: record[key] for key in ("format", "version", *MODEL_KEYS)}
+    save_atomic(lean, path)
+
+
+def save_checkpoint(path: Path, config: "TrainConfig", training: "Training",
+                    history: list[dict], best: dict) -> None:
+    """All a resumed run needs to go on as if it had never stopped."""
+    save_atomic({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "config": asdict(config),
+                 "model": best, "history": history,
+                 "state_dict": {name: t.cpu() for name, t in training.model.state_dict().items()},
+                 "ema": training.ema.state_dict() if training.ema is not None else None,
+                 "optimizer": training.optimizer.state_dict(),
+                 "scheduler": training.scheduler.state_dict(),
+                 "generator": training.generator.get_state(), "torch_rng": torch.get_rng_state()},
+                path)
+
+
+def read_checkpoint(path: Path, settings: tuple[str, ...]) -> dict:
+    """A checkpoint that save_checkpoint wrote, of a run whose settings have these names."""
+    checkpoint = read_torch_file(path)
+    config = checkpoint.get("config")
+    if checkpoint.get("format") != CHECKPOINT_FORMAT or not isinstance(config, dict) \
+            or set(config) != set(settings):
+        raise UserError(f"{path} is not a training checkpoint of this version of the project")
+    return checkpoint

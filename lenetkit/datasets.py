@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cifar10 import CIFAR10_CLASSES, CIFAR10_FOLDER, load_cifar10
-from common import require
-from errors import UserError
-from outputs import write_atomic
+from lenetkit.cifar10 import CIFAR10_CLASSES, CIFAR10_FOLDER, load_cifar10
+from lenetkit.environment import require
+from lenetkit.errors import UserError
+from lenetkit.outputs import write_atomic
 
 
 @dataclass(frozen=True)

@@ -2,33 +2,20 @@
 and one-line errors) and the choice of device."""
 
 import argparse
-import importlib
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+from lenetkit.environment import PROJECT_DIR
+from lenetkit.errors import UserError
+from lenetkit.outputs import check_output_file, check_output_folder
 
-from errors import UserError
-from outputs import check_output_file, check_output_folder
-
-PROJECT_DIR = Path(__file__).resolve().parent
-DEFAULT_DATA_DIR = PROJECT_DIR / "data"
-DEFAULT_MODEL_PATH = PROJECT_DIR / "mnist_model.pth"  # what train.py writes; never committed
-# The model shipped with the code: training never writes it, so a user's run can't change what
-# a clone holds.
-PRETRAINED_MODEL_PATH = PROJECT_DIR / "pretrained" / "mnist_model.pth"
 DEVICE_HELP = "where the model runs: auto (cuda, then mps, then cpu), cuda, mps or cpu"
 DATA_HELP = "dataset root holding MNIST/raw/, FashionMNIST/raw/ and cifar-10-batches-bin/"
 MODEL_DEFAULT = ("(default: mnist_model.pth once you have trained one, "
                  "else pretrained/mnist_model.pth)")
 MODEL_HELP = f"model file {MODEL_DEFAULT}"
-
-
-def default_model_path() -> Path:
-    """The model a script uses when none is named: the one you trained, else the shipped one."""
-    return DEFAULT_MODEL_PATH if DEFAULT_MODEL_PATH.is_file() else PRETRAINED_MODEL_PATH
 
 
 def run_cli(main: Callable[[], None]) -> None:
@@ -61,16 +48,6 @@ def checked_output(check: Callable[[str], Path]) -> Callable[[str], Path]:
 
 writable_file = checked_output(check_output_file)
 writable_folder = checked_output(check_output_folder)
-
-
-def require(module: str, listed_in: str = "requirements-deploy.txt"):
-    """Imports a package that only some work needs (by default, of the optional deployment set),
-    or says how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"this needs the {module.split('.')[0]} package: "
-                        f"pip install -r {listed_in}") from None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -148,26 +125,3 @@ def _finite_float(text: str, allow_zero: bool) -> float:
     return value
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` takes CUDA, then Apple's MPS, then the CPU; a named device must be available."""
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    if name == "auto":
-        name = next(device for device, ok in available.items() if ok)
-    if not available.get(name, False):
-        raise UserError(f"device {name!r} is not available here; use one of: auto, "
-                        + ", ".join(device for device, ok in available.items() if ok))
-    return torch.device(name)
-
-
-def has_native_bf16(device: torch.device) -> bool:
-    """Whether `device` does bfloat16 arithmetic in hardware. A CPU without AVX512-BF16 or AMX, or
-    a GPU older than Ampere, emulates it, and bf16 autocast there is slower than float32."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return True  # Apple's MPS

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datasets import per_channel
+from lenetkit.datasets import per_channel
 
 
 def random_affine(images: Tensor, generator: torch.Generator, background: Tensor | float,

@@ -3,7 +3,7 @@ against the machine's measured arithmetic rate, and what bf16 autocast and chann
 
     python profile_recipe.py --config configs/fast.json [--steps 40] [--top 12]
 
-Runs train.py's own loop (train.train_epoch, make_optimizer, the recipe's network and batch size)
+Runs train.py's own loop (train_epoch, make_optimizer, the recipe's network and batch size)
 on the first training images, after a warm-up, in this process alone: nothing is written. Any
 train.py flag given after the recipe wins, as for train.py. Timings are only as quiet as the
 machine: check `uptime` before trusting them.
@@ -20,29 +20,33 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-import train
-from common import UserError, has_native_bf16, make_parser, positive_int, run_cli
-from datasets import DATASETS, load_dataset, normalize
-from model import build_model
+from lenetkit.cli import make_parser, positive_int, run_cli
+from lenetkit.config import TrainConfig
+from lenetkit.config import parse_args as training_args
+from lenetkit.datasets import DATASETS, load_dataset, normalize
+from lenetkit.environment import has_native_bf16
+from lenetkit.errors import UserError
+from lenetkit.model import build_model
+from lenetkit.training import Training, model_args, setup_training, train_epoch
 
 
-def warmed_up(config: train.TrainConfig, images: torch.Tensor, labels: torch.Tensor,
-              channels_last: bool) -> tuple[train.Training, torch.Tensor]:
+def warmed_up(config: TrainConfig, images: torch.Tensor, labels: torch.Tensor,
+              channels_last: bool) -> tuple[Training, torch.Tensor]:
     """The recipe's network, optimizer and schedule as train.py builds them, and the images in the
     memory layout the run would use, after two steps: the first steps build oneDNN's kernels,
     which a run does once."""
     # Room for every step the timings take: where the schedule stands doesn't change a step's cost.
     steps = 4 * len(images) // config.batch_size
-    training = train.setup_training(config, steps, images.device, channels_last=channels_last,
+    training = setup_training(config, steps, images.device, channels_last=channels_last,
                                     images=images)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     warm = 2 * config.batch_size
-    train.train_epoch(training, images[:warm], labels[:warm], config)
+    train_epoch(training, images[:warm], labels[:warm], config)
     return training, images
 
 
-def ms_per_step(config: train.TrainConfig, images: torch.Tensor, labels: torch.Tensor,
+def ms_per_step(config: TrainConfig, images: torch.Tensor, labels: torch.Tensor,
                 steps: int, channels_last: bool, repeats: int = 3) -> float:
     """The median over `repeats` of the mean milliseconds of a training step of train.py's loop."""
     training, images = warmed_up(config, images, labels, channels_last)
@@ -50,26 +54,26 @@ def ms_per_step(config: train.TrainConfig, images: torch.Tensor, labels: torch.T
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
-        train.train_epoch(training, *subset, config)
+        train_epoch(training, *subset, config)
         timings.append(1000 * (time.perf_counter() - started) / steps)
     return statistics.median(timings)
 
 
-def top_operators(config: train.TrainConfig, images: torch.Tensor, labels: torch.Tensor,
+def top_operators(config: TrainConfig, images: torch.Tensor, labels: torch.Tensor,
                   steps: int, top: int, channels_last: bool) -> str:
     """torch.profiler's table of the operators that take the most time of `steps` steps."""
     training, images = warmed_up(config, images, labels, channels_last)
     subset = images[:steps * config.batch_size], labels[:steps * config.batch_size]
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        train.train_epoch(training, *subset, config)
+        train_epoch(training, *subset, config)
     return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=top,
                                          max_name_column_width=40)
 
 
-def flops_per_step(config: train.TrainConfig) -> float:
+def flops_per_step(config: TrainConfig) -> float:
     """Floating-point operations (a multiply-add counts 2) of one training step's forward and
     backward passes at the recipe's batch size, as torch.utils.flop_counter counts them."""
-    model = build_model(config.arch, **train.model_args(config))
+    model = build_model(config.arch, **model_args(config))
     images = torch.randn(config.batch_size, *DATASETS[config.dataset].shape)
     labels = torch.randint(0, len(DATASETS[config.dataset].classes), (config.batch_size,))
     with FlopCounterMode(display=False) as counter:
@@ -101,14 +105,14 @@ def machine_rates() -> dict[str, float]:
                 "conv 3x3 64->64 56x56 fp32": gflops(lambda: conv(x), conv_flops)}
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, train.TrainConfig,
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig,
                                          argparse.Namespace]:
     """This script's own flags, and the recipe's settings as train.py reads them."""
     parser = make_parser(__doc__.split("\n\n")[0], epilog="Other flags go to train.py.")
     parser.add_argument("--steps", type=positive_int, default=40, help="training steps timed")
     parser.add_argument("--top", type=positive_int, default=12, help="operators listed")
     own, rest = parser.parse_known_args(argv)
-    return own, *train.parse_args(rest)
+    return own, *training_args(rest)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from scipy import ndimage
 from torch import Tensor
 
-from common import UserError
+from lenetkit.errors import UserError
 
 # JPEG files decode at a reduced scale (Pillow's draft mode), so even a 108-megapixel phone photo
 # costs a few megabytes; other formats decode whole, and 24 megapixels (a full-resolution camera

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +31,23 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-import train
-from common import (DATA_HELP, DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR, UserError,
-                    make_parser, positive_int, run_cli, writable_file)
-from datasets import DATASETS, idx_source, load_dataset, normalize, training_indices
-from evaluate import evaluate
-from examples_mnist import train_examples_recipe
-from load_model import ImageError, Predictor, load_model, predict_images, read_model_file
-from model import build_model
-from outputs import write_json
+from lenetkit.cli import DATA_HELP, make_parser, positive_int, run_cli, writable_file
+from lenetkit.config import TrainConfig, read_recipe
+from lenetkit.datasets import DATASETS, idx_source, load_dataset, normalize, training_indices
+from lenetkit.environment import DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR
+from lenetkit.errors import UserError
+from lenetkit.evaluation import evaluate
+from lenetkit.export import calibration_images
+from lenetkit.model import build_model
+from lenetkit.modelfile import read_model_file
+from lenetkit.onnxfiles import export_onnx
+from lenetkit.outputs import run_metadata, write_json
+from lenetkit.prediction import Predictor, load_model, predict_images
+from lenetkit.preprocess import ImageError
+from lenetkit.training import setup_training, train_epoch
+
 import photos
-from save_model import calibration_images, export_onnx, run_metadata
+from examples_mnist import train_examples_recipe
 
 
 def conventional_throughput(data_dir: Path, dataset: str, batch_size: int, steps: int,
@@ -81,19 +87,19 @@ def our_throughput(images: Tensor, labels: Tensor, batch_size: int, steps: int,
     """Training images/s of train.py's loop: the dataset as one tensor, batches by indexing a
     permutation.
     `shipped` adds what train.py does beyond the data path: channels_last and the fused AdamW."""
-    config = train.TrainConfig(batch_size=batch_size, lr=1e-3, schedule="constant", amp=amp,
+    config = TrainConfig(batch_size=batch_size, lr=1e-3, schedule="constant", amp=amp,
                                seed=seed)
-    training = train.setup_training(config, steps, images.device, channels_last=shipped)
+    training = setup_training(config, steps, images.device, channels_last=shipped)
     if shipped:
         images = images.contiguous(memory_format=torch.channels_last)
     else:  # the optimizer of the usual example: one kernel a parameter
         training.optimizer = torch.optim.AdamW(training.model.parameters(), lr=config.lr)
         training.scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, lambda _: 1.0)
     warm_up = 2 * batch_size
-    train.train_epoch(training, images[:warm_up], labels[:warm_up], config)
+    train_epoch(training, images[:warm_up], labels[:warm_up], config)
     subset = images[:steps * batch_size], labels[:steps * batch_size]
     started = time.perf_counter()
-    train.train_epoch(training, *subset, config)
+    train_epoch(training, *subset, config)
     return len(subset[0]) / (time.perf_counter() - started)
 
 
@@ -114,16 +120,16 @@ def max_difference(model, reference: Tensor, images: Tensor) -> float:
 
 
 def time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
-                     target: float, config: train.TrainConfig) -> dict:
+                     target: float, config: TrainConfig) -> dict:
     """Trains `config` as train.py does, scoring the test set after each epoch (a measurement,
     not a choice), and reports the training seconds until test accuracy first reaches `target`."""
     x_train = x_train.contiguous(memory_format=torch.channels_last)
     steps_per_epoch = -(-len(x_train) // config.batch_size)
-    training = train.setup_training(config, steps_per_epoch, x_train.device)
+    training = setup_training(config, steps_per_epoch, x_train.device)
     seconds, curve, reached = 0.0, [], None
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        train.train_epoch(training, x_train, y_train, config)
+        train_epoch(training, x_train, y_train, config)
         seconds += time.perf_counter() - started
         accuracy = evaluate(training.model, x_test, y_test).accuracy
         curve.append({"epoch": epoch, "train_seconds": seconds, "test_accuracy": accuracy})
@@ -329,7 +335,7 @@ def results_path(out: Path | None, quick: bool) -> Path:
     quick run, which only checks that everything runs, must never overwrite them."""
     if out is not None:
         return out
-    return PROJECT_DIR / "runs" / "bench-quick.json" if quick else PROJECT_DIR / "bench.json"
+    return PROJECT_DIR / "runs" / "bench-quick.json" if quick else PROJECT_DIR / "tools" / "bench.json"
 
 
 def bench_training_run(data_dir: Path, dataset: str, quick: bool) -> dict:
@@ -462,9 +468,9 @@ def bench_time_to_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_t
     pytorch/examples' MNIST recipe (capped at 5 epochs, stopped once it gets there), in this
     one run on this machine."""
     subset = 2000 if args.quick else None
-    fast = train.TrainConfig(**train.read_recipe(PROJECT_DIR / "configs" / "fast.json"))
+    fast = TrainConfig(**read_recipe(PROJECT_DIR / "configs" / "fast.json"))
     recipes = {"fast (configs/fast.json)": fast,
-               "default (train.py)": train.TrainConfig(epochs=1 if args.quick else 8)}
+               "default (train.py)": TrainConfig(epochs=1 if args.quick else 8)}
     print(f"\ntime to {args.target:.1%} test accuracy (seconds of training; test scored after "
           "each epoch only to measure this)")
     results = {}

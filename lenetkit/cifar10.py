@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common import require
-from errors import UserError
+from lenetkit.environment import require
+from lenetkit.errors import UserError
 
 CIFAR10_FOLDER = "cifar-10-batches-bin"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",

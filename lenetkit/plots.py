@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from outputs import save_figure
+from lenetkit.outputs import save_figure
 
 
 def _pyplot():

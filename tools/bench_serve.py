@@ -28,11 +28,13 @@ from pathlib import Path
 
 import torch
 
+from lenetkit.cli import MODEL_HELP, make_parser, positive_int, run_cli
+from lenetkit.datasets import load_dataset
+from lenetkit.environment import DEFAULT_DATA_DIR, PROJECT_DIR
+from lenetkit.errors import UserError
+from lenetkit.server import worker_count
+
 import drawings
-import serve
-from common import (DEFAULT_DATA_DIR, MODEL_HELP, PROJECT_DIR, UserError, make_parser,
-                    positive_int, run_cli)
-from datasets import load_dataset
 
 DRAWINGS = 100
 
@@ -141,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="dataset root holding MNIST/raw/ (the test digits drawn)")
-    parser.add_argument("--workers", type=serve.worker_count,
+    parser.add_argument("--workers", type=worker_count,
                         help="serve.py's --workers (default: serve.py's)")
     parser.add_argument("--clients", type=positive_int, default=8,
                         help="clients sending at once, for the throughput")

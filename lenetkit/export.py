@@ -1,0 +1,78 @@
+"""Write model files, atomically.
+
+    python save_model.py SRC [--out mnist_model.pth]
+    python save_model.py SRC --format onnx --out mnist_model.onnx
+    python save_model.py SRC --format onnx-int8 --out mnist_model.int8.onnx [--data-dir data]
+
+turns a training checkpoint (or a model file) into a lean model file: the best
+weights and their description, without optimizer state or history. train.py
+calls the same `save_model` at the end of every run. The ONNX formats (for ONNX
+Runtime; `pip install -r requirements-deploy.txt`) carry the same description in
+the file's metadata; INT8 is static quantization calibrated on training images.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from lenetkit.cli import DATA_HELP, make_parser, positive_int, writable_file
+from lenetkit.datasets import load_dataset, normalize, training_indices
+from lenetkit.environment import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_MODEL_PATH,
+)
+from lenetkit.errors import UserError
+from lenetkit.modelfile import (
+    read_model_file,
+    save_model,
+)
+from lenetkit.onnxfiles import export_onnx
+
+FORMATS = {"pth": ".pth", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
+
+
+def calibration_images(record: dict, data_dir: Path, count: int) -> np.ndarray:
+    """`count` normalized images from the training split (never validation or test images)."""
+    images, _ = load_dataset(data_dir, train=True, dataset=record["dataset"])
+    train_indices = training_indices(len(images))
+    return normalize(images[train_indices[:count]], **record["normalization"]).numpy()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = make_parser("Write the lean model file (weights and metadata) from a training "
+                         "checkpoint or a model file.")
+    parser.add_argument("source", type=Path, metavar="SRC",
+                        help="training checkpoint (.ckpt) or model file")
+    parser.add_argument("--out", type=writable_file,
+                        help="file to write (default: mnist_model.pth, .onnx or .int8.onnx "
+                             "in the project folder)")
+    parser.add_argument("--format", choices=FORMATS, default="pth",
+                        help="PyTorch model file, ONNX float32, or ONNX with INT8 weights "
+                             "and activations")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help=f"{DATA_HELP} (onnx-int8: calibration images)")
+    parser.add_argument("--calibration-images", type=positive_int, default=500,
+                        help="training images that calibrate the INT8 ranges")
+    args = parser.parse_args(argv)
+    args.out = args.out or DEFAULT_MODEL_PATH.with_suffix(FORMATS[args.format])
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    record = read_model_file(args.source)
+    if "onnx" in record:
+        raise UserError(f"{args.source} is an ONNX file: "
+                        "give the .pth model file or the training checkpoint")
+    if args.format == "pth":
+        save_model(record, args.out)
+    else:
+        calibration = (calibration_images(record, args.data_dir, args.calibration_images)
+                       if args.format == "onnx-int8" else None)
+        export_onnx(record, args.out, calibration)
+    metadata = record["metadata"]
+    validation = (f"validation accuracy {metadata['val_accuracy']:.2%} at"
+                  if "val_accuracy" in metadata else "no validation, kept")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB): {record['arch']}, "
+          f"{validation} epoch {metadata.get('best_epoch')} of {metadata.get('epochs')}")

@@ -1,0 +1,268 @@
+"""Predict the digit (or garment, or object) in images, from a model file.
+
+    from lenetkit import predict            # or, in a clone: from load_model import predict
+    prediction = predict("digit.jpg")  # or a PIL image, a numpy array, a prepared tensor, a list
+    print(prediction)                   # 7 (99.9%)
+    prediction.name, prediction.probability, prediction.top
+
+    from lenetkit import load_model
+    model = load_model("mnist_model.pth")   # the bare nn.Module in eval mode, returning logits
+
+The defaults are the command line's (`python load_model.py IMAGE...`): the model you trained, else
+the shipped one; the device `auto`; the top class only. Errors are UserError's subclasses
+(ImageError, ModelFileError), each naming the file or list item at fault.
+"""
+
+import argparse
+import functools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from lenetkit.cli import (
+    DEVICE_HELP,
+    MODEL_HELP,
+    make_parser,
+    positive_int,
+    writable_folder,
+)
+from lenetkit.datasets import standardize
+from lenetkit.environment import default_model_path, pick_device
+from lenetkit.errors import UserError
+from lenetkit.modelfile import (
+    build_from_record,
+    read_model_file,
+)
+from lenetkit.onnxfiles import OnnxModel
+from lenetkit.outputs import write_atomic
+from lenetkit.preprocess import (
+    PREPROCESSING,
+    ImageError,
+    read_image,
+)
+
+# Under this probability the CLI says that the model is unsure (Prediction.confident is False).
+LOW_CONFIDENCE = 0.6
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, record: dict, inputs: Tensor) -> Tensor:
+    """Class probabilities (N, classes) for preprocessed images in [0, 1]: (N, 28, 28) gray, or
+    (N, 3, 32, 32) colour."""
+    return torch.softmax(model(standardize(inputs, **record["normalization"])), dim=1)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model makes of one image."""
+    label: int  # the likeliest class's index
+    name: str  # its name: "7", or "Sneaker" for a Fashion-MNIST model
+    probability: float
+    top: list[tuple[str, float]]  # the top-k classes' names and probabilities, likeliest first
+    # what the model saw, in [0, 1]: (28, 28) white on black, or (3, 32, 32) RGB
+    input: Tensor = field(repr=False)
+
+    @property
+    def confident(self) -> bool:
+        """False when the likeliest class has under LOW_CONFIDENCE: look at `input` to see why."""
+        return self.probability >= LOW_CONFIDENCE
+
+    def __str__(self) -> str:
+        """As the command line prints it: `7 (99.9%)`, then any other top classes."""
+        guesses = ", ".join(f"{name} ({probability:.1%})" for name, probability in self.top)
+        return guesses + ("" if self.confident else "  [low confidence: check the input]")
+
+
+class Predictor:
+    """A model file, loaded once, that predicts images:
+
+        predictor = Predictor("mnist_model.pth")  # default: yours if trained, else the shipped one
+        prediction = predictor("digit.jpg")       # a path, PIL image, numpy array or tensor
+        prediction.name, prediction.probability
+
+    Files, PIL images and numpy arrays (H x W gray, or H x W x 3 or 4 colour) go through the
+    preprocessing of the model's dataset (any size, dark ink on light paper or the reverse,
+    photos included). Tensors are taken as already prepared: (28, 28) or a batch (N, 28, 28) or
+    (N, 1, 28, 28), white on black, floats in [0, 1] or uint8, as torchvision's MNIST gives them;
+    (3, 32, 32) or (N, 3, 32, 32) RGB for a CIFAR-10 model. A list, or a batch tensor, gives a
+    list of predictions.
+    """
+
+    def __init__(self, model: str | Path | None = None, device: str | torch.device = "auto",
+                 top_k: int = 1) -> None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise UserError(f"top_k must be a whole number >= 1, not {top_k!r}")
+        device = pick_device(device)
+        self.record = read_model_file(model or default_model_path())
+        self.model = build_from_record(self.record, device)
+        self.device, self.top_k = device, top_k
+        self.classes = self.record["classes"]
+        self.preprocess = PREPROCESSING[self.record["dataset"]]
+        channels, height, width = self.record["input_shape"]
+        # one input's shape: a gray image has no channel axis
+        self.shape = (height, width) if channels == 1 else (channels, height, width)
+
+    def __call__(self, images: "ImageLike | list[ImageLike]") -> Prediction | list[Prediction]:
+        batch = isinstance(images, (list, tuple)) or isinstance(images, Tensor) \
+            and images.dim() > len(self.shape)
+        inputs = self.inputs(images)
+        probabilities = predict_images(self.model, self.record, inputs.to(self.device)).cpu()
+        top = probabilities.topk(min(self.top_k, len(self.classes)))
+        predictions = []
+        for image, values, indices in zip(inputs, top.values.tolist(), top.indices.tolist()):
+            top_k = [(self.classes[i], p) for p, i in zip(values, indices)]
+            predictions.append(Prediction(label=indices[0], name=top_k[0][0], probability=values[0],
+                                          top=top_k, input=image))
+        return predictions if batch else predictions[0]
+
+    def read(self, file: str | Path | BinaryIO) -> Image.Image:
+        """An image file, decoded as the model's preprocessing needs it (gray or colour)."""
+        return read_image(file, colour=self.record["input_shape"][0] == 3)
+
+    def inputs(self, images: "ImageLike | list[ImageLike]") -> Tensor:
+        """The model's inputs (N, *self.shape) in [0, 1] for `images`, before normalization."""
+        if isinstance(images, Tensor):
+            return prepared_tensor(images, self.shape)
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ImageError("the list of images is empty")
+            return torch.cat([self.item_inputs(index, image) for index, image in enumerate(images)])
+        if isinstance(images, (str, Path)):
+            images = self.read(images)
+        elif isinstance(images, np.ndarray):
+            images = array_image(images)
+        if not isinstance(images, Image.Image):
+            raise ImageError(f"can't predict a {type(images).__name__}: give a file path, "
+                             "a PIL image, a numpy array or a tensor")
+        return self.preprocess(images).unsqueeze(0)
+
+    def item_inputs(self, index: int, image: "ImageLike") -> Tensor:
+        """The inputs of one item of a list, an error naming the item (and its file) at fault."""
+        try:
+            return self.inputs(image)
+        except ImageError as error:
+            name = f" ({image})" if isinstance(image, (str, Path)) else ""
+            raise ImageError(f"item {index}{name}: {error}") from None
+
+
+ImageLike = str | Path | Image.Image | np.ndarray | Tensor
+
+
+def prepared_tensor(images: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A tensor of prepared inputs of one input's `shape` ((28, 28), or (3, 32, 32)), alone or in
+    a batch (with a channel axis of 1 for gray ones), as (N, *shape) floats in [0, 1]."""
+    given = tuple(images.shape)
+    if len(shape) == 2 and images.dim() == 4 and given[1] == 1:
+        images = images[:, 0]
+    rank = len(shape)  # of one input: a batch has one more axis
+    if tuple(images.shape[-rank:]) != shape or images.dim() not in (rank, rank + 1):
+        example = " x ".join(map(str, shape))
+        raise ImageError(f"a tensor of shape {given} is not a prepared input: give {example} or a "
+                         f"batch N x {example}" + (", white on black" if len(shape) == 2 else "")
+                         + "; pass other images as a path, PIL image or array")
+    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    if not torch.isfinite(images).all():
+        raise ImageError("the tensor holds NaN or infinite values")
+    # A little slack for rounding; normalized or 0-255 floats are far outside.
+    if len(images) and not -1e-3 <= images.min() <= images.max() <= 1 + 1e-3:
+        raise ImageError(f"the tensor's pixels run from {images.min():.3g} to {images.max():.3g}: "
+                         "give them in [0, 1] (or uint8), before normalization")
+    return images.cpu().reshape(-1, *shape)
+
+
+def array_image(array: np.ndarray) -> Image.Image:
+    """A numpy image (H x W gray, or H x W x 3 or 4 colour) as a PIL image."""
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return Image.fromarray(array)
+    if array.ndim != 2:
+        raise ImageError(f"an array of shape {array.shape} is not an image: give H x W gray, "
+                         "or H x W x 3 (RGB) or x 4 (RGBA) uint8")
+    return Image.fromarray(array if array.dtype == np.uint8 else array.astype(np.float32))
+
+
+@functools.cache
+def cached_predictor(model: Path, device: str, top_k: int) -> Predictor:
+    return Predictor(model, device, top_k)
+
+
+def predict(images: "ImageLike | list[ImageLike]", model: str | Path | None = None, top_k: int = 1,
+            device: str = "auto") -> Prediction | list[Prediction]:
+    """The model's prediction for an image (a file path, PIL image, numpy array or prepared tensor)
+    or a list of them (or a batch tensor): see Predictor. Each model file is read once."""
+    path = Path(model or default_model_path()).resolve()
+    return cached_predictor(path, str(device), top_k)(images)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = make_parser(
+        "Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
+        "light paper or the reverse, scanned, drawn or photographed on a page, for an MNIST "
+        "model; the garment, photographed on a plain background, for a Fashion-MNIST model; the "
+        "object in a colour photo for a CIFAR-10 model.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files, one digit, garment or object each")
+    parser.add_argument("--model", type=Path, help=MODEL_HELP)
+    parser.add_argument("--top-k", type=positive_int, default=1,
+                        help="how many likeliest classes to print")
+    parser.add_argument("--save-input", type=writable_folder, metavar="DIR",
+                        help="write the input the model saw (28x28, or 32x32 in colour) for "
+                             "each image into DIR, as NAME.input.png")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    return parser.parse_args(argv)  # no --model: Predictor takes the default
+
+
+def input_image(pixels: Tensor) -> Image.Image:
+    """A model's input in [0, 1], (H, W) gray or (3, H, W) colour, as an 8-bit image."""
+    pixels = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray((pixels.permute(1, 2, 0) if pixels.dim() == 3 else pixels).numpy())
+
+
+def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set[str]) -> Path:
+    """Writes the model's input as folder/NAME.input.png (NAME-2... if taken); returns
+    its path."""
+    stem, number = Path(image_path).stem, 1
+    while (name := f"{stem}{f'-{number}' if number > 1 else ''}.input.png") in taken:
+        number += 1
+    taken.add(name)
+    write_atomic(folder / name, lambda file: input_image(prediction.input).save(file, "PNG"))
+    return folder / name
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    predictor = Predictor(args.model, device=pick_device(args.device), top_k=args.top_k)
+    failures, taken = 0, set()
+    for path in args.images:
+        try:
+            prediction = predictor(path)
+            saved = args.save_input and save_input(prediction, path, args.save_input, taken)
+        except ImageError as error:
+            print(f"{path}: error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        except Exception as error:  # noqa: BLE001 -- one file's failure must not stop the others
+            print(f"{path}: error: could not predict it ({type(error).__name__}: {error})",
+                  file=sys.stderr)
+            failures += 1
+            continue
+        guesses = ", ".join(f"{name} ({probability:.1%})" for name, probability in prediction.top)
+        notes = [] if prediction.confident else ["low confidence: check the input"]
+        notes += [f"input: {saved}"] if saved else []
+        print(f"{path}: {guesses}" + "".join(f"  [{note}]" for note in notes))
+    if failures:
+        sys.exit(1)
+
+
+
+def load_model(path: str | Path | None = None,
+               device: str | torch.device = "cpu") -> nn.Module | OnnxModel:
+    """The model stored in `path` (.pth, training checkpoint or .onnx; by default the one you
+    trained, else the shipped one), in eval mode, returning logits (softmax them for
+    probabilities)."""
+    return build_from_record(read_model_file(path or default_model_path()), device)
