@@ -6,6 +6,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lenetkit.environment import PROJECT_DIR
 from lenetkit.errors import UserError
@@ -66,7 +67,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
-def make_parser(description: str, **kwargs) -> argparse.ArgumentParser:
+def make_parser(description: str, **kwargs: Any) -> argparse.ArgumentParser:
     """Every script's parser: defaults shown once, and no abbreviated flags (so that `--seed` can
     never be taken for another flag that starts the same)."""
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter,

@@ -2,10 +2,12 @@
 one for each setting, checked together."""
 
 import argparse
+import collections.abc
 import inspect
 import json
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 from lenetkit.augmentation import AUGMENTATIONS
 from lenetkit.cli import (
@@ -45,7 +47,10 @@ def augmentation_list(text: str) -> str:
     return ",".join(name for name in AUGMENTATIONS if name in chosen)
 
 
-def setting(default: object, group: str, **flag: object) -> object:
+T = TypeVar("T")
+
+
+def setting(default: T, group: str, **flag: object) -> T:
     """A TrainConfig field whose metadata is its flag's group in --help and argparse keywords: a
     recipe's value is checked by the same `type` and `choices` as the flag's."""
     return field(default=default, metadata={"group": group, **flag})
@@ -189,8 +194,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         recipe = {name: value for name, value in recipe.items()
                   if name not in foreign_settings(named["optimizer"])}
     settings = recipe | named
-    dataset = DATASETS.get(settings.get("dataset", TrainConfig.dataset))
-    config = TrainConfig(**{"arch": dataset.arch} | settings)
+    dataset = DATASETS[settings.get("dataset", TrainConfig.dataset)]
+    arguments: dict[str, Any] = {"arch": dataset.arch} | settings
+    config = TrainConfig(**arguments)
     # a full recipe (tune.py's best.json) states every setting: its defaults name nothing
     chosen = set(named) | {name for name, value in recipe.items()
                            if value != getattr(TrainConfig, name)}
@@ -253,7 +259,8 @@ def foreign_settings(optimizer: str) -> set[str]:
 
 
 def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
-                   options: argparse.Namespace, named: set[str] = frozenset()) -> None:
+                   options: argparse.Namespace,
+                   named: collections.abc.Set[str] = frozenset()) -> None:
     """What no single flag can check: how the settings and options fit together, and the
     settings `named` by the flags or the recipe. Resolves `--augment` alone to the dataset's own
     augmentation."""

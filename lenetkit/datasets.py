@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 from torch import Tensor
@@ -55,6 +56,7 @@ def idx_source(spec: DatasetInfo) -> type:
     """torchvision's class for an IDX dataset of DATASETS, which downloads its files. Imported
     only then: importing torchvision imports all of its models, which would slow the start of
     every script, predicting included."""
+    assert spec.source is not None, f"{spec.name} is not an IDX dataset"
     return getattr(require("torchvision.datasets", "requirements.txt"), spec.source)
 
 
@@ -235,8 +237,11 @@ def _parse_idx(data: bytes, path: Path, dimensions: int) -> Tensor:
     raise UserError(f"{path} is truncated or corrupt ({reason}); delete it and fetch it again")
 
 
-def normalize(images: Tensor, mean: float | Sequence[float],
-              std: float | Sequence[float]) -> Tensor:
+# Normalization constants: one number for all channels, or one a channel (as a list, or a tensor).
+PerChannel: TypeAlias = float | Sequence[float] | Tensor
+
+
+def normalize(images: Tensor, mean: PerChannel, std: PerChannel) -> Tensor:
     """uint8 images, gray (N, H, W) or colour (N, C, H, W), to float32 (N, C, H, W) standardized
     with the training set's statistics of each channel (a dataset's, or a model file's
     `normalization`)."""
@@ -244,16 +249,16 @@ def normalize(images: Tensor, mean: float | Sequence[float],
     return standardize(images.float().div_(255), mean, std, in_place=True)
 
 
-def standardize(pixels: Tensor, mean: float | Sequence[float], std: float | Sequence[float],
+def standardize(pixels: Tensor, mean: PerChannel, std: PerChannel,
                 in_place: bool = False) -> Tensor:
     """Float images in [0, 1], gray (N, H, W) or (N, C, H, W), standardized as (N, C, H, W): in a
     new tensor, or with `in_place` in `pixels` itself."""
     pixels = pixels.unsqueeze(1) if pixels.dim() == 3 else pixels
-    mean, std = per_channel(mean, pixels), per_channel(std, pixels)
-    return pixels.sub_(mean).div_(std) if in_place else (pixels - mean) / std
+    means, stds = per_channel(mean, pixels), per_channel(std, pixels)
+    return pixels.sub_(means).div_(stds) if in_place else (pixels - means) / stds
 
 
-def per_channel(values: float | Sequence[float], like: Tensor) -> Tensor:
+def per_channel(values: PerChannel, like: Tensor) -> Tensor:
     """One value for all channels, or one a channel, as (C, 1, 1) to broadcast over images."""
     return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
 

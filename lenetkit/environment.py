@@ -3,6 +3,7 @@ the devices and the optional packages."""
 
 import importlib
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -24,7 +25,7 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL_PATH if DEFAULT_MODEL_PATH.is_file() else PRETRAINED_MODEL_PATH
 
 
-def require(module: str, listed_in: str = "requirements-deploy.txt"):
+def require(module: str, listed_in: str = "requirements-deploy.txt") -> ModuleType:
     """Imports a package that only some work needs (by default, of the optional deployment set),
     or says how to install it."""
     try:
@@ -48,7 +49,8 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise UserError(f"device {name!r} is not available here (no such device); {choices}") from None
+        raise UserError(f"device {name!r} is not available here (no such device); "
+                        f"{choices}") from None
     if not available.get(device.type, False):
         raise UserError(f"device {str(name)!r} is not available here; {choices}")
     return device

@@ -18,22 +18,17 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lenetkit.cli import DATA_HELP, DEVICE_HELP, MODEL_DEFAULT, make_parser
-from lenetkit.datasets import (
-    DATASETS,
-    DEFAULT_VAL_SIZE,
-    load_dataset,
-    normalize,
-    split_indices,
-)
+from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE, load_dataset, normalize, split_indices
 from lenetkit.environment import DEFAULT_DATA_DIR, default_model_path, pick_device
 from lenetkit.errors import UserError
-from lenetkit.model import count_parameters
+from lenetkit.model import Classifier, count_parameters
 from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.outputs import check_output_file
 from lenetkit.plots import plot_confusion, plot_errors
@@ -48,7 +43,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000,
+def evaluate(model: Classifier, images: Tensor, labels: Tensor, batch_size: int = 1000,
              tta: bool = False, mirror: bool = False, amp: bool = False) -> Evaluation:
     """Loss, accuracy and class probabilities of `model` on normalized images; leaves the model's
     mode as it was. With `tta`, the probabilities are the mean over the image and its four
@@ -56,7 +51,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     nothing); with `amp`, the forward pass runs in bfloat16 autocast, as in training."""
     was_training = model.training
     model.eval()
-    log_probabilities = []
+    batches = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         views = tta_views(batch, mirror) if tta else [batch]
@@ -64,9 +59,9 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
             logits = [model(view) for view in views]
         per_view = torch.stack([view_logits.float().log_softmax(1) for view_logits in logits])
         # The log of the mean probability over the views.
-        log_probabilities.append(per_view.logsumexp(0) - math.log(len(views)))
+        batches.append(per_view.logsumexp(0) - math.log(len(views)))
     model.train(was_training)
-    log_probabilities = torch.cat(log_probabilities)
+    log_probabilities = torch.cat(batches)
     loss = F.nll_loss(log_probabilities, labels).item()
     accuracy = (log_probabilities.argmax(1) == labels).float().mean().item()
     return Evaluation(loss, accuracy, log_probabilities.exp().cpu(), views=len(views))
@@ -251,13 +246,14 @@ def main(argv: list[str] | None = None) -> None:
         scored = evaluate(model, normalize(images, **record["normalization"]).to(device),
                           labels.to(device), tta=args.tta, mirror=learned_mirrors(record))
         probabilities = scored.probabilities
-        parameters = record["parameters"] if "onnx" in record else count_parameters(model)
+        parameters = (count_parameters(model) if isinstance(model, nn.Module)
+                      else record["parameters"])
         report = {"model": str(path), "arch": record["arch"], "parameters": parameters,
                   "views": scored.views, **summarize(probabilities, labels, classes)}
         draw_figures(report, probabilities, images, labels, classes, stem, args.errors_shown)
         reports.append(report)
         all_probabilities.append(probabilities)
-    result = {"models": reports}
+    result: dict[str, Any] = {"models": reports}
     if len(reports) > 1:
         accuracies = torch.tensor([report["accuracy"] for report in reports], dtype=torch.float64)
         result["accuracy_mean"], result["accuracy_std"] = (accuracies.mean().item(),

@@ -18,15 +18,9 @@ import numpy as np
 
 from lenetkit.cli import DATA_HELP, make_parser, positive_int, writable_file
 from lenetkit.datasets import load_dataset, normalize, training_indices
-from lenetkit.environment import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_MODEL_PATH,
-)
+from lenetkit.environment import DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH
 from lenetkit.errors import UserError
-from lenetkit.modelfile import (
-    read_model_file,
-    save_model,
-)
+from lenetkit.modelfile import read_model_file, save_model
 from lenetkit.onnxfiles import export_onnx
 
 FORMATS = {"pth": ".pth", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}

@@ -4,7 +4,12 @@ A model file names its architecture by a key of ARCHITECTURES and stores the
 constructor's keyword arguments, so `build_model(name, **model_args)` rebuilds
 it without any other configuration. Each network's `input_shape` is the (channels, height,
 width) of the images it was designed for: a dataset's must match it.
+
+`Classifier` is what scoring and predicting need of a model: one of these networks, or an ONNX
+file run by ONNX Runtime (onnxfiles.OnnxModel).
 """
+
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -241,6 +246,7 @@ class CifarNet(nn.Module):
         so that GELU passes either sign. The filters are frozen; their biases still learn. `eps`
         keeps the faintest directions from being amplified."""
         stem = self.features[0]
+        assert isinstance(stem, nn.Conv2d)
         patches = images.unfold(2, 2, 1).unfold(3, 2, 1)  # N, 3, 31, 31, 2, 2
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).float()
         moments = (patches.T @ patches / len(patches)).cpu().double()  # eigh: on the CPU, exact
@@ -250,12 +256,34 @@ class CifarNet(nn.Module):
         stem.weight.requires_grad_(False)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"lenet": LeNet, "convnet": ConvNet, "resnet": ResNet,
-                                              "widenet": WideNet, "twoconv": TwoConvNet,
-                                              "fastnet": FastNet, "cifarnet": CifarNet}
+class Architecture(Protocol):
+    """A network class of ARCHITECTURES: built from keyword arguments (model files store them), it
+    names the (channels, height, width) of the images it takes."""
+
+    input_shape: tuple[int, int, int]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> nn.Module: ...
 
 
-def build_model(arch: str, **model_args) -> nn.Module:
+class Classifier(Protocol):
+    """A model in the sense of scoring and predicting: normalized images in, logits out, with a
+    mode to switch (an nn.Module, or an ONNX model, always in eval mode)."""
+
+    training: bool
+
+    def __call__(self, images: Tensor) -> Tensor: ...
+
+    def train(self, mode: bool = True) -> object: ...
+
+    def eval(self) -> object: ...
+
+
+ARCHITECTURES: dict[str, Architecture] = {"lenet": LeNet, "convnet": ConvNet, "resnet": ResNet,
+                                          "widenet": WideNet, "twoconv": TwoConvNet,
+                                          "fastnet": FastNet, "cifarnet": CifarNet}
+
+
+def build_model(arch: str, **model_args: Any) -> nn.Module:
     """The network registered as `arch`, built with `model_args`."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")

@@ -17,16 +17,17 @@ import pickle
 import re
 import reprlib
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from lenetkit.datasets import DATASETS, standardize
 from lenetkit.errors import UserError
-from lenetkit.model import ARCHITECTURES, build_model
+from lenetkit.model import ARCHITECTURES, Classifier, build_model
 from lenetkit.outputs import write_atomic
 
 if TYPE_CHECKING:  # for the annotations only: they import this module
@@ -63,7 +64,7 @@ def show(value: object) -> str:
     return " ".join(_SHORT.repr(value).split())
 
 
-def check_format(content: dict, source: str | Path, version: int) -> None:
+def check_format(content: dict[str, Any], source: str | Path, version: int) -> None:
     """The format version must be exactly `version` (an int: True or a tensor is not a version)."""
     found = content.get("version")
     if type(found) is not int or found != version:
@@ -83,7 +84,7 @@ class _Field:
 
     def number(self, field: str, value: object) -> float:
         try:
-            number = float(value) if type(value) in (int, float) else math.nan
+            number = float(value) if type(value) is int or type(value) is float else math.nan
         except OverflowError:  # an int beyond float's range
             number = math.inf
         if not math.isfinite(number):
@@ -101,7 +102,7 @@ class _Field:
             raise self.fail(field, "a whole number >= 0", value)
         return value
 
-    def known(self, field: str, value: object, names: dict, what: str) -> str:
+    def known(self, field: str, value: object, names: dict[str, Any], what: str) -> str:
         if not isinstance(value, str):
             raise self.fail(field, "a name", value)
         if value not in names:
@@ -109,7 +110,8 @@ class _Field:
                                  f"known: {', '.join(names)}")
         return value
 
-    def mapping(self, field: str, value: object, keys: set[str] | None = None) -> dict:
+    def mapping(self, field: str, value: object,
+                keys: set[str] | None = None) -> dict[str, Any]:
         if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
             raise self.fail(field, "a dict with text keys", value)
         if keys is not None and not set(value) <= keys:
@@ -117,12 +119,12 @@ class _Field:
         return value
 
 
-def check_record(record: object, source: str | Path) -> dict:
+def check_record(record: object, source: str | Path) -> dict[str, Any]:
     """`record` if it is a model record whose every field has the right type and a usable value;
     for a .pth record, the weights must also be finite tensors (checked before building anything).
     Unknown top-level keys are left alone, unread."""
     field = _Field(source)
-    field.mapping("the record", record)
+    record = field.mapping("the record", record)
     needed = [key for key in MODEL_KEYS if not (key == "state_dict" and "onnx" in record)]
     missing = [key for key in needed if key not in record]
     if missing:
@@ -174,8 +176,10 @@ def _normalization(field: _Field, value: object, channels: int) -> dict[str, lis
     normalization = field.mapping("normalization", value, {"mean", "std"})
     checked = {}
     for name in ("mean", "std"):
-        values = normalization.get(name)
-        values = values if type(values) in (list, tuple) and len(values) == channels else [values]
+        given = normalization.get(name)
+        values: Sequence[object] = (
+            given if (type(given) is list or type(given) is tuple) and len(given) == channels
+            else [given])
         if len(values) != channels:
             raise field.fail(f"normalization.{name}", f"{channels} numbers, one a channel",
                              normalization.get(name))
@@ -227,7 +231,7 @@ def build_network(record: dict) -> nn.Module:
 
 
 @torch.no_grad()
-def probe_outputs(model, record: dict, device: str | torch.device = "cpu") -> None:
+def probe_outputs(model: Classifier, record: dict, device: str | torch.device = "cpu") -> None:
     """Runs the model once on images at the edges of what real ones give (all black, all white,
     mid grey, seeded noise), normalized as the record says. Finite weights can still overflow to NaN
     (enormous values, a tiny std): such a model is refused here, not found out as `nan%`
@@ -297,18 +301,17 @@ def read_model_file(path: str | Path) -> dict:
     classes, metadata) in a model file, or the best model's record in a training checkpoint. For
     an ONNX file, the record holds `onnx` (its path) in place of the state_dict."""
     if Path(path).suffix == ".onnx":
-        from lenetkit.onnxfiles import (
-            read_onnx_file,  # ONNX is optional: only for its files
-        )
+        from lenetkit.onnxfiles import read_onnx_file  # ONNX is optional: only for its files
 
         return read_onnx_file(Path(path))
     content = read_torch_file(path)
     kind = content.get("format") if isinstance(content.get("format"), str) else None
     if kind == CHECKPOINT_FORMAT:
-        content = content.get("model")
-        if not isinstance(content, dict):
+        best = content.get("model")
+        if not isinstance(best, dict):
             raise ModelFileError(f"{path} is a training checkpoint without a model record "
                                  "(no epoch finished)")
+        content = best
     elif kind != MODEL_FORMAT:
         hint = (" (it looks like a bare state_dict)"
                 if all(isinstance(v, Tensor) for v in content.values()) else "")
@@ -329,9 +332,10 @@ def build_from_record(record: dict, device: str | torch.device = "cpu") -> "nn.M
     if "onnx" in record:
         from lenetkit.onnxfiles import OnnxModel
 
-        model, device = OnnxModel(record["onnx"]), "cpu"
-    else:
-        model = build_network(record).to(device).eval()
+        session = OnnxModel(record["onnx"])
+        probe_outputs(session, record, "cpu")
+        return session
+    model = build_network(record).to(device).eval()
     probe_outputs(model, record, device)
     return model
 
@@ -342,7 +346,7 @@ def save_atomic(obj: object, path: str | Path) -> None:
 
 
 def model_record(model: nn.Module, arch: str, model_args: dict, dataset: str, normalization: dict,
-                 classes: list[str], metadata: dict) -> dict:
+                 classes: Sequence[str], metadata: dict) -> dict:
     """A model file's content: plain types and CPU tensors only, so weights_only loading works."""
     return {
         "format": MODEL_FORMAT,
@@ -366,7 +370,7 @@ def save_model(record: dict, path: str | Path) -> None:
 
 
 def save_checkpoint(path: Path, config: "TrainConfig", training: "Training",
-                    history: list[dict], best: dict) -> None:
+                    history: list[dict], best: dict | None) -> None:
     """All a resumed run needs to go on as if it had never stopped."""
     save_atomic({"format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "config": asdict(config),
                  "model": best, "history": history,

@@ -6,10 +6,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lenetkit.environment import require
 from lenetkit.model import count_parameters
@@ -30,8 +31,11 @@ from lenetkit.modelfile import (
 )
 from lenetkit.outputs import write_atomic
 
+if TYPE_CHECKING:  # for the annotations only: ONNX is optional
+    from onnx import ModelProto
 
-def read_onnx_file(path: Path) -> dict:
+
+def read_onnx_file(path: Path) -> dict[str, Any]:
     onnx = require("onnx")
     if not path.is_file():
         raise ModelFileError(f"no file at {path}")
@@ -84,7 +88,7 @@ class OnnxModel:
         return self
 
 
-def check_onnx_graph(proto, record: dict, source: str | Path) -> None:
+def check_onnx_graph(proto: "ModelProto", record: dict, source: str | Path) -> None:
     """An ONNX graph must take `image` (N x the record's input_shape, float) and give `logits`
     (N x classes), with standard operators only (a custom one would need code this project does
     not ship)."""
@@ -114,6 +118,7 @@ def export_onnx(record: dict, path: str | Path, calibration: np.ndarray | None =
     onnx = require("onnx")
     require("onnxscript")  # the exporter's own dependency
     model = build_from_record(record)
+    assert isinstance(model, nn.Module), "an ONNX file is exported from a .pth model record"
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "model.onnx"
         # The exporter narrates.
@@ -136,22 +141,27 @@ def export_onnx(record: dict, path: str | Path, calibration: np.ndarray | None =
 
 
 def _quantize_int8(source: Path, calibration: np.ndarray) -> Path:
-    quantization = require("onnxruntime.quantization")
+    require("onnxruntime.quantization")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared, quantized = source.with_suffix(".prepared.onnx"), source.with_suffix(".int8.onnx")
     # ONNX Runtime's symbolic shape inference does not know every operator (GELU); ONNX's own does.
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
 
-    class Batches(quantization.CalibrationDataReader):
+    class Batches(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 50)))
 
         def get_next(self) -> dict | None:
             return next(({ONNX_INPUT: batch} for batch in self.batches), None)
 
-    quantization.quantize_static(str(prepared), str(quantized), Batches(),
-                                 quant_format=quantization.QuantFormat.QDQ,
-                                 activation_type=quantization.QuantType.QInt8,
-                                 weight_type=quantization.QuantType.QInt8, per_channel=True)
+    quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    per_channel=True)
     return quantized

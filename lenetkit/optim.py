@@ -3,6 +3,7 @@ rate schedules, airbench's lookahead and the moving average of the weights."""
 
 from collections.abc import Callable
 from functools import partial
+from typing import TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,7 @@ class Lookahead:
 def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW or SGD, and the schedule over the run's steps: one-cycle, triangle or constant."""
+    optimizer: torch.optim.Optimizer
     if config.optimizer == "adamw":
         fused = next(model.parameters()).device.type in ("cpu", "cuda")  # one kernel for all
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
@@ -95,13 +97,17 @@ def sgd_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
                  weight_decay=config.weight_decay / BIAS_LR_SCALE)]
 
 
-def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+# The tensors AveragedModel hands its multi_avg_fn: the averaged ones, then the model's.
+Tensors: TypeAlias = tuple[Tensor, ...] | list[Tensor]
+
+
+def ema_update(decay: float) -> Callable[[Tensors, Tensors, Tensor | int], None]:
     """AveragedModel's update for an exponential moving average whose decay warms up as
     min(decay, (1 + n) / (10 + n)) after n steps (as TensorFlow's ExponentialMovingAverage does),
     so that a short run's average is not dragged back to the random initialization."""
     @torch.no_grad()
-    def update(averaged: list[Tensor], current: list[Tensor], steps: Tensor) -> None:
-        n = steps.item()
+    def update(averaged: Tensors, current: Tensors, steps: Tensor | int) -> None:
+        n = int(steps)
         weight = 1 - min(decay, (1 + n) / (10 + n))
         if averaged[0].is_floating_point():
             torch._foreach_lerp_(averaged, current, weight)

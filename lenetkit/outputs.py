@@ -17,14 +17,21 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from types import FrameType
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 import torch
 
 from lenetkit.environment import PROJECT_DIR
 from lenetkit.errors import UserError
 
+if TYPE_CHECKING:  # for the annotations only: matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
+
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What signal.getsignal returns: a Python handler, SIG_DFL or SIG_IGN, or None (one set outside
+# Python).
+SignalHandler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 def check_output_folder(folder: str | Path, written: str | Path | None = None) -> Path:
@@ -64,7 +71,7 @@ def check_output_file(path: str | Path) -> Path:
     return path
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """`write` into a temporary file beside `path`, flushed to disk, then renamed over `path`: a
     crash at any moment leaves either the old file or the new one, whole. Ctrl-C and SIGTERM wait
     until the file is in place (a signal landing inside a writer such as torch.save's would
@@ -103,7 +110,7 @@ def write_json(path: str | Path, content: object) -> None:
     write_text(path, json.dumps(content, indent=2) + "\n")
 
 
-def save_figure(figure, path: str | Path) -> None:
+def save_figure(figure: "Figure", path: str | Path) -> None:
     """A matplotlib figure as a PNG, atomically."""
     write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=100))
 
@@ -117,7 +124,8 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = {number: signal.getsignal(number) for number in DEFERRED_SIGNALS}
+    previous: dict[int, SignalHandler] = {number: signal.getsignal(number)
+                                          for number in DEFERRED_SIGNALS}
     for number, handler in previous.items():
         if handler is not None:  # None: a handler set outside Python, left alone
             signal.signal(number, lambda signum, frame: received.append(signum))
@@ -131,7 +139,7 @@ def signals_deferred() -> Iterator[None]:
             _deliver(received[0], previous[received[0]])
 
 
-def _deliver(number: int, handler) -> None:
+def _deliver(number: int, handler: SignalHandler) -> None:
     """Acts on a held signal as `handler` (what was installed before) would have."""
     if callable(handler):
         handler(number, None)

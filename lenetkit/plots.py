@@ -2,6 +2,7 @@
 (matplotlib, no display needed)."""
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from torch import Tensor
@@ -9,7 +10,7 @@ from torch import Tensor
 from lenetkit.outputs import save_figure
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; chosen here so that importing this module changes nothing

@@ -18,41 +18,29 @@ import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, overload
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from lenetkit.cli import (
-    DEVICE_HELP,
-    MODEL_HELP,
-    make_parser,
-    positive_int,
-    writable_folder,
-)
+from lenetkit.cli import DEVICE_HELP, MODEL_HELP, make_parser, positive_int, writable_folder
 from lenetkit.datasets import standardize
 from lenetkit.environment import default_model_path, pick_device
 from lenetkit.errors import UserError
-from lenetkit.modelfile import (
-    build_from_record,
-    read_model_file,
-)
+from lenetkit.model import Classifier
+from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.onnxfiles import OnnxModel
 from lenetkit.outputs import write_atomic
-from lenetkit.preprocess import (
-    PREPROCESSING,
-    ImageError,
-    read_image,
-)
+from lenetkit.preprocess import PREPROCESSING, ImageError, read_image
 
 # Under this probability the CLI says that the model is unsure (Prediction.confident is False).
 LOW_CONFIDENCE = 0.6
 
 
 @torch.no_grad()
-def predict_images(model: nn.Module, record: dict, inputs: Tensor) -> Tensor:
+def predict_images(model: Classifier, record: dict, inputs: Tensor) -> Tensor:
     """Class probabilities (N, classes) for preprocessed images in [0, 1]: (N, 28, 28) gray, or
     (N, 3, 32, 32) colour."""
     return torch.softmax(model(standardize(inputs, **record["normalization"])), dim=1)
@@ -107,6 +95,15 @@ class Predictor:
         channels, height, width = self.record["input_shape"]
         # one input's shape: a gray image has no channel axis
         self.shape = (height, width) if channels == 1 else (channels, height, width)
+
+    @overload
+    def __call__(self, images: "str | Path | Image.Image | np.ndarray") -> Prediction: ...
+
+    @overload
+    def __call__(self, images: "list[ImageLike]") -> list[Prediction]: ...
+
+    @overload  # a tensor is one input, or a batch of them
+    def __call__(self, images: "ImageLike | list[ImageLike]") -> Prediction | list[Prediction]: ...
 
     def __call__(self, images: "ImageLike | list[ImageLike]") -> Prediction | list[Prediction]:
         batch = isinstance(images, (list, tuple)) or isinstance(images, Tensor) \
@@ -191,6 +188,21 @@ def cached_predictor(model: Path, device: str, top_k: int) -> Predictor:
     return Predictor(model, device, top_k)
 
 
+@overload
+def predict(images: "str | Path | Image.Image | np.ndarray", model: str | Path | None = None,
+            top_k: int = 1, device: str = "auto") -> Prediction: ...
+
+
+@overload
+def predict(images: "list[ImageLike]", model: str | Path | None = None, top_k: int = 1,
+            device: str = "auto") -> list[Prediction]: ...
+
+
+@overload  # a tensor is one input, or a batch of them
+def predict(images: "ImageLike | list[ImageLike]", model: str | Path | None = None, top_k: int = 1,
+            device: str = "auto") -> Prediction | list[Prediction]: ...
+
+
 def predict(images: "ImageLike | list[ImageLike]", model: str | Path | None = None, top_k: int = 1,
             device: str = "auto") -> Prediction | list[Prediction]:
     """The model's prediction for an image (a file path, PIL image, numpy array or prepared tensor)
@@ -237,7 +249,8 @@ def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     predictor = Predictor(args.model, device=pick_device(args.device), top_k=args.top_k)
-    failures, taken = 0, set()
+    failures = 0
+    taken: set[str] = set()
     for path in args.images:
         try:
             prediction = predictor(path)

@@ -11,6 +11,7 @@ frames them as MNIST framed its own digits.
 
 import functools
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -326,5 +327,5 @@ def preprocess_photo(image: Image.Image, size: int = 32) -> Tensor:
 
 
 # How an image becomes a model's input, by the dataset the model learned.
-PREPROCESSING = {"mnist": preprocess_digit, "fashion-mnist": preprocess_garment,
-                 "cifar10": preprocess_photo}
+PREPROCESSING: dict[str, Callable[[Image.Image], Tensor]] = {
+    "mnist": preprocess_digit, "fashion-mnist": preprocess_garment, "cifar10": preprocess_photo}

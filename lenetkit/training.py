@@ -31,24 +31,9 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from lenetkit.augmentation import augment
-from lenetkit.config import (
-    MODEL_SETTINGS,
-    SETTINGS,
-    TrainConfig,
-    output_paths,
-    parse_args,
-)
-from lenetkit.datasets import (
-    DATASETS,
-    black,
-    load_dataset,
-    normalize,
-    split_indices,
-)
-from lenetkit.environment import (
-    has_native_bf16,
-    pick_device,
-)
+from lenetkit.config import MODEL_SETTINGS, SETTINGS, TrainConfig, output_paths, parse_args
+from lenetkit.datasets import DATASETS, black, load_dataset, normalize, split_indices
+from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
 from lenetkit.model import CifarNet, build_model, count_parameters
@@ -113,7 +98,10 @@ def setup_training(config: TrainConfig, steps_per_epoch: int, device: torch.devi
     if world > 1:
         devices = [device] if device.type == "cuda" else None
         stepped = DistributedDataParallel(model, device_ids=devices)
-    stepped = torch.compile(stepped) if compile else stepped
+    if compile:  # torch.compile wraps a module in an OptimizedModule, itself a module
+        compiled = torch.compile(stepped)
+        assert isinstance(compiled, nn.Module)
+        stepped = compiled
     ema = None
     if config.ema:  # batch norm's statistics are averaged too
         ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema), use_buffers=True)
@@ -272,7 +260,8 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
                               options.compile, images=x_train)
     drop_emulated_bf16(training, device, log)
     checkpoint = output_paths(options.out)["checkpoint"]
-    history, best = [], None
+    history: list[dict] = []
+    best: dict | None = None
     if options.resume:
         history, best = restore_checkpoint(read_checkpoint(checkpoint, SETTINGS), training)
         log(f"resuming {checkpoint} after epoch {len(history)} of {config.epochs}")
@@ -298,6 +287,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         resume = f"; continue with: python train.py --resume --out {options.out}"
         raise KeyboardInterrupt(state + (resume if resumable else "")) from None
     del x_train, y_train, x_val, y_val  # room for the test set: peak memory stays training's
+    assert best is not None, "a run ends with an epoch kept: its first is an improvement"
     return finish(config, options, history, best, rank, device, report_test)
 
 
@@ -322,8 +312,9 @@ def describe(config: TrainConfig, training: Training, world: int, log: Callable)
             "global batch")
 
 
-def train_and_validate(epoch: int, config: TrainConfig, training: Training, train_split: tuple,
-                       val_split: tuple, rank: int, world: int) -> dict:
+def train_and_validate(epoch: int, config: TrainConfig, training: Training,
+                       train_split: tuple[Tensor, Tensor], val_split: tuple[Tensor, Tensor],
+                       rank: int, world: int) -> dict:
     """One epoch of training, then validation: the epoch's row of the history."""
     started = time.perf_counter()
     train_loss, train_accuracy = train_epoch(training, *train_split, config,

@@ -80,8 +80,8 @@ def finished_run(metrics_file: Path) -> dict | None:
     try:
         metrics = json.loads(metrics_file.read_text())
         number = (int, float)
-        fields = {"settings": dict, "val_accuracy": number, "best_epoch": int,
-                  "train_seconds": number}
+        fields: dict[str, type | tuple[type, ...]] = {
+            "settings": dict, "val_accuracy": number, "best_epoch": int, "train_seconds": number}
         wrong = [name for name, kind in fields.items() if not isinstance(metrics.get(name), kind)]
     except (OSError, ValueError, AttributeError) as error:  # not JSON, not UTF-8, not a JSON object
         wrong = [f"{type(error).__name__}: {error}"]
