@@ -1,11 +1,17 @@
 """Shared fixtures: tiny MNIST-format and CIFAR-10-format datasets written by the tests, the real
 datasets when present, and a helper that runs the scripts as a user would."""
 
+import contextlib
+import importlib
+import io
 import os
+import signal
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,13 +21,16 @@ sys.path.insert(0, str(PROJECT_DIR))
 sys.path.insert(0, str(PROJECT_DIR / "tools"))  # the benchmarks' renderers of digits and photos
 
 REAL_DATA_DIR = PROJECT_DIR / "data"
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
 REAL_MNIST_PRESENT = all((REAL_DATA_DIR / "MNIST" / "raw" / name).is_file() for name in IDX_FILES)
 needs_real_mnist = pytest.mark.skipif(not REAL_MNIST_PRESENT, reason=f"the real MNIST is not in "
                                      f"{REAL_DATA_DIR}/MNIST/raw (link ../shared/data/MNIST there)")
-REAL_FASHION_PRESENT = all((REAL_DATA_DIR / "FashionMNIST" / "raw" / name).is_file() for name in IDX_FILES)
-needs_real_fashion = pytest.mark.skipif(not REAL_FASHION_PRESENT, reason=f"the real Fashion-MNIST is not in "
-                                        f"{REAL_DATA_DIR}/FashionMNIST/raw (link ../shared/data/FashionMNIST there)")
+REAL_FASHION_PRESENT = all((REAL_DATA_DIR / "FashionMNIST" / "raw" / name).is_file()
+                           for name in IDX_FILES)
+needs_real_fashion = pytest.mark.skipif(
+    not REAL_FASHION_PRESENT, reason=f"the real Fashion-MNIST is not in {REAL_DATA_DIR}/"
+    "FashionMNIST/raw (link ../shared/data/FashionMNIST there)")
 
 CIFAR10_FILES = (*(f"data_batch_{n}.bin" for n in range(1, 6)), "test_batch.bin")
 REAL_CIFAR10_DIR = REAL_DATA_DIR / "cifar-10-batches-bin"
@@ -32,8 +41,10 @@ needs_real_cifar10 = pytest.mark.skipif(
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file as MNIST's: big-endian header (magic 0x0000080N for uint8, N dimensions), then the bytes."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    """An IDX file as MNIST's: big-endian header (magic 0x0000080N for uint8, N dimensions), then
+    the bytes."""
+    header = (struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+              + struct.pack(f">{array.ndim}I", *array.shape))
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
@@ -47,8 +58,10 @@ def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-def write_mnist(root: Path, train_count: int = 600, test_count: int = 200, folder: str = "MNIST") -> Path:
-    """A tiny dataset in torchvision's layout, root/MNIST/raw/ (or root/`folder`/raw/); returns root."""
+def write_mnist(root: Path, train_count: int = 600, test_count: int = 200,
+                folder: str = "MNIST") -> Path:
+    """A tiny dataset in torchvision's layout, root/MNIST/raw/ (or root/`folder`/raw/); returns
+    root."""
     raw = root / folder / "raw"
     raw.mkdir(parents=True)
     for prefix, count, seed in (("train", train_count, 0), ("t10k", test_count, 1)):
@@ -82,13 +95,108 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def run_script(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs one of the project's scripts in a subprocess, as from a shell, on the CPU."""
-    result = subprocess.run([sys.executable, str(PROJECT_DIR / script), *map(str, args)],
-                            capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+    """Runs one of the project's scripts in a subprocess, as from a shell, on the CPU: for the
+    tests of the process itself (that it starts, its exit status, its signals); run_main runs
+    the rest in this process."""
+    return finished(start_script(script, *args), check)
+
+
+def start_script(script: str, *args: str) -> subprocess.Popen:
+    """One of the scripts started as run_script runs it; `finished` waits for it. Starting a
+    Python that imports torch takes seconds, mostly of one core: the other can work meanwhile."""
+    return subprocess.Popen([sys.executable, str(PROJECT_DIR / script), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
                                  "PYTHONPATH": str(PROJECT_DIR)})  # tools/ import the package
+
+
+def finished(process: subprocess.Popen, check: bool = True) -> subprocess.CompletedProcess:
+    """What a started script printed and its exit status, once it has ended."""
+    stdout, stderr = process.communicate()
+    return checked(subprocess.CompletedProcess(process.args[1:], process.returncode, stdout,
+                                               stderr), check)
+
+
+def run_scripts(*commands: list, check: bool = True) -> list[subprocess.CompletedProcess]:
+    """Runs several of the scripts at once (`commands`: each a script and its arguments), each as
+    run_script does."""
+    return [finished(process, check) for process in [start_script(*command)
+                                                     for command in commands]]
+
+
+def checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
+        raise AssertionError(f"{' '.join(map(str, result.args))} exited {result.returncode}:\n"
+                             f"{result.stderr}")
     return result
+
+
+# The warnings a fresh Python leaves unshown (outside __main__).
+QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
+def run_main(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs one of the project's scripts in this process, as run_script runs it in a child, without
+    the second or more a child takes to import torch: the script's own main (the root script's, or
+    the tool's in tools/) under run_cli, with the command line in sys.argv (so argparse's usage
+    lines and the command recorded in the model file read as the shell's), on the CPU alone, and
+    the warnings a fresh Python shows printed to stderr. Returns the exit status and what it
+    printed, as a CompletedProcess; this process's signal handler, threads and random state are
+    left as they were."""
+    from lenetkit.cli import run_cli
+
+    argv = [str(PROJECT_DIR / script), *map(str, args)]
+    main = importlib.import_module(Path(script).stem).main
+    stdout, stderr = io.StringIO(), io.StringIO()
+    status: object = 0
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(sys, "argv", argv))
+        stack.enter_context(kept_process_state())
+        stack.enter_context(cuda_hidden())
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("default")
+        stack.enter_context(contextlib.redirect_stdout(stdout))
+        stack.enter_context(contextlib.redirect_stderr(stderr))
+        try:
+            run_cli(main)
+        except SystemExit as exit:
+            status = exit.code
+    if not isinstance(status, int | None):  # sys.exit("message"): printed, status 1
+        stderr.write(f"{status}\n")
+        status = 1
+    for warning in caught:
+        if not issubclass(warning.category, QUIET_WARNINGS):
+            stderr.write(warnings.formatwarning(warning.message, warning.category,
+                                                warning.filename, warning.lineno))
+    result = subprocess.CompletedProcess(argv, status or 0, stdout.getvalue(), stderr.getvalue())
+    return checked(result, check)
+
+
+def cuda_hidden() -> contextlib.AbstractContextManager:
+    """What CUDA_VISIBLE_DEVICES="" does for a child process: no GPU for `auto` to pick."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    import torch._dynamo  # noqa: F401  (it notes the real function as it is imported)
+
+    return mock.patch.object(torch.cuda, "is_available", lambda: False)
+
+
+@contextlib.contextmanager
+def kept_process_state():
+    """Restores what a script's main may change for the whole process: the SIGTERM handler
+    (run_cli's), the number of threads (serve.py's), and torch's global random state."""
+    import torch
+
+    handler, threads, random_state = (signal.getsignal(signal.SIGTERM), torch.get_num_threads(),
+                                      torch.random.get_rng_state())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(random_state)
 
 
 TINY_TRAINING = ("--val-size", "100", "--batch-size", "50", "--no-download")
@@ -98,7 +206,7 @@ TINY_TRAINING = ("--val-size", "100", "--batch-size", "50", "--no-download")
 def tiny_model(tiny_data, tmp_path_factory) -> Path:
     """A model file trained for two epochs on the tiny dataset."""
     out = tmp_path_factory.mktemp("tiny_model") / "model.pth"
-    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", *TINY_TRAINING)
+    run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", *TINY_TRAINING)
     return out
 
 

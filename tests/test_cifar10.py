@@ -25,7 +25,7 @@ from conftest import (
     PROJECT_DIR,
     REAL_DATA_DIR,
     needs_real_cifar10,
-    run_script,
+    run_main,
     write_cifar10,
     write_mnist,
 )
@@ -43,8 +43,8 @@ def tiny_cifar10(tmp_path_factory):
 def cifar_model(tiny_cifar10, tmp_path_factory):
     """A CIFAR-10 model file trained for three epochs on the tiny stand-ins."""
     out = tmp_path_factory.mktemp("cifar_model") / "model.pth"
-    run_script("train.py", "--dataset", "cifar10", "--data-dir", tiny_cifar10, "--out", out,
-               "--epochs", "3", "--lr", "0.02", "--augment", *TINY)
+    run_main("train.py", "--dataset", "cifar10", "--data-dir", tiny_cifar10, "--out", out,
+             "--epochs", "3", "--lr", "0.02", "--augment", *TINY)
     return out
 
 
@@ -77,26 +77,26 @@ def test_train_picks_the_cifar_network_and_augment_alone_its_augmentation(cifar_
 
 
 def test_a_network_for_other_images_is_refused_in_one_line(tiny_cifar10, tmp_path):
-    result = run_script("train.py", "--dataset", "cifar10", "--arch", "lenet", "--data-dir",
-                        tiny_cifar10, "--out", tmp_path / "m.pth", check=False)
+    result = run_main("train.py", "--dataset", "cifar10", "--arch", "lenet", "--data-dir",
+                      tiny_cifar10, "--out", tmp_path / "m.pth", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "train.py: error: argument --arch: the lenet takes images of 1x28x28, cifar10's are "
         "3x32x32; networks for them: cifarnet")
-    result = run_script("train.py", "--arch", "cifarnet", "--data-dir", tmp_path,
-                        "--out", tmp_path / "m.pth", check=False)
+    result = run_main("train.py", "--arch", "cifarnet", "--data-dir", tmp_path,
+                      "--out", tmp_path / "m.pth", check=False)
     assert "the cifarnet takes images of 3x32x32, mnist's are 1x28x28" in result.stderr
 
 
 def test_a_cifar_model_is_scored_only_on_cifar10(cifar_model, tiny_cifar10, tmp_path):
     write_mnist(tiny_cifar10 / "elsewhere")
-    result = run_script("evaluate.py", "--model", cifar_model, "--data-dir", tiny_cifar10,
-                        "--dataset", "mnist", "--no-download", check=False)
+    result = run_main("evaluate.py", "--model", cifar_model, "--data-dir", tiny_cifar10,
+                      "--dataset", "mnist", "--no-download", check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: {cifar_model} is a cifar10 model; it can't be "
                                      "scored on mnist")
-    scores = json.loads(run_script("evaluate.py", "--model", cifar_model, "--data-dir",
-                                   tiny_cifar10, "--no-download", "--json", "--tta").stdout)
+    scores = json.loads(run_main("evaluate.py", "--model", cifar_model, "--data-dir",
+                                 tiny_cifar10, "--no-download", "--json", "--tta").stdout)
     # Its recipe flipped images, so test-time augmentation shows it the mirror images too.
     assert scores["models"][0]["views"] == 10 and scores["models"][0]["accuracy"] > 0.3
 
@@ -140,7 +140,8 @@ def test_a_tensor_outside_0_to_1_is_refused_as_not_prepared(cifar_model):
     predictor = Predictor(cifar_model)
     predictor(images)  # pixels in [0, 1]: fine
     for wrong in (normalize((images * 255).byte(), **CIFAR10.normalization), images * 255):
-        with pytest.raises(ImageError, match=r"give them in \[0, 1\] \(or uint8\), before normalization"):
+        with pytest.raises(ImageError,
+                           match=r"give them in \[0, 1\] \(or uint8\), before normalization"):
             predictor(wrong)
 
 
@@ -157,17 +158,18 @@ def test_photos_files_arrays_and_tensors_give_the_same_prediction(cifar_model, t
         assert from_file.input.shape == (3, 32, 32)
         assert from_file.label == predictor(big).label == predictor(array).label
         assert from_file.label == from_tensors[index].label
-    result = run_script("load_model.py", "--model", cifar_model, "--save-input", tmp_path / "in",
-                        tmp_path / "0.png")
+    result = run_main("load_model.py", "--model", cifar_model, "--save-input", tmp_path / "in",
+                      tmp_path / "0.png")
     assert result.stdout.startswith(f"{tmp_path / '0.png'}: {from_tensors[0].name} (")
     assert Image.open(tmp_path / "in" / "0.input.png").size == (32, 32)
 
 
+@pytest.mark.slow
 def test_a_cifar_model_exports_to_onnx_and_int8(cifar_model, tiny_cifar10, tmp_path):
     pytest.importorskip("onnxruntime")
     for form, name in (("onnx", "m.onnx"), ("onnx-int8", "m.int8.onnx")):
-        run_script("save_model.py", cifar_model, "--format", form, "--out", tmp_path / name,
-                   "--data-dir", tiny_cifar10)
+        run_main("save_model.py", cifar_model, "--format", form, "--out", tmp_path / name,
+                 "--data-dir", tiny_cifar10)
     exact, onnx = Predictor(cifar_model), Predictor(tmp_path / "m.onnx")
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(exact.model(images), onnx.model(images), atol=1e-4)
@@ -175,6 +177,7 @@ def test_a_cifar_model_exports_to_onnx_and_int8(cifar_model, tiny_cifar10, tmp_p
     assert learned_mirrors(read_model_file(tmp_path / "m.onnx"))  # so evaluate --tta mirrors
 
 
+@pytest.mark.slow
 @needs_real_cifar10
 @pytest.mark.parametrize("settings", [
     ["--dataset", "cifar10", "--lr", "0.02", "--epochs", "2"],  # AdamW
@@ -183,8 +186,8 @@ def test_a_cifar_model_exports_to_onnx_and_int8(cifar_model, tiny_cifar10, tmp_p
     ids=["adamw", "the-fast-recipe-shrunk"])
 def test_a_short_run_on_the_real_cifar10_learns_far_above_chance(tmp_path, settings):
     out = tmp_path / "model.pth"
-    run_script("train.py", *settings, "--data-dir", REAL_DATA_DIR, "--out", out,
-               "--train-size", "5000", "--width", "8", "--no-download")
+    run_main("train.py", *settings, "--data-dir", REAL_DATA_DIR, "--out", out,
+             "--train-size", "5000", "--width", "8", "--no-download")
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert metrics["val_accuracy"] > 0.3 and metrics["test"]["accuracy"] > 0.3  # chance: 0.1
 
@@ -218,8 +221,8 @@ def test_training_keeps_the_whitened_stem_of_the_first_training_images(cifar_mod
     assert not torch.allclose(trained["features.0.bias"], random_bias)  # ...and the bias learned
 
     out = tmp_path / "plain.pth"
-    run_script("train.py", "--dataset", "cifar10", "--data-dir", tiny_cifar10, "--out", out,
-               "--epochs", "1", "--no-whiten", *TINY)
+    run_main("train.py", "--dataset", "cifar10", "--data-dir", tiny_cifar10, "--out", out,
+             "--epochs", "1", "--no-whiten", *TINY)
     learned = read_model_file(out)["state_dict"]["features.0.weight"]
     assert not torch.allclose(learned, random_weight, atol=1e-4)  # learned from the random start
 
@@ -237,7 +240,7 @@ def test_whitening_reads_at_most_its_first_images(monkeypatch):
 
 
 def test_only_the_cifar_network_can_go_without_whitening(tmp_path):
-    result = run_script("train.py", "--no-whiten", "--out", tmp_path / "m.pth", check=False)
+    result = run_main("train.py", "--no-whiten", "--out", tmp_path / "m.pth", check=False)
     assert result.returncode == 2
     assert ("argument --no-whiten: the lenet has no whitened first layer (only cifarnet has)"
             in result.stderr)

@@ -1,6 +1,6 @@
-"""CIFAR-10's binary version: how lenetkit/cifar10.py reads it (tiny files of known pixels), each way a file
-can be wrong, the download when files are missing (never the network: it is replaced), and the
-real files when they are here."""
+"""CIFAR-10's binary version: how lenetkit/cifar10.py reads it (tiny files of known pixels), each
+way a file can be wrong, the download when files are missing (never the network: it is replaced),
+and the real files when they are here."""
 
 import hashlib
 import re
@@ -25,7 +25,8 @@ from lenetkit.errors import UserError
 
 from conftest import REAL_DATA_DIR, needs_real_cifar10
 
-# What lenetkit/cifar10.py calls to fetch the tarball (imported there only when a download is wanted).
+# What lenetkit/cifar10.py calls to fetch the tarball (imported there only when a download is
+# wanted).
 TORCHVISION_DOWNLOAD = "torchvision.datasets.utils.download_and_extract_archive"
 
 

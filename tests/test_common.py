@@ -1,5 +1,6 @@
 """The pipeline's parts: reading MNIST files, normalization and the validation split
-(lenetkit/datasets.py), augmentation (augmentation.py), evaluation (evaluate.py), device choice (common.py)."""
+(lenetkit/datasets.py), augmentation (augmentation.py), evaluation (evaluate.py), device choice
+(common.py)."""
 
 import gzip
 import hashlib
@@ -43,11 +44,13 @@ def test_load_dataset_reads_idx_files_in_torchvisions_layout(tmp_path):
 
 
 def gzip_in_place(raw, name: str, keep_bytes: int | None = None, monkeypatch=None) -> None:
-    """Replaces raw/name by raw/name.gz and, for the test, publishes that file's MD5 as the real one's."""
+    """Replaces raw/name by raw/name.gz and, for the test, publishes that file's MD5 as the real
+    one's."""
     compressed = gzip.compress((raw / name).read_bytes())[:keep_bytes]
     (raw / f"{name}.gz").write_bytes(compressed)
     (raw / name).unlink()
-    monkeypatch.setitem(lenetkit.datasets.IDX_MD5["mnist"], f"{name}.gz", hashlib.md5(compressed).hexdigest())
+    monkeypatch.setitem(lenetkit.datasets.IDX_MD5["mnist"], f"{name}.gz",
+                        hashlib.md5(compressed).hexdigest())
 
 
 def test_the_original_gzipped_files_are_read_without_a_download(tmp_path, monkeypatch):
@@ -60,8 +63,8 @@ def test_the_original_gzipped_files_are_read_without_a_download(tmp_path, monkey
 def test_a_gzip_file_whose_md5_is_not_the_published_one_is_named_before_any_work(tmp_path):
     raw = write_mnist(tmp_path, train_count=30) / "MNIST" / "raw"
     (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"tampered"))
-    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte.gz is corrupt: its MD5 is not the published "
-                                        r"d53e105ee54ea40749a09fcbcd1e9432"):
+    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte.gz is corrupt: its MD5 is not "
+                                        r"the published d53e105ee54ea40749a09fcbcd1e9432"):
         load_dataset(tmp_path, train=True, download=False)
 
 
@@ -71,7 +74,8 @@ def test_a_truncated_gzip_file_is_named_and_leaves_no_partial_file(tmp_path, mon
     gz = raw / "train-images-idx3-ubyte.gz"
     with pytest.raises(UserError, match=f"{gz} is truncated or corrupt"):
         load_dataset(tmp_path, train=True, download=False)
-    assert sorted(path.name for path in raw.iterdir() if path.name.startswith("train-images")) == [gz.name]
+    assert sorted(path.name for path in raw.iterdir()
+                  if path.name.startswith("train-images")) == [gz.name]
 
 
 def test_missing_files_are_named_with_the_folder_to_put_them_in(tmp_path):
@@ -89,7 +93,8 @@ def test_a_failed_download_ends_in_the_same_clear_error(tmp_path, monkeypatch):
 
     def offline(self):
         tried.append(self.root)
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not "
+                           "known")
 
     monkeypatch.setattr(MNIST, "download", offline)
     with pytest.raises(UserError, match="MNIST files missing in .*train-images-idx3-ubyte"):
@@ -139,7 +144,8 @@ def test_the_validation_split_is_disjoint_complete_and_the_same_every_time():
 
 def test_the_default_training_indices_leave_out_the_default_validation_split():
     assert torch.equal(training_indices(60_000), split_indices(60_000, 5000)[0])
-    assert torch.equal(training_indices(200), split_indices(200, 20)[0])  # tiny data: a tenth held out
+    # tiny data: a tenth held out
+    assert torch.equal(training_indices(200), split_indices(200, 20)[0])
 
 
 def test_a_smaller_validation_split_is_the_start_of_a_larger_one():
@@ -166,7 +172,8 @@ def test_random_affine_distorts_each_image_reproducibly_and_keeps_the_black_back
     other = random_affine(x, torch.Generator().manual_seed(2), black)
     assert first.shape == x.shape and torch.equal(first, again) and not torch.equal(first, other)
     assert not torch.allclose(first, x, atol=0.1)  # the images moved
-    assert first[:, :, 0].max().item() == pytest.approx(x.min().item())  # padding is background, not grey
+    # padding is background, not grey
+    assert first[:, :, 0].max().item() == pytest.approx(x.min().item())
     no_change = random_affine(x, torch.Generator(), black, rotation=0, scale=0, shear=0, shift=0)
     assert torch.allclose(no_change, x, atol=1e-5)
 
@@ -174,7 +181,8 @@ def test_random_affine_distorts_each_image_reproducibly_and_keeps_the_black_back
 def test_random_shift_moves_each_image_by_whole_pixels_and_fills_the_edge_with_background():
     x = torch.rand(300, 1, 12, 12) + 1  # every pixel above the background value, -1
     moved = random_shift(x, torch.Generator().manual_seed(0), background=-1.0, shift=2)
-    assert torch.equal(moved, random_shift(x, torch.Generator().manual_seed(0), background=-1.0, shift=2))
+    assert torch.equal(moved, random_shift(x, torch.Generator().manual_seed(0), background=-1.0,
+                                           shift=2))
     offsets = set()
     for image, shifted in zip(x[:, 0], moved[:, 0]):
         found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
@@ -200,7 +208,8 @@ def test_reflect_shifts_by_whole_pixels_and_fills_the_edge_with_the_images_refle
 
 
 def roll_mask(size: int, dy: int, dx: int) -> Tensor:
-    """Where an image rolled by (dy, dx) shows its own pixels rather than ones wrapped round the edge."""
+    """Where an image rolled by (dy, dx) shows its own pixels rather than ones wrapped round the
+    edge."""
     rows, cols = torch.arange(size)[:, None] - dy, torch.arange(size)[None, :] - dx
     return (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
 
@@ -209,7 +218,8 @@ def test_random_flip_mirrors_about_half_the_images_left_to_right():
     x = torch.arange(200 * 4, dtype=torch.float32).view(200, 1, 2, 2)
     flipped = random_flip(x, torch.Generator().manual_seed(0))
     mirrored = (flipped == x.flip(3)).flatten(1).all(1)
-    assert ((flipped == x).flatten(1).all(1) | mirrored).all()  # each image whole: as it was, or mirrored
+    # each image whole: as it was, or mirrored
+    assert ((flipped == x).flatten(1).all(1) | mirrored).all()
     assert 70 < mirrored.sum() < 130
 
 
@@ -222,14 +232,17 @@ def test_random_erasing_blanks_one_rectangle_in_about_half_the_images():
         rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
         height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
         assert mask.sum() == height * width  # one solid rectangle
-        assert 0.02 * 784 * 0.7 <= mask.sum() <= 0.33 * 784 * 1.15  # the area asked for, give or take rounding
+        # the area asked for, give or take rounding
+        assert 0.02 * 784 * 0.7 <= mask.sum() <= 0.33 * 784 * 1.15
 
 
 def test_augment_applies_the_listed_distortions_reproducibly():
     x = torch.randn(16, 1, 28, 28)
-    run = lambda names, seed=0: augment(x, names, torch.Generator().manual_seed(seed), background=-1.0)
+    run = lambda names, seed=0: augment(x, names, torch.Generator().manual_seed(seed),
+                                        background=-1.0)
     assert torch.equal(run("none"), x)
-    assert torch.equal(run("flip,erase"), run("flip,erase")) and not torch.equal(run("flip,erase", 1), run("flip,erase"))
+    assert torch.equal(run("flip,erase"), run("flip,erase"))
+    assert not torch.equal(run("flip,erase", 1), run("flip,erase"))
     assert torch.equal(run("flip"), random_flip(x, torch.Generator().manual_seed(0)))
 
 
@@ -248,7 +261,8 @@ def test_evaluate_reports_loss_accuracy_and_probabilities_in_any_batch_size():
     assert result.accuracy == pytest.approx(27 / 30)
     assert result.probabilities.shape == (30, 10)
     assert torch.allclose(result.probabilities.sum(1), torch.ones(30))
-    assert result.loss == pytest.approx(nn.functional.cross_entropy(Oracle()(images), labels).item())
+    expected_loss = nn.functional.cross_entropy(Oracle()(images), labels).item()
+    assert result.loss == pytest.approx(expected_loss)
 
 
 def test_evaluate_with_amp_runs_the_model_in_bfloat16_and_agrees_with_float32():
@@ -256,7 +270,8 @@ def test_evaluate_with_amp_runs_the_model_in_bfloat16_and_agrees_with_float32():
     model = build_model("convnet", width=8)
     images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     dtypes = []
-    model.classifier.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    model.classifier.register_forward_hook(
+        lambda module, inputs, output: dtypes.append(output.dtype))
     full, half = evaluate(model, images, labels), evaluate(model, images, labels, amp=True)
     assert dtypes == [torch.float32, torch.bfloat16]
     assert half.probabilities.dtype == torch.float32
@@ -283,11 +298,12 @@ def test_pick_device_names_the_cpu_and_refuses_unknown_devices():
 
 def test_bf16_is_native_on_cpus_with_avx512_bf16_or_amx_and_on_gpus_from_ampere(monkeypatch):
     for avx512_bf16, amx in [(False, False), (True, False), (False, True)]:
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda x=avx512_bf16: x)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda x=amx: x)
         assert has_native_bf16(torch.device("cpu")) is (avx512_bf16 or amx)
     for capability, native in [((7, 5), False), ((8, 0), True), ((9, 0), True)]:
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_capability",
+                            lambda device, x=capability: x)
         assert has_native_bf16(torch.device("cuda")) is native
 
 
@@ -296,7 +312,8 @@ def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
     images, labels = load_dataset(REAL_DATA_DIR, train=True, download=False)
     assert images.shape == (60_000, 28, 28)
     assert labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
-    assert torch.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265,
+                                               5851, 5949]
     pixels = images.float() / 255
     assert pixels.mean().item() == pytest.approx(MNIST_MEAN, abs=1e-4)
     assert pixels.std().item() == pytest.approx(MNIST_STD, abs=1e-4)
@@ -307,7 +324,8 @@ def test_the_real_mnist_has_its_published_sizes_labels_and_statistics():
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_the_published_md5s_are_torchvisions(dataset):
-    assert list(lenetkit.datasets.IDX_MD5[dataset].items()) == list(idx_source(DATASETS[dataset]).resources)
+    assert list(lenetkit.datasets.IDX_MD5[dataset].items()) == list(
+        idx_source(DATASETS[dataset]).resources)
 
 
 @needs_real_mnist
@@ -320,8 +338,10 @@ def test_the_real_gzip_files_pass_the_md5_check():
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-def test_a_download_without_torchvision_says_to_install_it_not_that_it_is_offline(dataset, tmp_path, monkeypatch):
+def test_a_download_without_torchvision_says_to_install_it_not_that_it_is_offline(dataset, tmp_path,
+                                                                                   monkeypatch):
     for name in ["torchvision", *(name for name in sys.modules if name.startswith("torchvision."))]:
         monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
-    with pytest.raises(UserError, match=r"^this needs the torchvision package: pip install -r requirements.txt$"):
+    with pytest.raises(UserError, match=r"^this needs the torchvision package: "
+                                        r"pip install -r requirements.txt$"):
         load_dataset(tmp_path, train=True, download=True, dataset=dataset)

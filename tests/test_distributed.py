@@ -1,7 +1,9 @@
-"""torchrun: the same train.py on several processes (DistributedDataParallel, gloo on the CPU)."""
+"""torchrun: the same train.py on several processes (DistributedDataParallel, gloo on the CPU).
+Each torchrun starts three Pythons: the tests share one uninterrupted two-process run."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,23 +24,42 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 
+pytestmark = pytest.mark.slow
+
+needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(),
+                                    reason="torchrun is not beside this Python")
+
+
 def torchrun_command(*args, processes: int = 2) -> list[str]:
-    return [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", str(PROJECT_DIR / "train.py"),
-            *map(str, args)]
+    return [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}",
+            str(PROJECT_DIR / "train.py"), *map(str, args)]
 
 
 def torchrun(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun_command(*args), capture_output=True, text=True, env=CPU_ONLY, timeout=300)
+    return subprocess.run(torchrun_command(*args), capture_output=True, text=True, env=CPU_ONLY,
+                          timeout=300)
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
-def test_two_processes_train_together_and_rank_0_alone_writes(tiny_data, tmp_path):
-    out = tmp_path / "model.pth"
-    result = torchrun("--data-dir", tiny_data, "--out", out, "--epochs", "3", "--seed", "4", *TINY_TRAINING)
+EPOCHS = 30  # enough that a SIGTERM sent as the first checkpoint appears lands mid-run
+SETTINGS = ("--epochs", str(EPOCHS), "--seed", "4", *TINY_TRAINING)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """An uninterrupted run of train.py on two processes, alone in its folder: its model file and
+    what torchrun printed."""
+    out = tmp_path_factory.mktemp("two_processes") / "model.pth"
+    result = torchrun("--data-dir", tiny_data, "--out", out, *SETTINGS)
     assert result.returncode == 0, result.stderr
+    return out, result
+
+
+@needs_torchrun
+def test_two_processes_train_together_and_rank_0_alone_writes(two_process_run):
+    out, result = two_process_run
     assert "2 processes (gloo): global batch 50, 25 per process" in result.stdout
-    assert result.stdout.count("epoch  3/3") == 1  # one log, from rank 0
-    assert sorted(path.name for path in tmp_path.iterdir()) == [
+    assert result.stdout.count(f"epoch {EPOCHS}/{EPOCHS}") == 1  # one log, from rank 0
+    assert sorted(path.name for path in out.parent.iterdir()) == [
         "model.ckpt", "model.curves.png", "model.metrics.json", "model.pth"]
     history = json.loads(out.with_suffix(".metrics.json").read_text())["history"]
     assert history[-1]["val_accuracy"] > 0.5  # it learned the tiny task (chance is 0.1)
@@ -46,7 +67,7 @@ def test_two_processes_train_together_and_rank_0_alone_writes(tiny_data, tmp_pat
     assert read_model_file(out)["metadata"]["batch_size"] == 50
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
+@needs_torchrun
 def test_two_processes_train_a_batch_norm_network_with_sgd_and_lookahead(tiny_data, tmp_path):
     """SGD fixes batch norm's scales before DistributedDataParallel notes what needs gradients."""
     out = tmp_path / "model.pth"
@@ -57,31 +78,34 @@ def test_two_processes_train_a_batch_norm_network_with_sgd_and_lookahead(tiny_da
     assert json.loads(out.with_suffix(".metrics.json").read_text())["val_accuracy"] > 0.5
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
-def test_resume_reads_the_checkpoint_on_every_process(tiny_data, tmp_path):
-    out = tmp_path / "model.pth"
-    assert torchrun("--data-dir", tiny_data, "--out", out, "--epochs", "2", *TINY_TRAINING).returncode == 0
+@needs_torchrun
+def test_resume_reads_the_checkpoint_on_every_process(two_process_run, tiny_data, tmp_path):
+    finished, _ = two_process_run
+    for path in finished.parent.iterdir():  # a copy: the shared run stays as it ended
+        shutil.copy2(path, tmp_path / path.name)
+    out = tmp_path / finished.name
     before = read_model_file(out)["state_dict"]
     result = torchrun("--resume", "--data-dir", tiny_data, "--out", out, "--no-download")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("resuming") == 1 and "after epoch 2 of 2" in result.stdout
+    assert result.stdout.count("resuming") == 1
+    assert f"after epoch {EPOCHS} of {EPOCHS}" in result.stdout
     after = read_model_file(out)["state_dict"]
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not beside this Python")
-def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_weights_of_an_uninterrupted_one(tiny_data, tmp_path):
-    settings = ["--data-dir", tiny_data, "--epochs", "60", "--seed", "4", *TINY_TRAINING]
-    whole = tmp_path / "whole" / "model.pth"
-    assert torchrun(*settings, "--out", whole).returncode == 0
+@needs_torchrun
+def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_weights_of_an_uninterrupted_one(
+        two_process_run, tiny_data, tmp_path):
+    whole, _ = two_process_run
     out = tmp_path / "stopped" / "model.pth"
-    process = subprocess.Popen(torchrun_command(*settings, "--out", out), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=CPU_ONLY)
-    while not out.with_suffix(".ckpt").exists():
+    process = subprocess.Popen(torchrun_command("--data-dir", tiny_data, *SETTINGS, "--out", out),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=CPU_ONLY)
+    while not out.with_suffix(".ckpt").exists() and process.poll() is None:
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
-    assert 0 < len(read_torch_file(out.with_suffix(".ckpt"))["history"]) < 60
+    assert 0 < len(read_torch_file(out.with_suffix(".ckpt"))["history"]) < EPOCHS
     result = torchrun("--resume", "--data-dir", tiny_data, "--out", out, "--no-download")
     assert result.returncode == 0, result.stderr
     expected, resumed = read_model_file(whole)["state_dict"], read_model_file(out)["state_dict"]
@@ -89,6 +113,6 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_weights_of_an_unint
 
 
 def test_a_global_batch_that_does_not_divide_among_processes_is_refused(tiny_data, tmp_path):
-    result = torchrun("--data-dir", tiny_data, "--out", tmp_path / "m.pth", "--batch-size", "51", "--val-size", "100",
-                      "--no-download")
+    result = torchrun("--data-dir", tiny_data, "--out", tmp_path / "m.pth", "--batch-size", "51",
+                      "--val-size", "100", "--no-download")
     assert result.returncode != 0 and "--batch-size 51 is the global batch" in result.stderr

@@ -55,7 +55,8 @@ def test_the_widenet_pools_inside_each_stage_down_to_3x3():
     model = build_model("widenet", num_classes=10)
     assert count_parameters(model) == 1_165_930
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
-    assert model.features[:-2](torch.randn(1, 1, 28, 28)).shape == (1, 256, 3, 3)  # 4 x width channels
+    # 4 x width channels
+    assert model.features[:-2](torch.randn(1, 1, 28, 28)).shape == (1, 256, 3, 3)
     assert count_parameters(build_model("widenet", num_classes=10, width=16)) < 1_165_930 / 10
 
 

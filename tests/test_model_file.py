@@ -23,7 +23,7 @@ from lenetkit.modelfile import (
 )
 from lenetkit.prediction import load_model
 
-from conftest import PROJECT_DIR, run_script
+from conftest import PROJECT_DIR, run_main
 
 NORMALIZATION = {"mean": 0.1307, "std": 0.3081}
 CLASSES = [str(digit) for digit in range(10)]
@@ -31,7 +31,8 @@ CLASSES = [str(digit) for digit in range(10)]
 
 def lenet_record(seed: int = 0, **metadata) -> dict:
     torch.manual_seed(seed)
-    return model_record(LeNet(), "lenet", {"num_classes": 10}, "mnist", NORMALIZATION, CLASSES, metadata)
+    return model_record(LeNet(), "lenet", {"num_classes": 10}, "mnist", NORMALIZATION, CLASSES,
+                        metadata)
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def test_a_saved_model_loads_in_eval_mode_and_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
     original = LeNet().eval()
     path = tmp_path / "model.pth"
-    save_model(model_record(original, "lenet", {"num_classes": 10}, "mnist", NORMALIZATION, CLASSES, {}), path)
+    save_model(model_record(original, "lenet", {"num_classes": 10}, "mnist", NORMALIZATION,
+                            CLASSES, {}), path)
     loaded = load_model(path)
     assert not loaded.training
     images = torch.randn(16, 1, 28, 28)
@@ -64,11 +66,12 @@ def test_a_model_file_carries_its_description_and_metadata(model_file):
 
 def test_a_model_file_is_a_plain_dict_that_weights_only_loading_accepts(model_file):
     content = torch.load(model_file, weights_only=True)
-    assert set(content) == {"format", "version", "arch", "model_args", "state_dict", "dataset", "input_shape",
-                            "normalization", "classes", "metadata"}
+    assert set(content) == {"format", "version", "arch", "model_args", "state_dict", "dataset",
+                            "input_shape", "normalization", "classes", "metadata"}
 
 
-def test_a_crash_while_saving_leaves_the_old_file_whole_and_no_temporary_behind(model_file, monkeypatch):
+def test_a_crash_while_saving_leaves_the_old_file_whole_and_no_temporary_behind(model_file,
+                                                                                monkeypatch):
     before = model_file.read_bytes()
 
     def crash_midway(obj, file):
@@ -212,11 +215,14 @@ def test_model_file_errors_are_one_line_user_errors(tmp_path):
 
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cut=st.integers(min_value=0), flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(1, 255)),
-                                                    max_size=4))
-def test_a_damaged_model_file_loads_or_gets_a_clear_error_never_anything_else(model_file, tmp_path, cut, flips):
-    """Whatever bytes are cut off or flipped, the reader returns a model or raises ModelFileError."""
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0),
+       flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(1, 255)), max_size=4))
+def test_a_damaged_model_file_loads_or_gets_a_clear_error_never_anything_else(model_file, tmp_path,
+                                                                              cut, flips):
+    """Whatever bytes are cut off or flipped, the reader returns a model or raises
+    ModelFileError."""
     data = bytearray(model_file.read_bytes())
     del data[cut % (len(data) + 1):]
     for position, mask in flips:
@@ -232,7 +238,8 @@ def test_a_damaged_model_file_loads_or_gets_a_clear_error_never_anything_else(mo
         assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=3000))
 def test_arbitrary_bytes_never_load_as_a_model(tmp_path, data):
     path = tmp_path / "arbitrary.pth"
@@ -364,8 +371,8 @@ def test_predicting_with_an_overflowing_model_is_one_line_not_nan_percent(tmp_pa
     record["state_dict"]["classifier.5.weight"] *= 1e38
     record["state_dict"]["classifier.3.weight"] *= 1e38
     save_model(record, tmp_path / "overflow.pth")
-    result = run_script("load_model.py", "--model", tmp_path / "overflow.pth",
-                        PROJECT_DIR / "examples" / "seven.png", check=False)
+    result = run_main("load_model.py", "--model", tmp_path / "overflow.pth",
+                      PROJECT_DIR / "examples" / "seven.png", check=False)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("error: ") and "NaN or infinite" in result.stderr
     assert result.stderr.count("\n") == 1

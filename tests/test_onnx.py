@@ -1,4 +1,5 @@
-"""ONNX export and INT8 quantization (save_model.py --format), run by load_model.py and evaluate.py."""
+"""ONNX export and INT8 quantization (save_model.py --format), run by load_model.py and
+evaluate.py."""
 
 import json
 import sys
@@ -15,10 +16,11 @@ from lenetkit.evaluation import evaluate
 from lenetkit.modelfile import ModelFileError, read_model_file
 from lenetkit.prediction import load_model
 
-from conftest import PROJECT_DIR, REAL_DATA_DIR, TINY_TRAINING, needs_real_mnist, run_script
+from conftest import PROJECT_DIR, REAL_DATA_DIR, TINY_TRAINING, needs_real_mnist, run_main
 
-onnx = pytest.importorskip("onnx", reason="the deployment packages: pip install -r requirements-deploy.txt")
-pytest.importorskip("onnxruntime", reason="the deployment packages: pip install -r requirements-deploy.txt")
+DEPLOYMENT = "the deployment packages: pip install -r requirements-deploy.txt"
+onnx = pytest.importorskip("onnx", reason=DEPLOYMENT)
+pytest.importorskip("onnxruntime", reason=DEPLOYMENT)
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +28,9 @@ def exported(tiny_model, tiny_data, tmp_path_factory):
     """The tiny model as ONNX float32 and INT8 files, made by save_model.py."""
     folder = tmp_path_factory.mktemp("onnx")
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
-    run_script("save_model.py", tiny_model, "--format", "onnx", "--out", fp32)
-    run_script("save_model.py", tiny_model, "--format", "onnx-int8", "--out", int8, "--data-dir", tiny_data,
-               "--calibration-images", "200")
+    run_main("save_model.py", tiny_model, "--format", "onnx", "--out", fp32)
+    run_main("save_model.py", tiny_model, "--format", "onnx-int8", "--out", int8, "--data-dir",
+             tiny_data, "--calibration-images", "200")
     return fp32, int8
 
 
@@ -42,8 +44,10 @@ def test_onnx_gives_pytorchs_logits_for_any_batch_size(tiny_model, exported):
 def test_the_onnx_file_is_valid_and_carries_the_models_description(tiny_model, exported):
     proto = onnx.load(str(exported[0]))
     onnx.checker.check_model(proto)
-    assert [node.name for node in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits"]
-    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch axis is symbolic
+    assert [node.name for node in proto.graph.input] == ["image"]
+    assert [output.name for output in proto.graph.output] == ["logits"]
+    # the batch axis is symbolic
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     record, original = read_model_file(exported[0]), read_model_file(tiny_model)
     for key in ("arch", "model_args", "normalization", "classes", "metadata"):
         assert record[key] == original[key]
@@ -66,25 +70,28 @@ def test_int8_is_a_third_of_the_size_and_agrees_with_float32(tiny_data, exported
 
 
 def test_evaluate_and_load_model_run_onnx_files(exported, tiny_data, tmp_path):
-    report = json.loads(run_script("evaluate.py", "--model", *exported, "--data-dir", tiny_data, "--out-dir", tmp_path,
-                                   "--no-download", "--json").stdout)
+    report = json.loads(run_main("evaluate.py", "--model", *exported, "--data-dir", tiny_data,
+                                 "--out-dir", tmp_path, "--no-download", "--json").stdout)
     assert [model["parameters"] for model in report["models"]] == [61_706, 61_706]
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((40, 40), 255, np.uint8)).save(blank)
-    result = run_script("load_model.py", "--model", exported[1], "--top-k", "2", PROJECT_DIR / "examples" / "seven.png",
-                        blank, check=False)
-    assert result.stdout.startswith(f"{PROJECT_DIR / 'examples' / 'seven.png'}: ") and result.stdout.count("%") == 2
+    seven = PROJECT_DIR / "examples" / "seven.png"
+    result = run_main("load_model.py", "--model", exported[1], "--top-k", "2", seven, blank,
+                      check=False)
+    assert result.stdout.startswith(f"{seven}: ") and result.stdout.count("%") == 2
     assert "blank.png: error: no digit found" in result.stderr and result.returncode == 1
 
 
 def test_a_missing_runtime_is_a_clear_error(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with pytest.raises(UserError, match="needs the onnxruntime package: pip install -r requirements-deploy.txt"):
+    with pytest.raises(UserError, match="needs the onnxruntime package: "
+                                        "pip install -r requirements-deploy.txt"):
         load_model(exported[0])
 
 
 def test_a_bad_format_name_is_refused_by_argparse(tiny_model, tmp_path):
-    result = run_script("save_model.py", tiny_model, "--format", "tflite", "--out", tmp_path / "m", check=False)
+    result = run_main("save_model.py", tiny_model, "--format", "tflite", "--out", tmp_path / "m",
+                      check=False)
     assert result.returncode == 2 and "invalid choice: 'tflite'" in result.stderr
 
 
@@ -102,22 +109,24 @@ def test_damaged_and_foreign_onnx_files_are_refused(exported, tmp_path):
 
 
 def test_an_onnx_file_cannot_be_turned_back_into_a_pth(exported, tmp_path):
-    result = run_script("save_model.py", exported[0], "--out", tmp_path / "m.pth", check=False)
+    result = run_main("save_model.py", exported[0], "--out", tmp_path / "m.pth", check=False)
     assert result.returncode == 1 and "is an ONNX file" in result.stderr
 
 
+@pytest.mark.slow
 @needs_real_mnist
 def test_on_real_mnist_onnx_matches_pytorch_and_int8_keeps_the_accuracy(tmp_path):
     fp32, int8 = tmp_path / "mnist_model.onnx", tmp_path / "mnist_model.int8.onnx"
-    run_script("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx", "--out", fp32)
-    run_script("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx-int8", "--out", int8,
-               "--data-dir", REAL_DATA_DIR)
+    run_main("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx", "--out", fp32)
+    run_main("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx-int8", "--out", int8,
+             "--data-dir", REAL_DATA_DIR)
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
     x = normalize(images, **DATASETS["mnist"].normalization)
     original, onnx_model = load_model(PRETRAINED_MODEL_PATH), load_model(fp32)
     with torch.no_grad():
         assert (onnx_model(x) - original(x)).abs().max().item() <= 1e-4
-    accuracy = {path: evaluate(load_model(path), x, labels).accuracy for path in (PRETRAINED_MODEL_PATH, fp32, int8)}
+    accuracy = {path: evaluate(load_model(path), x, labels).accuracy
+                for path in (PRETRAINED_MODEL_PATH, fp32, int8)}
     assert accuracy[fp32] == accuracy[PRETRAINED_MODEL_PATH]
     assert abs(accuracy[int8] - accuracy[PRETRAINED_MODEL_PATH]) <= 0.0015
     assert int8.stat().st_size <= fp32.stat().st_size / 3
@@ -177,17 +186,18 @@ def test_an_onnx_graph_with_a_custom_operator_is_refused(exported, tmp_path):
         load_model(path)
 
 
+@pytest.mark.slow
 def test_the_fast_recipes_model_file_is_read_by_evaluate_load_model_and_onnx(tiny_data, tmp_path):
     out, exported = tmp_path / "fast.pth", tmp_path / "fast.onnx"
     recipe = PROJECT_DIR / "configs" / "fast.json"
-    run_script("train.py", "--config", recipe, "--data-dir", tiny_data, "--out", out,
-               *TINY_TRAINING)
-    run_script("save_model.py", out, "--format", "onnx", "--out", exported)
+    run_main("train.py", "--config", recipe, "--data-dir", tiny_data, "--out", out,
+             *TINY_TRAINING)
+    run_main("save_model.py", out, "--format", "onnx", "--out", exported)
     assert read_model_file(exported)["arch"] == read_model_file(out)["arch"] == "fastnet"
     images = torch.randn(7, 1, 28, 28)
     assert torch.allclose(load_model(exported)(images), load_model(out)(images), atol=1e-4)
-    report = json.loads(run_script("evaluate.py", "--model", out, exported, "--data-dir", tiny_data,
-                                   "--out-dir", tmp_path, "--no-download", "--json").stdout)
+    report = json.loads(run_main("evaluate.py", "--model", out, exported, "--data-dir", tiny_data,
+                                 "--out-dir", tmp_path, "--no-download", "--json").stdout)
     assert [model["parameters"] for model in report["models"]] == [72_138, 72_138]
     seven = PROJECT_DIR / "examples" / "seven.png"
-    assert run_script("load_model.py", "--model", exported, seven).stdout.count("%") == 1
+    assert run_main("load_model.py", "--model", exported, seven).stdout.count("%") == 1

@@ -21,7 +21,7 @@ from lenetkit.prediction import Prediction, Predictor, predict
 from lenetkit.preprocess import ImageError, preprocess_digit, read_image
 
 import photos
-from conftest import PROJECT_DIR, needs_real_mnist, run_script
+from conftest import PROJECT_DIR, needs_real_mnist, run_main
 
 SEVEN = PROJECT_DIR / "examples" / "seven.png"
 
@@ -101,7 +101,8 @@ def test_a_photo_saved_sideways_is_read_upright_as_its_exif_orientation_says(tmp
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
     photos.photo(four(), "ruled", 0).resize((4000, 3000)).save(tmp_path / "phone.jpg", quality=85)
     image = read_image(tmp_path / "phone.jpg")
-    assert max(image.size) <= 4 * lenetkit.preprocess.WORK_SIDE  # Pillow's draft mode: not 12 megapixels
+    # Pillow's draft mode: not 12 megapixels
+    assert max(image.size) <= 4 * lenetkit.preprocess.WORK_SIDE
     assert preprocess_digit(image).shape == (28, 28)
 
 
@@ -137,8 +138,8 @@ def test_one_bad_file_never_stops_the_others(tmp_path):
     pixels = np.full((40, 40), np.nan, np.float32)
     Image.fromarray(pixels).save(tmp_path / "nan.tif")
     (tmp_path / "text.png").write_text("not pixels")
-    result = run_script("load_model.py", "--model", PRETRAINED_MODEL_PATH, tmp_path / "nan.tif",
-                        tmp_path / "text.png", SEVEN, check=False)
+    result = run_main("load_model.py", "--model", PRETRAINED_MODEL_PATH, tmp_path / "nan.tif",
+                      tmp_path / "text.png", SEVEN, check=False)
     assert result.returncode == 1
     assert "nan.tif: error: the image holds NaN or infinite pixel values" in result.stderr
     assert "text.png: error: not a readable image" in result.stderr
@@ -213,6 +214,7 @@ def test_an_input_predict_cannot_take_is_a_clear_error(given, message):
         predict(given, model=PRETRAINED_MODEL_PATH)
 
 
+@pytest.mark.slow
 def test_the_readme_snippet_works_from_another_folder(tmp_path):
     code = (f"import sys; sys.path.insert(0, {str(PROJECT_DIR)!r})\n"
             "from load_model import predict\n"
@@ -226,7 +228,8 @@ def test_the_readme_snippet_works_from_another_folder(tmp_path):
 
 
 def test_a_low_confidence_prediction_says_so(monkeypatch, capsys):
-    monkeypatch.setattr(lenetkit.prediction, "LOW_CONFIDENCE", 1.01)  # over any probability: all are unsure
+    # over any probability: all are unsure
+    monkeypatch.setattr(lenetkit.prediction, "LOW_CONFIDENCE", 1.01)
     monkeypatch.setattr(sys, "argv", ["load_model.py", "--model", str(PRETRAINED_MODEL_PATH),
                                       str(SEVEN)])
     lenetkit.prediction.main()
@@ -237,7 +240,7 @@ def test_a_low_confidence_prediction_says_so(monkeypatch, capsys):
 
 
 def test_a_confident_prediction_prints_no_warning():
-    result = run_script("load_model.py", "--model", PRETRAINED_MODEL_PATH, SEVEN)
+    result = run_main("load_model.py", "--model", PRETRAINED_MODEL_PATH, SEVEN)
     assert "low confidence" not in result.stdout and result.stdout.startswith(f"{SEVEN}: 7 (")
 
 
@@ -245,8 +248,8 @@ def test_save_input_writes_the_28x28_the_model_saw_beside_each_prediction(tmp_pa
     other = tmp_path / "other" / "seven.png"
     other.parent.mkdir()
     other.write_bytes(SEVEN.read_bytes())
-    result = run_script("load_model.py", "--model", PRETRAINED_MODEL_PATH, "--save-input",
-                        tmp_path / "seen", SEVEN, other)
+    result = run_main("load_model.py", "--model", PRETRAINED_MODEL_PATH, "--save-input",
+                      tmp_path / "seen", SEVEN, other)
     first, second = result.stdout.splitlines()
     assert first.endswith(f"[input: {tmp_path / 'seen' / 'seven.input.png'}]")
     assert second.endswith(f"[input: {tmp_path / 'seen' / 'seven-2.input.png'}]")  # kept apart
@@ -257,14 +260,15 @@ def test_save_input_writes_the_28x28_the_model_saw_beside_each_prediction(tmp_pa
 
 
 def test_save_input_into_a_file_is_one_line_before_any_image_is_read(tmp_path):
-    result = run_script("load_model.py", "--save-input", PROJECT_DIR / "README.md", SEVEN,
-                        check=False)
+    result = run_main("load_model.py", "--save-input", PROJECT_DIR / "README.md", SEVEN,
+                      check=False)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines()[-1].endswith(
         f"argument --save-input: can't write {PROJECT_DIR / 'README.md'}: "
         f"{PROJECT_DIR / 'README.md'} is not a folder")
 
 
+@pytest.mark.slow
 @needs_real_mnist
 def test_most_real_digits_are_read_right_from_phone_photos():
     """Real MNIST test digits rendered as phone photos (every condition at once) and read from

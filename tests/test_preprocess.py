@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 from lenetkit.preprocess import ImageError, preprocess_digit, read_image
 
 
-def drawn_digit(ink: int = 0, paper: int = 255, size=(400, 300), box=(20, 30, 140, 230)) -> Image.Image:
+def drawn_digit(ink: int = 0, paper: int = 255, size=(400, 300),
+                box=(20, 30, 140, 230)) -> Image.Image:
     """A large hand-drawn-like '0' (a thick ellipse) placed off-centre, near the top-left corner."""
     image = Image.new("L", size, paper)
     ImageDraw.Draw(image).ellipse(box, outline=ink, width=18)
@@ -22,7 +23,8 @@ def drawn_digit(ink: int = 0, paper: int = 255, size=(400, 300), box=(20, 30, 14
 
 def centre_of_mass(digit: torch.Tensor) -> tuple[float, float]:
     rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
-    return (digit * rows).sum().item() / digit.sum().item(), (digit * cols).sum().item() / digit.sum().item()
+    mass = digit.sum().item()
+    return (digit * rows).sum().item() / mass, (digit * cols).sum().item() / mass
 
 
 def ink_extent(digit: torch.Tensor, threshold: float = 0.1) -> tuple[int, int]:
@@ -34,7 +36,8 @@ def test_a_large_dark_on_light_off_centre_digit_comes_back_white_on_black_and_ce
     digit = preprocess_digit(drawn_digit())
     assert digit.shape == (28, 28) and digit.dtype == torch.float32
     assert digit.max().item() == pytest.approx(1.0)
-    assert digit[0].max().item() == 0 and digit[:, 0].max().item() == 0  # black background at the border
+    # black background at the border
+    assert digit[0].max().item() == 0 and digit[:, 0].max().item() == 0
     row, col = centre_of_mass(digit)
     assert abs(row - 14) <= 0.6 and abs(col - 14) <= 0.6
     assert max(ink_extent(digit)) in (20, 21)  # the longer side scaled to 20 pixels
@@ -100,22 +103,26 @@ def test_a_missing_image_file_is_an_error(tmp_path):
 def test_a_palette_image_and_an_animated_gif_are_read_as_their_first_frame(tmp_path):
     reference = preprocess_digit(drawn_digit())
     drawn_digit().convert("P").save(tmp_path / "palette.png")
-    assert torch.allclose(preprocess_digit(read_image(tmp_path / "palette.png")), reference, atol=0.02)
+    assert torch.allclose(preprocess_digit(read_image(tmp_path / "palette.png")), reference,
+                          atol=0.02)
     frames = [drawn_digit(), Image.new("L", (400, 300), 255)]
     frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:], duration=100)
-    assert torch.allclose(preprocess_digit(read_image(tmp_path / "animated.gif")), reference, atol=0.02)
+    assert torch.allclose(preprocess_digit(read_image(tmp_path / "animated.gif")), reference,
+                          atol=0.02)
 
 
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
     """A PNG of 1 KB that declares 100,000 x 100,000 pixels (10 GB once decoded)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
 
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
     rows = zlib.compress(b"\x00" * 100_001 * 10)  # only the first rows: the size is what matters
     path = tmp_path / "bomb.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+                     + chunk(b"IEND", b""))
     assert path.stat().st_size < 2_000
     with pytest.raises(ImageError, match="too large to be a digit"):
         read_image(path)

@@ -11,8 +11,8 @@ import pytest
 from conftest import PROJECT_DIR, REAL_MNIST_PRESENT, TINY_TRAINING
 
 git = shutil.which("git")
-pytestmark = pytest.mark.skipif(
-    git is None or not (PROJECT_DIR / ".git").exists(), reason="needs git and a git checkout")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    git is None or not (PROJECT_DIR / ".git").exists(), reason="needs git and a git checkout")]
 
 
 def run(folder, *command: str) -> str:
@@ -23,7 +23,8 @@ def run(folder, *command: str) -> str:
 
 @pytest.fixture
 def project_copy(tmp_path):
-    """The project's tracked files as they are in the working tree, committed in a new repository."""
+    """The project's tracked files as they are in the working tree, committed in a new
+    repository."""
     copy = tmp_path / "project"
     tracked = run(PROJECT_DIR, git, "ls-files", "-z").split("\0")
     for name in filter(None, tracked):
@@ -32,7 +33,8 @@ def project_copy(tmp_path):
             shutil.copy2(PROJECT_DIR / name, copy / name)
     run(copy, git, "init", "-q")
     run(copy, git, "add", "-A")
-    run(copy, git, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "copy")
+    run(copy, git, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm",
+        "copy")
     return copy
 
 

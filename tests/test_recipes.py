@@ -1,4 +1,5 @@
-"""Recipes: --config files, the weight average (--ema), test-time augmentation and tune.py's sweep."""
+"""Recipes: --config files, the weight average (--ema), test-time augmentation and tune.py's
+sweep."""
 
 import json
 from dataclasses import asdict
@@ -13,51 +14,63 @@ from lenetkit.evaluation import evaluate, learned_mirrors, tta_views
 from lenetkit.model import LeNet
 from lenetkit.modelfile import read_model_file
 
-from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_script
+from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_main
 
 
 def test_a_config_file_sets_the_run_and_flags_given_beside_it_win(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"arch": "convnet", "lr": 0.003, "augment": True, "epochs": 20}))
     config, _ = lenetkit.config.parse_args(["--config", str(recipe), "--epochs", "5"])
-    assert config == lenetkit.training.TrainConfig(arch="convnet", lr=0.003, augment="affine", epochs=5)
+    assert config == lenetkit.training.TrainConfig(arch="convnet", lr=0.003, augment="affine",
+                                                   epochs=5)
 
 
 def test_a_config_file_with_an_unknown_or_invalid_setting_is_refused_in_one_line(tmp_path):
     for content, complaint in ([{"learning_rate": 0.1}, "unknown settings ['learning_rate']"],
-                               [{"lr": -1}, "must be a positive number"], ["[1, 2]", "not a JSON object"]):
+                               [{"lr": -1}, "must be a positive number"],
+                               ["[1, 2]", "not a JSON object"]):
         recipe = tmp_path / "recipe.json"
         recipe.write_text(content if isinstance(content, str) else json.dumps(content))
-        result = run_script("train.py", "--config", recipe, "--dry-run", check=False)
-        assert result.returncode == 2 and complaint in result.stderr and "Traceback" not in result.stderr
+        result = run_main("train.py", "--config", recipe, "--dry-run", check=False)
+        assert result.returncode == 2 and complaint in result.stderr
+        assert "Traceback" not in result.stderr
 
 
-def test_with_ema_the_average_is_validated_and_saved_and_the_raw_weights_are_scored_beside_it(tiny_data, tmp_path):
+def test_with_ema_the_average_is_validated_and_saved_and_the_raw_weights_are_scored_beside_it(
+        tiny_data, tmp_path):
     out = tmp_path / "model.pth"
-    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--ema", "0.9", *TINY_TRAINING)
+    run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "2", "--ema", "0.9",
+             *TINY_TRAINING)
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     for row in metrics["history"]:
         assert {"val_accuracy", "raw_val_accuracy"} <= set(row)
     assert metrics["history"][-1]["val_accuracy"] > 0.5  # the average learned too (chance is 0.1)
     checkpoint = torch.load(out.with_suffix(".ckpt"), weights_only=True)
     raw, averaged = checkpoint["state_dict"], read_model_file(out)["state_dict"]
-    assert any(not torch.equal(raw[name], averaged[name]) for name in raw)  # the file holds the average
+    # the file holds the average
+    assert any(not torch.equal(raw[name], averaged[name]) for name in raw)
 
 
 @pytest.mark.parametrize("averaging", [
     ["--ema", "0.9"],
-    ["--optimizer", "sgd", "--lr", "0.05", "--lookahead", "--batch-size", "60"]],  # 9 steps an epoch
+    # 9 steps an epoch
+    ["--optimizer", "sgd", "--lr", "0.05", "--lookahead", "--batch-size", "60"]],
     ids=["ema", "sgd-lookahead"])
 def test_resuming_a_run_with_ema_or_lookahead_ends_with_the_weights_of_an_uninterrupted_run(
         tiny_data, tmp_path, monkeypatch, averaging):
-    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--seed", "4", *TINY_TRAINING, *averaging]
+    settings = ["--data-dir", str(tiny_data), "--epochs", "3", "--seed", "4", *TINY_TRAINING,
+                *averaging]
     whole, interrupted = tmp_path / "whole" / "model.pth", tmp_path / "interrupted" / "model.pth"
-    run_script("train.py", *settings, "--out", whole)
-    ctrl_c_in_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        lenetkit.training.train(*lenetkit.config.parse_args([*settings, "--out", str(interrupted)]))
-    run_script("train.py", "--resume", "--data-dir", tiny_data, "--out", interrupted, "--no-download")
-    expected, resumed = read_model_file(whole)["state_dict"], read_model_file(interrupted)["state_dict"]
+    run_main("train.py", *settings, "--out", whole)
+    with monkeypatch.context() as interrupt:
+        ctrl_c_in_epoch(interrupt, 2)
+        with pytest.raises(KeyboardInterrupt):
+            lenetkit.training.train(*lenetkit.config.parse_args([*settings, "--out",
+                                                                 str(interrupted)]))
+    run_main("train.py", "--resume", "--data-dir", tiny_data, "--out", interrupted,
+             "--no-download")
+    expected = read_model_file(whole)["state_dict"]
+    resumed = read_model_file(interrupted)["state_dict"]
     for name, tensor in expected.items():
         assert torch.equal(tensor, resumed[name]), name
 
@@ -114,45 +127,51 @@ def test_evaluate_with_tta_averages_probabilities_and_without_it_matches_cross_e
     averaged = evaluate(model, images, labels, tta=True, mirror=mirror)
     assert (plain.views, averaged.views) == (1, 10 if mirror else 5)
     with torch.no_grad():
-        assert abs(plain.loss - torch.nn.functional.cross_entropy(model(images), labels).item()) < 1e-5
+        expected_loss = torch.nn.functional.cross_entropy(model(images), labels).item()
+        assert abs(plain.loss - expected_loss) < 1e-5
         views = tta_views(images, mirror)
         expected = torch.stack([model(view).softmax(1) for view in views]).mean(0)
     assert torch.allclose(averaged.probabilities, expected, atol=1e-6)
 
 
-def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_accepts(tiny_data, tmp_path):
+def test_tune_ranks_the_combinations_on_validation_and_writes_a_recipe_train_accepts(tiny_data,
+                                                                                    tmp_path):
     out_dir = tmp_path / "sweep"
-    result = run_script("tune.py", "--lr", "0.002", "0.02", "--batch-size", "50", "--epochs", "1", "2",
-                        "--seed", "0", "1", "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100",
-                        "--no-download")
+    result = run_main("tune.py", "--lr", "0.002", "0.02", "--batch-size", "50", "--epochs", "1",
+                      "2", "--seed", "0", "1", "--out-dir", out_dir, "--data-dir", tiny_data,
+                      "--val-size", "100", "--no-download")
     rows = json.loads((out_dir / "results.json").read_text())["rows"]
     assert len(rows) == 4 and [row["val_accuracy"] for row in rows] == sorted(
         (row["val_accuracy"] for row in rows), reverse=True)
     assert "test: loss" not in result.stdout  # the test set is never read
     assert (out_dir / "lr.png").stat().st_size > 0
     recipe = json.loads((out_dir / "best.json").read_text())
-    assert (recipe["lr"], recipe["epochs"]) == (rows[0]["lr"], rows[0]["epochs"]) and "seed" not in recipe
+    assert (recipe["lr"], recipe["epochs"]) == (rows[0]["lr"], rows[0]["epochs"])
+    assert "seed" not in recipe
     config, _ = lenetkit.config.parse_args(["--config", str(out_dir / "best.json")])
     assert (config.lr, config.batch_size, config.epochs, config.val_size) == (
         recipe["lr"], 50, recipe["epochs"], 100)
-    again = run_script("tune.py", "--lr", "0.002", "--batch-size", "50", "--epochs", "1", "--seed", "0",
-                       "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100", "--no-download")
+    again = run_main("tune.py", "--lr", "0.002", "--batch-size", "50", "--epochs", "1", "--seed",
+                     "0", "--out-dir", out_dir, "--data-dir", tiny_data, "--val-size", "100",
+                     "--no-download")
     assert "done before" in again.stdout  # a finished run is not trained again
 
 
 def test_tune_refuses_val_size_0_it_has_nothing_to_score(tmp_path):
-    result = run_script("tune.py", "--val-size", "0", "--out-dir", tmp_path / "sweep", check=False)
+    result = run_main("tune.py", "--val-size", "0", "--out-dir", tmp_path / "sweep", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "tune.py: error: a validation size of 0 holds nothing out, and tune.py scores by validation accuracy")
+        "tune.py: error: a validation size of 0 holds nothing out, and tune.py scores by "
+        "validation accuracy")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_evaluate_scores_the_validation_split_with_tta_without_touching_the_test_figures(tiny_model, tiny_data):
+def test_evaluate_scores_the_validation_split_with_tta_without_touching_the_test_figures(
+        tiny_model, tiny_data):
     test_figure = tiny_model.with_suffix(".confusion.png")
     before = test_figure.stat().st_mtime_ns if test_figure.exists() else None
-    result = run_script("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--split", "val", "--tta",
-                        "--no-download")
+    result = run_main("evaluate.py", "--model", tiny_model, "--data-dir", tiny_data, "--split",
+                      "val", "--tta", "--no-download")
     # the 100 images the tiny run held out; its digits never flipped, so no mirror images
     assert "val with TTA (5 views): 100 images" in result.stdout
     assert tiny_model.with_name(f"{tiny_model.stem}.val.tta.confusion.png").is_file()
@@ -171,10 +190,11 @@ def test_a_recipe_loads_into_the_same_config_object_that_the_checkpoint_stores(t
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"lr": 0.004, "epochs": 1, "batch_size": 50, "val_size": 100}))
     out = tmp_path / "model.pth"
-    run_script("train.py", "--config", recipe, "--data-dir", tiny_data, "--out", out, "--seed", "7",
-               "--no-download")
+    run_main("train.py", "--config", recipe, "--data-dir", tiny_data, "--out", out, "--seed", "7",
+             "--no-download")
     config, _ = lenetkit.config.parse_args(["--config", str(recipe), "--seed", "7"])
-    checkpoint = lenetkit.training.read_checkpoint(out.with_suffix(".ckpt"), lenetkit.config.SETTINGS)
+    checkpoint = lenetkit.training.read_checkpoint(out.with_suffix(".ckpt"),
+                                                   lenetkit.config.SETTINGS)
     assert checkpoint["config"] == asdict(config)
     assert (config.lr, config.epochs, config.seed) == (0.004, 1, 7)
 
@@ -220,10 +240,10 @@ def test_a_beta1_that_momentum_cycling_would_overwrite_is_refused():
 def sgd_training(*flags: str, steps: int = 100):
     """The CifarNet and the SGD, its parameter groups and schedule that train.py sets up from
     `flags`."""
-    config, _ = lenetkit.config.parse_args(["--dataset", "cifar10", "--optimizer", "sgd", "--width", "8",
-                                  *flags])
+    config, _ = lenetkit.config.parse_args(["--dataset", "cifar10", "--optimizer", "sgd",
+                                            "--width", "8", *flags])
     training = lenetkit.training.setup_training(config, steps, torch.device("cpu"),
-                                    images=torch.randn(8, 3, 32, 32))
+                                                images=torch.randn(8, 3, 32, 32))
     return training.model, training.optimizer, training.scheduler
 
 
@@ -259,28 +279,30 @@ def test_the_triangle_schedule_rises_from_a_fifth_to_the_peak_at_23_percent_then
 
 def test_each_optimizer_refuses_the_other_ones_settings_and_cycling_owns_the_momentum():
     for flags, error in (
-            (["--momentum", "0.8", "--no-cycle-momentum"], "--momentum: --optimizer adamw has none"),
+            (["--momentum", "0.8", "--no-cycle-momentum"],
+             "--momentum: --optimizer adamw has none"),
             (["--optimizer", "sgd", "--beta1", "0.9"], "--beta1: --optimizer sgd has none"),
             (["--optimizer", "sgd", "--beta2", "0.9"], "--beta2: --optimizer sgd has none"),
             (["--optimizer", "sgd", "--momentum", "0.8"], "one-cycle replaces it")):
-        result = run_script("train.py", *flags, "--dry-run", check=False)
+        result = run_main("train.py", *flags, "--dry-run", check=False)
         assert result.returncode == 2 and error in result.stderr.splitlines()[-1], flags
-    config, _ = lenetkit.config.parse_args(["--optimizer", "sgd", "--momentum", "0.8", "--schedule",
-                                  "triangle"])
+    config, _ = lenetkit.config.parse_args(["--optimizer", "sgd", "--momentum", "0.8",
+                                            "--schedule", "triangle"])
     assert config.momentum == 0.8
 
 
 def test_an_optimizer_named_beside_a_recipe_leaves_out_the_recipes_settings_of_the_other():
     recipe = str(PROJECT_DIR / "configs" / "cifar10.json")
-    config, _ = lenetkit.config.parse_args(["--config", recipe, "--optimizer", "adamw", "--lr", "0.01"])
+    config, _ = lenetkit.config.parse_args(["--config", recipe, "--optimizer", "adamw", "--lr",
+                                            "0.01"])
     assert (config.optimizer, config.momentum, config.schedule) == ("adamw", 0.9, "triangle")
     assert lenetkit.config.parse_args(["--config", recipe])[0].momentum == 0.85
 
 
 def test_sgd_learns_the_tiny_digits(tiny_data, tmp_path):
     out = tmp_path / "model.pth"
-    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "5",
-               "--optimizer", "sgd", "--lr", "0.1", "--schedule", "triangle", *TINY_TRAINING)
+    run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "5",
+             "--optimizer", "sgd", "--lr", "0.1", "--schedule", "triangle", *TINY_TRAINING)
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert metrics["val_accuracy"] > 0.5  # chance is 0.1
     assert read_model_file(out)["metadata"]["optimizer"] == "sgd"

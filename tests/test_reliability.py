@@ -1,5 +1,7 @@
-"""Nothing lost, nothing let in: interruptions, kills at random moments, divergence, concurrent writers."""
+"""Nothing lost, nothing let in: interruptions, kills at random moments, divergence, concurrent
+writers."""
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -33,7 +35,7 @@ from conftest import (
     REAL_FASHION_PRESENT,
     TINY_TRAINING,
     needs_real_mnist,
-    run_script,
+    run_main,
     write_idx,
     write_mnist,
 )
@@ -43,11 +45,94 @@ def start_training(*args) -> subprocess.Popen:
     """train.py in a child process, returned once its training loop has started."""
     process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "train.py"), *map(str, args)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                    "CUDA_VISIBLE_DEVICES": ""})
     for line in process.stdout:
         if line.startswith("model:"):
             return process
     raise AssertionError(f"train.py ended before training: {process.communicate()[1]}")
+
+
+# A Python that has imported train.py once, and forks a child for each training run: each child is
+# a whole process (a SIGKILL lands in it as in any other), started without the seconds a fresh
+# Python takes to import torch (and torch._dynamo, which the first optimizer imports). It reads a
+# run's log path and command line, one JSON line each, and answers the child's pid, then its exit
+# status once it has ended. It runs no torch operation itself, so each child starts its own
+# threads.
+FORK_SERVER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import torch._dynamo
+import train
+from lenetkit.cli import run_cli
+
+for request in sys.stdin:
+    log, argv = json.loads(request)
+    pid = os.fork()
+    if pid == 0:
+        output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        sys.argv = argv
+        try:
+            run_cli(train.main)
+            status = 0
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    print(pid, flush=True)
+    print(os.waitpid(pid, 0)[1], flush=True)
+"""
+
+
+class ForkServer:
+    """train.py runs in child processes forked from a Python that has imported it already."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", FORK_SERVER, str(PROJECT_DIR)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                             "CUDA_VISIBLE_DEVICES": ""})
+
+    def start_training(self, log, *args) -> int:
+        """A train.py run's pid, once its training loop has started (its log says `model:`)."""
+        argv = [str(PROJECT_DIR / "train.py"), *map(str, args)]
+        self.process.stdin.write(json.dumps([str(log), argv]) + "\n")
+        self.process.stdin.flush()
+        pid = int(self.process.stdout.readline())
+        while not any(line.startswith("model:") for line in read_lines(log)):
+            if self.process.poll() is not None or not alive(pid):
+                self.wait()
+                raise AssertionError(f"train.py ended before training: {log.read_text()}")
+            time.sleep(0.01)
+        return pid
+
+    def wait(self) -> int:
+        """The exit status of the last run started, once it has ended."""
+        return int(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        assert self.process.wait(timeout=60) == 0
+
+
+def read_lines(path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (the fork server reaps its children as they end)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def plain_history(out) -> list[dict]:
@@ -55,10 +140,13 @@ def plain_history(out) -> list[dict]:
             for row in json.loads(out.with_suffix(".metrics.json").read_text())["history"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_keeps_the_last_epoch_and_says_how_to_resume(tiny_data, tmp_path, signal_number):
+def test_ctrl_c_or_sigterm_keeps_the_last_epoch_and_says_how_to_resume(tiny_data, tmp_path,
+                                                                       signal_number):
     out = tmp_path / "model.pth"
-    process = start_training("--data-dir", tiny_data, "--out", out, "--epochs", "500", *TINY_TRAINING)
+    process = start_training("--data-dir", tiny_data, "--out", out, "--epochs", "500",
+                             *TINY_TRAINING)
     while not out.with_suffix(".ckpt").exists():
         time.sleep(0.01)
     process.send_signal(signal_number)
@@ -70,54 +158,74 @@ def test_ctrl_c_or_sigterm_keeps_the_last_epoch_and_says_how_to_resume(tiny_data
     assert read_torch_file(out.with_suffix(".ckpt"))["history"][-1]["epoch"] == saved_epoch
 
 
+@pytest.mark.slow
 def test_twenty_kills_at_random_moments_lose_nothing_and_change_nothing(tiny_data, tmp_path):
-    """SIGKILL lands anywhere, saves included. After each kill the checkpoint (and the model file, once
-    written) loads, and the run resumed after every kill ends with the weights of an uninterrupted run."""
-    settings = ["--data-dir", tiny_data, "--epochs", "200", "--seed", "11", *TINY_TRAINING]
+    """SIGKILL lands anywhere, saves included. After each kill the checkpoint (and the model file,
+    once written) loads, and the run resumed after every kill ends with the weights of an
+    uninterrupted run. The killed runs are processes forked from a Python that has imported
+    train.py (ForkServer); the reference and the last run run in this one. Each kill lands in the
+    first half second of its run: a few epochs (a save after each), about 100 epochs in all."""
+    settings = ["--data-dir", tiny_data, "--epochs", "120", "--seed", "11", *TINY_TRAINING]
     reference = tmp_path / "reference" / "model.pth"
-    run_script("train.py", *settings, "--out", reference)
+    run_main("train.py", *settings, "--out", reference)
 
     out = tmp_path / "killed" / "model.pth"
     checkpoint = out.with_suffix(".ckpt")
     moments = random.Random(20261124)
     epochs_at_kills = []
-    for _ in range(20):
-        process = start_training(*settings, "--out", out, *(["--resume"] if checkpoint.exists() else []))
-        time.sleep(moments.uniform(0, 1.0))
-        process.kill()
-        process.communicate()
+    runs = ForkServer()
+    for kill in range(20):
+        log = tmp_path / f"kill-{kill}.log"
+        pid = runs.start_training(log, *settings, "--out", out,
+                                  *(["--resume"] if checkpoint.exists() else []))
+        time.sleep(moments.uniform(0, 0.5))
+        with contextlib.suppress(ProcessLookupError):  # it ended on its own: its status says how
+            os.kill(pid, signal.SIGKILL)
+        status = os.waitstatus_to_exitcode(runs.wait())
+        # killed, or (on a machine fast enough to finish the 120 epochs first) done
+        assert status in (-signal.SIGKILL, 0), f"train.py ended with {status}:\n{log.read_text()}"
         if checkpoint.exists():
             epochs_at_kills.append(len(read_torch_file(checkpoint)["history"]))  # whole: it loads
         if out.exists():
             read_model_file(out)
-    run_script("train.py", *settings, "--out", out, *(["--resume"] if checkpoint.exists() else []))
+    runs.close()
+    run_main("train.py", *settings, "--out", out, *(["--resume"] if checkpoint.exists() else []))
 
     expected, resumed = read_model_file(reference)["state_dict"], read_model_file(out)["state_dict"]
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
     assert plain_history(out) == plain_history(reference)
     leftovers = {path.name for path in out.parent.iterdir()} - {
         "model.pth", "model.ckpt", "model.metrics.json", "model.curves.png"}
-    assert all(name.startswith(".model.") and name.endswith(".tmp") for name in leftovers)  # only temporaries
-    print(f"\n20 SIGKILLs: checkpoint whole after each (at epochs {epochs_at_kills}); {len(leftovers)} killed "
-          "a save midway (its temporary file left behind, the real file intact); final weights bit-identical")
+    # only temporaries
+    assert all(name.startswith(".model.") and name.endswith(".tmp") for name in leftovers)
+    print(f"\n20 SIGKILLs: checkpoint whole after each (at epochs {epochs_at_kills}); "
+          f"{len(leftovers)} killed a save midway (its temporary file left behind, the real file "
+          "intact); final weights bit-identical")
 
 
-def test_a_diverging_run_stops_with_a_clear_message_and_keeps_its_last_good_checkpoint(tiny_data, tmp_path):
+def test_a_diverging_run_stops_with_a_clear_message_and_keeps_its_last_good_checkpoint(tiny_data,
+                                                                                       tmp_path):
     out = tmp_path / "model.pth"
-    run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1", *TINY_TRAINING)
+    run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1", *TINY_TRAINING)
     good = out.with_suffix(".ckpt").read_bytes()
-    result = run_script("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "3", "--lr", "1e30",
-                        "--schedule", "constant", *TINY_TRAINING, check=False)
+    result = run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "3", "--lr",
+                      "1e30", "--schedule", "constant", *TINY_TRAINING, check=False)
     assert result.returncode == 1
-    assert result.stderr.startswith("error: the training loss became nan in epoch 1: training diverged")
+    assert result.stderr.startswith(
+        "error: the training loss became nan in epoch 1: training diverged")
     assert out.with_suffix(".ckpt").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_two_runs_writing_the_same_path_leave_whole_files(tiny_data, tmp_path):
     out = tmp_path / "model.pth"
-    runs = [subprocess.Popen([sys.executable, str(PROJECT_DIR / "train.py"), "--data-dir", str(tiny_data),
-                              "--out", str(out), "--epochs", "3", "--seed", str(seed), *TINY_TRAINING],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    # one thread each: two processes on two cores, not four threads contending for them
+    runs = [subprocess.Popen([sys.executable, str(PROJECT_DIR / "train.py"), "--data-dir",
+                              str(tiny_data), "--out", str(out), "--epochs", "3", "--seed",
+                              str(seed), *TINY_TRAINING],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+            for seed in (1, 2)]
     for run in runs:
         assert run.wait(timeout=120) == 0, run.stderr.read()
     assert read_model_file(out)["metadata"]["seed"] in (1, 2)
@@ -149,13 +257,13 @@ def test_an_output_path_is_refused_when_a_symlink_a_pipe_a_folder_or_a_device_is
 def test_every_scripts_out_refuses_a_pipe_before_any_work(tmp_path, script):
     os.mkfifo(tmp_path / "pipe.pth")
     arguments = [tmp_path / "model.ckpt"] if script == "save_model.py" else []
-    result = run_script(script, *arguments, "--out", tmp_path / "pipe.pth", check=False)
+    result = run_main(script, *arguments, "--out", tmp_path / "pipe.pth", check=False)
     assert result.returncode == 2 and "pipe.pth is not a regular file" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["pipe.pth"]
 
 
 def test_bench_refuses_a_folder_as_its_out_before_benchmarking(tmp_path):
-    result = run_script("tools/bench.py", "--quick", "--out", tmp_path, check=False)
+    result = run_main("tools/bench.py", "--quick", "--out", tmp_path, check=False)
     assert result.returncode == 2 and f"{tmp_path} is a folder; give a file name" in result.stderr
 
 
@@ -163,8 +271,8 @@ def test_a_symlinked_checkpoint_beside_out_is_refused_before_training(tiny_data,
     elsewhere = tmp_path / "elsewhere.ckpt"
     elsewhere.write_bytes(b"someone else's file")
     (tmp_path / "model.ckpt").symlink_to(elsewhere)
-    result = run_script("train.py", "--data-dir", tiny_data, "--out", tmp_path / "model.pth",
-                        "--epochs", "1", *TINY_TRAINING, check=False)
+    result = run_main("train.py", "--data-dir", tiny_data, "--out", tmp_path / "model.pth",
+                      "--epochs", "1", *TINY_TRAINING, check=False)
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {tmp_path / 'model.ckpt'} is a symbolic link")
     assert elsewhere.read_bytes() == b"someone else's file"
@@ -272,9 +380,11 @@ def publish_as_real(monkeypatch, raw, dataset: str = "mnist") -> None:
     known = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
              for path in raw.glob("*-ubyte")}
     monkeypatch.setitem(lenetkit.datasets.IDX_SHA256, dataset, known)
-    monkeypatch.setattr(lenetkit.datasets, "IDX_SIZES", {name: (raw / name).stat().st_size for name in known})
+    monkeypatch.setattr(lenetkit.datasets, "IDX_SIZES",
+                        {name: (raw / name).stat().st_size for name in known})
     published = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in raw.glob("*.gz")}
-    monkeypatch.setitem(lenetkit.datasets.IDX_MD5, dataset, {**lenetkit.datasets.IDX_MD5[dataset], **published})
+    monkeypatch.setitem(lenetkit.datasets.IDX_MD5, dataset,
+                        {**lenetkit.datasets.IDX_MD5[dataset], **published})
 
 
 def alter_a_label(path) -> None:
@@ -345,7 +455,8 @@ def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monk
     def read_only_mount(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(lenetkit.outputs.tempfile, "mkstemp", read_only_mount)  # a read-only mount's answer
+    # a read-only mount's answer
+    monkeypatch.setattr(lenetkit.outputs.tempfile, "mkstemp", read_only_mount)
     raw.chmod(0o555)  # and, for a user other than root, what a read-only folder answers
     try:
         images, labels = load_dataset(tmp_path, train=False, download=False)
@@ -355,6 +466,7 @@ def test_a_read_only_folder_of_gz_files_is_decompressed_in_memory(tmp_path, monk
     assert sorted(os.listdir(raw)) == before
 
 
+@pytest.mark.slow
 def test_parallel_processes_decompressing_the_same_fresh_gz_all_succeed(tmp_path, monkeypatch):
     raw = only_gz(tmp_path, monkeypatch)
     published = lenetkit.datasets.IDX_MD5["mnist"]
@@ -378,8 +490,8 @@ def test_parallel_processes_decompressing_the_same_fresh_gz_all_succeed(tmp_path
 
 def test_evaluate_checks_where_its_figures_go_before_reading_anything(tmp_path):
     (tmp_path / "a_file").write_text("")
-    result = run_script("evaluate.py", "--model", tmp_path / "absent.pth",
-                        "--out-dir", tmp_path / "a_file" / "figs", "--json", check=False)
+    result = run_main("evaluate.py", "--model", tmp_path / "absent.pth",
+                      "--out-dir", tmp_path / "a_file" / "figs", "--json", check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"error: can't write {tmp_path / 'a_file' / 'figs'}")
 
@@ -391,8 +503,8 @@ def test_evaluate_refuses_a_read_only_model_folder_before_scoring(tiny_model, ti
     (folder / "model.pth").write_bytes(tiny_model.read_bytes())
     folder.chmod(0o555)
     try:
-        result = run_script("evaluate.py", "--model", folder / "model.pth", "--data-dir", tiny_data,
-                            "--json", check=False)
+        result = run_main("evaluate.py", "--model", folder / "model.pth", "--data-dir", tiny_data,
+                          "--json", check=False)
     finally:
         folder.chmod(0o755)
     assert result.returncode == 1 and "is not writable" in result.stderr and result.stdout == ""

@@ -32,7 +32,7 @@ from lenetkit.outputs import write_atomic
 from lenetkit.prediction import Predictor
 
 import drawings
-from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_script
+from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_main, run_script
 
 SEVEN = PROJECT_DIR / "examples" / "seven.png"
 NINE = PROJECT_DIR / "examples" / "nine_on_black.jpg"
@@ -40,7 +40,8 @@ NINE = PROJECT_DIR / "examples" / "nine_on_black.jpg"
 
 @contextmanager
 def running(model: lenetkit.server.Model, **limits):
-    """A lenetkit.server.Server for `model` on a free port of 127.0.0.1, serving in a thread; yields it."""
+    """A lenetkit.server.Server for `model` on a free port of 127.0.0.1, serving in a thread;
+    yields it."""
     server = lenetkit.server.start_server(model, "127.0.0.1", 0, **limits)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -195,8 +196,8 @@ def test_an_image_bomb_is_refused_unread(server):
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
     # Only the headers are sent: the answer can't wait for the body.
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {lenetkit.server.MAX_BODY_BYTES + 1}"
-            "\r\n\r\n").encode()
+    head = ("POST /predict HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {lenetkit.server.MAX_BODY_BYTES + 1}\r\n\r\n").encode()
     answer = raw_exchange(server, head, wait=10)
     assert answer.startswith(b"HTTP/1.1 413 ") and b"over the limit" in answer
     assert ask(server, "GET", "/health")[0] == 200
@@ -344,6 +345,7 @@ def pooled() -> lenetkit.server.Model:
         yield model
 
 
+@pytest.mark.slow
 def test_in_worker_processes_images_get_the_answers_and_refusals_of_the_servers_threads(
         server, pooled):
     images = [SEVEN.read_bytes(), NINE.read_bytes(),
@@ -363,6 +365,7 @@ def test_in_worker_processes_images_get_the_answers_and_refusals_of_the_servers_
     assert [status for status, _, _ in answers] == [200] * len(images) + [400] * len(refused)
 
 
+@pytest.mark.slow
 def test_a_worker_process_that_dies_is_replaced():
     with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=1) as model, running(model) as server:
         os.kill(model.pool.submit(os.getpid).result(), signal.SIGKILL)
@@ -398,6 +401,7 @@ def still_running(pids: list[int], seconds: float = 10) -> list[int]:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
 @pytest.mark.parametrize("stop", ["Ctrl-C", "kill -9"])
 def test_no_worker_process_outlives_the_server(stop):
@@ -464,6 +468,7 @@ def test_by_default_the_server_uses_load_models_default_model():
     assert lenetkit.server.Model(None).path == default_model_path()
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_the_address_and_serves_until_stopped(tmp_path):
     process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "serve.py"), "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -479,7 +484,11 @@ def test_the_command_line_prints_the_address_and_serves_until_stopped(tmp_path):
         connection.close()
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=30)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()  # no server left behind by a failure
+            raise
     assert "Traceback" not in stderr
 
 
@@ -495,7 +504,7 @@ def test_a_port_out_of_range_is_refused_before_anything_is_loaded(capsys):
     (["--host", "192.0.2.1", "--port", "0"], "can't listen on 192.0.2.1"),
 ])
 def test_bad_arguments_get_one_clear_line_and_a_failure_status(args, complaint):
-    result = run_script("serve.py", *args, check=False)
+    result = run_main("serve.py", *args, check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert complaint in result.stderr.strip().splitlines()[-1]
 
@@ -505,7 +514,7 @@ def test_a_port_in_use_gets_one_clear_line():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_script("serve.py", "--port", str(port), check=False)
+        result = run_main("serve.py", "--port", str(port), check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: can't listen on 127.0.0.1 port {port} (Address already in use)"]
@@ -518,6 +527,7 @@ def first_of_each_class(count: int = 10) -> list[tuple[np.ndarray, int]]:
     return [(images[i].numpy(), int(labels[i])) for i in firsts]
 
 
+@pytest.mark.slow
 @needs_real_mnist
 def test_mnist_digits_drawn_as_the_page_draws_them_are_read_right(server):
     """drawings.py, which the browser test and bench_serve.py draw with, is faithful: the first
@@ -528,9 +538,11 @@ def test_mnist_digits_drawn_as_the_page_draws_them_are_read_right(server):
     assert right >= 97
 
 
+@pytest.mark.slow
 @needs_real_mnist
 def test_the_serving_benchmark_runs_and_prints_its_figures():
-    result = run_script("tools/bench_serve.py", "--calls", "20", "--requests", "40", "--clients", "2")
+    result = run_script("tools/bench_serve.py", "--calls", "20", "--requests", "40", "--clients",
+                        "2")
     lines = result.stdout.splitlines()
     assert lines[0].startswith("serve.py on ") and "load average" in lines[0]
     assert any(line.startswith("1 client, 20 requests: the server's time median ")
@@ -566,8 +578,10 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
+    # Unpaced frames: headless Chromium otherwise takes each pointer event at its frame rate.
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=860,640", "--hide-scrollbars"):
+                     "--window-size=860,640", "--hide-scrollbars", "--disable-gpu-vsync",
+                     "--disable-frame-rate-limit"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     yield driver
@@ -609,8 +623,11 @@ def draw(driver, strokes: list[drawings.Stroke], pointer: str = "mouse") -> None
 
 
 def reading(driver) -> str:
-    """The class the page shows, once it shows the answer for the image now on the canvas."""
-    wait_for(driver, "return document.getElementById('result').dataset.version === "
+    """The class the page shows, once it shows the answer for the image now on the canvas. Each
+    poll asks for a frame, as a screen would: headless Chromium encodes canvas.toBlob's PNG in
+    the idle time after a frame, and with no frame to follow waits a second for it."""
+    wait_for(driver, "requestAnimationFrame(() => {}); "
+                     "return document.getElementById('result').dataset.version === "
                      "document.getElementById('canvas').dataset.version")
     return driver.execute_script("return document.getElementById('digit').textContent")
 
@@ -625,6 +642,7 @@ def screenshot_path(tmp_path: Path) -> Path:
     return Path(os.environ.get("SERVE_SCREENSHOT") or tmp_path / "serve.png")
 
 
+@pytest.mark.slow
 @needs_browser
 @needs_real_mnist
 def test_in_a_browser_digits_drawn_with_the_pointer_and_photos_are_read(server, browser,
@@ -636,7 +654,7 @@ def test_in_a_browser_digits_drawn_with_the_pointer_and_photos_are_read(server, 
         "window.pointerTypes = new Set(); document.getElementById('canvas')."
         "addEventListener('pointerdown', (e) => pointerTypes.add(e.pointerType))")
     read = []
-    for index, (digit, label) in enumerate(first_of_each_class()):
+    for index, (digit, _) in enumerate(first_of_each_class()):
         browser.find_element(By.ID, "clear").click()
         draw(browser, drawings.digit_strokes(digit), pointer=POINTERS[index % 3])
         read.append(reading(browser))
@@ -667,6 +685,7 @@ def drop_file(driver, path: Path) -> None:
     """, path.name, base64.b64encode(path.read_bytes()).decode())
 
 
+@pytest.mark.slow
 @needs_browser
 def test_in_a_browser_a_fashion_model_lists_its_classes_and_takes_photos_only(browser,
                                                                               tmp_path):
