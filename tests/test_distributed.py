@@ -40,7 +40,7 @@ def torchrun(*args) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-EPOCHS = 30  # enough that a SIGTERM sent as the first checkpoint appears lands mid-run
+EPOCHS = 15  # enough that a SIGTERM sent as the first checkpoint appears lands mid-run
 SETTINGS = ("--epochs", str(EPOCHS), "--seed", "4", *TINY_TRAINING)
 
 
