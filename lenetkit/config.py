@@ -27,7 +27,7 @@ from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE
 from lenetkit.environment import DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.model import ARCHITECTURES
-from lenetkit.modelfile import read_checkpoint, shape_mismatch
+from lenetkit.modelfile import MODEL_SUFFIXES, read_checkpoint, shape_mismatch
 from lenetkit.outputs import check_output_file
 
 
@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--out", type=writable_file, default=DEFAULT_MODEL_PATH,
                         help="model file to write; the checkpoint, metrics and curves go beside "
                              "it (default: mnist_model.pth in the project folder)")
+    output.add_argument("--force", action="store_true",
+                        help="replace mnist_model.pth even with a model of another dataset or "
+                             "a worse validation score")
     output.add_argument("--resume", action="store_true",
                         help="continue the run in the checkpoint beside --out, with its settings")
     output.add_argument("--dry-run", action="store_true",
@@ -291,6 +294,9 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if options.out in output_paths(options.out).values():
         parser.error(f"argument --out: {options.out} is the name of a file written beside the "
                      "model; give a name ending in .pth")
+    if not options.out.name.lower().endswith(MODEL_SUFFIXES):
+        parser.error(f"argument --out: {options.out}: a model file's name ends with "
+                     f"{' or '.join(MODEL_SUFFIXES)} (save_model.py writes the other formats)")
 
 
 def output_paths(out: Path) -> dict[str, Path]:

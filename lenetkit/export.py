@@ -12,6 +12,7 @@ the file's metadata; INT8 is static quantization calibrated on training images.
 """
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,13 @@ from lenetkit.cli import DATA_HELP, make_parser, positive_int, writable_file
 from lenetkit.datasets import load_dataset, normalize, training_indices
 from lenetkit.environment import DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH
 from lenetkit.errors import UserError
-from lenetkit.modelfile import read_model_file, save_model
+from lenetkit.modelchoice import check_replacement
+from lenetkit.modelfile import MODEL_SUFFIXES, read_model_file, save_model
 from lenetkit.onnxfiles import export_onnx
 
+# Each format's file name ending: the suffix of --out says the format when --format doesn't.
 FORMATS = {"pth": ".pth", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
+SUFFIXES = {"pth": MODEL_SUFFIXES, "onnx": (".onnx",), "onnx-int8": (".onnx",)}
 
 
 def calibration_images(record: dict, data_dir: Path, count: int) -> np.ndarray:
@@ -31,6 +35,25 @@ def calibration_images(record: dict, data_dir: Path, count: int) -> np.ndarray:
     images, _ = load_dataset(data_dir, train=True, dataset=record["dataset"])
     train_indices = training_indices(len(images))
     return normalize(images[train_indices[:count]], **record["normalization"]).numpy()
+
+
+def output_format(out: Path, asked: str | None) -> str:
+    """The format of the file to write: --format, else the one --out's name ends with (else pth);
+    a name that ends otherwise than its format is refused (no tool would read it as one)."""
+    name = out.name.lower()
+    fmt = asked or next((fmt for fmt in ("onnx-int8", "onnx", "pth")
+                         if name.endswith(FORMATS[fmt])), "pth")
+    if not name.endswith(SUFFIXES[fmt]):
+        raise UserError(f"{out}: a {fmt} file's name ends with {' or '.join(SUFFIXES[fmt])}; "
+                        "give --out a name that says its format")
+    return fmt
+
+
+def check_source_kept(source: Path, out: Path) -> None:
+    """The source (a training checkpoint, say) is never written over."""
+    if out.exists() and source.exists() and os.path.samefile(source, out):
+        raise UserError(f"{out} is the source file: writing it would destroy it; "
+                        "give another --out")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,15 +64,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=writable_file,
                         help="file to write (default: mnist_model.pth, .onnx or .int8.onnx "
                              "in the project folder)")
-    parser.add_argument("--format", choices=FORMATS, default="pth",
+    parser.add_argument("--format", choices=FORMATS,
                         help="PyTorch model file, ONNX float32, or ONNX with INT8 weights "
-                             "and activations")
+                             "and activations (default: as --out's name ends, else pth)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace mnist_model.pth even with a model of another dataset or "
+                             "a worse validation score")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help=f"{DATA_HELP} (onnx-int8: calibration images)")
     parser.add_argument("--calibration-images", type=positive_int, default=500,
                         help="training images that calibrate the INT8 ranges")
     args = parser.parse_args(argv)
-    args.out = args.out or DEFAULT_MODEL_PATH.with_suffix(FORMATS[args.format])
+    args.out = args.out or DEFAULT_MODEL_PATH.with_suffix(FORMATS[args.format or "pth"])
+    try:
+        check_source_kept(args.source, args.out)
+        args.format = output_format(args.out, args.format)
+    except UserError as error:
+        parser.error(f"argument --out: {error}")
     return args
 
 
@@ -59,13 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     if "onnx" in record:
         raise UserError(f"{args.source} is an ONNX file: "
                         "give the .pth model file or the training checkpoint")
+    metadata = record["metadata"]
+    check_replacement(args.out, record["dataset"], metadata.get("val_accuracy"), args.force)
     if args.format == "pth":
         save_model(record, args.out)
     else:
         calibration = (calibration_images(record, args.data_dir, args.calibration_images)
                        if args.format == "onnx-int8" else None)
         export_onnx(record, args.out, calibration)
-    metadata = record["metadata"]
     validation = (f"validation accuracy {metadata['val_accuracy']:.2%} at"
                   if "val_accuracy" in metadata else "no validation, kept")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB): {record['arch']}, "

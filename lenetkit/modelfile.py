@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # for the annotations only: they import this module
 MODEL_FORMAT = "mnist-pipeline/model"
 CHECKPOINT_FORMAT = "mnist-pipeline/training-checkpoint"
 FORMAT_VERSION = 1
+MODEL_SUFFIXES = (".pth", ".pt")  # a PyTorch model file's name ends so; ONNX files in .onnx
 MODEL_KEYS = ("arch", "model_args", "state_dict", "dataset", "input_shape", "normalization",
               "classes", "metadata")
 # ONNX files (save_model.py --format onnx): these names, and the description as JSON in metadata.

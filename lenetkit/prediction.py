@@ -30,6 +30,7 @@ from lenetkit.datasets import standardize
 from lenetkit.environment import default_model_path, pick_device
 from lenetkit.errors import UserError
 from lenetkit.model import Classifier
+from lenetkit.modelchoice import model_line
 from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.onnxfiles import OnnxModel
 from lenetkit.outputs import write_atomic
@@ -87,7 +88,8 @@ class Predictor:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise UserError(f"top_k must be a whole number >= 1, not {top_k!r}")
         device = pick_device(device)
-        self.record = read_model_file(model or default_model_path())
+        self.path = Path(model or default_model_path())
+        self.record = read_model_file(self.path)
         self.model = build_from_record(self.record, device)
         self.device, self.top_k = device, top_k
         self.classes = self.record["classes"]
@@ -249,6 +251,7 @@ def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     predictor = Predictor(args.model, device=pick_device(args.device), top_k=args.top_k)
+    print(model_line(predictor.path, predictor.record), file=sys.stderr)
     failures = 0
     taken: set[str] = set()
     for path in args.images:

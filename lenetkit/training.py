@@ -17,6 +17,7 @@ given. The checkpoint stores them, and a resumed run keeps them.
 import argparse
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +38,7 @@ from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
 from lenetkit.model import CifarNet, build_model, count_parameters
+from lenetkit.modelchoice import check_replacement, replacement_conflict
 from lenetkit.modelfile import (
     build_from_record,
     model_record,
@@ -251,6 +253,9 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         raise UserError(f"--batch-size {config.batch_size} is the global batch: it must divide "
                         f"evenly among {world} processes")
     config = replace(config, epochs=1) if options.dry_run else config
+    if not options.dry_run:  # its score is not known yet: the dataset, and whether it will have one
+        check_replacement(options.out, config.dataset, 1.0 if config.val_size else None,
+                          options.force)
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = load_splits(config, options, device)
     log(f"data: {len(x_train):,} training and {len(x_val):,} validation images from "
@@ -360,6 +365,24 @@ def epoch_line(row: dict, config: TrainConfig, improved: bool) -> str:
             f"{row['seconds']:.1f}s")
 
 
+def save_best(best: dict, options: argparse.Namespace, metrics: dict) -> None:
+    """Writes the best model to --out, unless that would replace a better (or another dataset's)
+    mnist_model.pth: then the model stays in the checkpoint, and the run says so."""
+    kept = (f"best epoch {metrics['best_epoch']} (val acc {metrics['val_accuracy']:.2%})"
+            if metrics["val_accuracy"] is not None else
+            f"last epoch {metrics['best_epoch']} (no validation)")
+    conflict = None if options.force else replacement_conflict(
+        options.out, best["dataset"], metrics["val_accuracy"])
+    if conflict:
+        checkpoint = output_paths(options.out)["checkpoint"]
+        print(f"note: {conflict}, so it stays; this run's {kept} is in {checkpoint}: "
+              f"python save_model.py {checkpoint} --out FILE writes it (--force replaces)",
+              file=sys.stderr)
+        return
+    save_model(best, options.out)
+    print(f"{kept} saved to {options.out}; training took {metrics['train_seconds']:.1f}s")
+
+
 def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict], best: dict,
            rank: int, device: torch.device, report_test: bool) -> dict:
     """Saves the best model, reports its test accuracy, and writes the metrics and curves."""
@@ -373,11 +396,7 @@ def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict]
         print("dry run: the set-up works; nothing written")
         return metrics
     best["metadata"].update(epochs=config.epochs, train_seconds=metrics["train_seconds"])
-    save_model(best, options.out)
-    kept = (f"best epoch {metrics['best_epoch']} (val acc {metrics['val_accuracy']:.2%})"
-            if metrics["val_accuracy"] is not None else
-            f"last epoch {metrics['best_epoch']} (no validation)")
-    print(f"{kept} saved to {options.out}; training took {metrics['train_seconds']:.1f}s")
+    save_best(best, options, metrics)
     if report_test:
         images, labels = load_dataset(options.data_dir, train=False, download=options.download,
                                       dataset=config.dataset)

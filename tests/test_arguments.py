@@ -55,6 +55,7 @@ def test_a_recipe_value_of_the_wrong_type_or_range_is_refused(tmp_path, content,
     (["--arch", "convnet", "--width", "1"], "must be a whole number from 4 to 512"),
     (["--arch", "convnet", "--width", "100000"], "must be a whole number from 4 to 512"),
     (["--out", "run.ckpt"], "is the name of a file written beside the model"),
+    (["--out", "model.onnx"], "a model file's name ends with .pth or .pt"),
 ])
 def test_arguments_that_could_only_fail_later_are_refused_before_any_work(tmp_path, flags,
                                                                            complaint):

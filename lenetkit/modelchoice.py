@@ -1,0 +1,69 @@
+"""Which model answers: the line naming the model file a script used, and the guard on
+mnist_model.pth, the model every script uses when none is named.
+
+A run or an export that would replace mnist_model.pth with a model of another dataset, or with
+one that scored worse on validation, leaves it as it is unless --force says otherwise: a quick
+check must not silently become the model that every tool uses.
+"""
+
+import os
+from pathlib import Path
+
+from lenetkit.environment import DEFAULT_MODEL_PATH
+from lenetkit.errors import UserError
+from lenetkit.modelfile import read_model_file
+
+
+def shown_path(path: str | Path) -> str:
+    """`path` as a user would type it here: relative to the working folder when inside it."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def model_line(path: str | Path, record: dict) -> str:
+    """`model: mnist_model.pth (mnist, lenet, validation 99.31%)`: which model file answers."""
+    score = record["metadata"].get("val_accuracy")
+    scored = f", validation {score:.2%}" if isinstance(score, (int, float)) else ""
+    return f"model: {shown_path(path)} ({record['dataset']}, {record['arch']}{scored})"
+
+
+def is_default_model(path: str | Path) -> bool:
+    """Whether `path` names mnist_model.pth, the model the scripts use when none is named."""
+    path, default = Path(path), DEFAULT_MODEL_PATH
+    if path.exists() and default.exists():
+        return os.path.samefile(path, default)
+    return path.absolute() == default.absolute()
+
+
+def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | None) -> str | None:
+    """Why a model of `dataset` that scored `val_accuracy` (None: not validated) should not
+    replace the default model at `path` without --force; None when nothing stands in the way
+    (another path, no readable model there, or one it scores at least as well as)."""
+    if not is_default_model(path) or not Path(path).is_file():
+        return None
+    try:
+        kept = read_model_file(path)
+    except UserError:  # a damaged or foreign file holds no model to keep
+        return None
+    old = kept["metadata"].get("val_accuracy")
+    where = f"{shown_path(path)} (the model every script uses) holds"
+    if kept["dataset"] != dataset:
+        return f"{where} a {kept['dataset']} model; this one is {dataset}"
+    if old is not None and val_accuracy is None:
+        return f"{where} a model that scored {old:.2%} on validation; this one was not validated"
+    if old is not None and val_accuracy is not None and val_accuracy < old:
+        return (f"{where} a model that scored better on validation: {old:.2%}, "
+                f"this one {val_accuracy:.2%}")
+    return None
+
+
+def check_replacement(path: str | Path, dataset: str, val_accuracy: float | None,
+                      force: bool) -> None:
+    """Refuses, with what to do instead, to replace the default model: see replacement_conflict."""
+    conflict = None if force else replacement_conflict(path, dataset, val_accuracy)
+    if conflict:
+        raise UserError(f"{conflict}: give --out FILE to write it elsewhere, or --force to "
+                        "replace it")

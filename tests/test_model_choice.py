@@ -1,0 +1,128 @@
+"""Which model answers: the scripts name the model file they use, and mnist_model.pth (the model
+every script uses when none is named) is replaced only by a model of its dataset that scores at
+least as well on validation, unless --force says so."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import lenetkit.config
+import lenetkit.environment
+import lenetkit.export
+import lenetkit.modelchoice
+from lenetkit.datasets import DATASETS
+from lenetkit.modelfile import read_model_file, read_torch_file, save_model
+from lenetkit.prediction import load_model
+
+from conftest import PROJECT_DIR, TINY_TRAINING, run_main
+
+
+@pytest.fixture
+def default_model(tmp_path, monkeypatch) -> Path:
+    """mnist_model.pth, the default model, moved into this test's own folder."""
+    path = tmp_path / "project" / "mnist_model.pth"
+    path.parent.mkdir()
+    for module in (lenetkit.environment, lenetkit.config, lenetkit.export, lenetkit.modelchoice):
+        monkeypatch.setattr(module, "DEFAULT_MODEL_PATH", path)
+    return path
+
+
+def variant(source: Path, out: Path, dataset: str | None = None,
+            val_accuracy: float | None = None) -> Path:
+    """A copy of the model in `source` said to be of `dataset`, or to have scored
+    `val_accuracy` on validation."""
+    record = read_model_file(source)
+    if dataset:
+        record.update(dataset=dataset, classes=list(DATASETS[dataset].classes))
+    if val_accuracy is not None:
+        record["metadata"]["val_accuracy"] = val_accuracy
+    save_model(record, out)
+    return out
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_predicting_names_the_model_file_on_stderr(tiny_model):
+    result = run_main("load_model.py", PROJECT_DIR / "examples" / "seven.png", "--model",
+                      tiny_model)
+    assert result.stderr.startswith(f"model: {tiny_model} (mnist, lenet, validation ")
+    assert result.stderr.count("\n") == 1 and "model:" not in result.stdout
+
+
+def test_a_checkpoint_of_another_dataset_does_not_replace_the_default_model(
+        tiny_model, default_model, tmp_path):
+    variant(tiny_model, default_model)
+    fashion = variant(tiny_model, tmp_path / "fashion.pth", dataset="fashion-mnist")
+    before = digest(default_model)
+    result = run_main("save_model.py", fashion, check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "holds a mnist model; this one is fashion-mnist" in result.stderr
+    assert "give --out FILE to write it elsewhere, or --force to replace it" in result.stderr
+    assert digest(default_model) == before
+    run_main("save_model.py", fashion, "--force")
+    assert read_model_file(default_model)["dataset"] == "fashion-mnist"
+
+
+def test_only_a_model_that_scores_at_least_as_well_replaces_the_default_model(
+        tiny_model, default_model, tmp_path):
+    variant(tiny_model, default_model, val_accuracy=0.9)
+    worse = variant(tiny_model, tmp_path / "worse.pth", val_accuracy=0.5)
+    result = run_main("save_model.py", worse, check=False)
+    assert result.returncode == 1
+    assert "scored better on validation: 90.00%, this one 50.00%" in result.stderr
+    run_main("save_model.py", variant(tiny_model, tmp_path / "better.pth", val_accuracy=0.95))
+    assert read_model_file(default_model)["metadata"]["val_accuracy"] == 0.95
+    # Any other file is the user's to name: it is replaced as asked.
+    other = variant(tiny_model, tmp_path / "other.pth", val_accuracy=0.99)
+    run_main("save_model.py", worse, "--out", other)
+    assert read_model_file(other)["metadata"]["val_accuracy"] == 0.5
+
+
+def test_a_quick_run_keeps_a_better_default_model_and_says_where_its_own_is(
+        tiny_data, tiny_model, default_model):
+    variant(tiny_model, default_model, val_accuracy=1.0)
+    before = digest(default_model)
+    result = run_main("train.py", "--data-dir", tiny_data, "--epochs", "1", *TINY_TRAINING)
+    assert digest(default_model) == before
+    checkpoint = default_model.with_suffix(".ckpt")
+    assert "so it stays; this run's best epoch 1" in result.stderr
+    assert f"python save_model.py {checkpoint} --out FILE" in result.stderr
+    assert read_torch_file(checkpoint)["model"]["metadata"]["best_epoch"] == 1
+    assert load_model(default_model) is not None  # whole, and still the better one
+
+
+def test_a_run_of_another_dataset_is_refused_before_it_trains(tiny_model, default_model,
+                                                              tmp_path):
+    variant(tiny_model, default_model)
+    (tmp_path / "FashionMNIST").mkdir()  # no files: the run would fail later, at reading them
+    result = run_main("train.py", "--dataset", "fashion-mnist", "--data-dir", tmp_path,
+                      "--no-download", check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "holds a mnist model; this one is fashion-mnist" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["run.ckpt", "model.pth"])
+def test_save_model_never_writes_over_its_source(tiny_model, tmp_path, name):
+    source = tmp_path / name
+    source.write_bytes(tiny_model.with_suffix(Path(name).suffix).read_bytes())
+    before = digest(source)
+    result = run_main("save_model.py", source, "--out", source, check=False)
+    assert result.returncode == 2 and result.stderr.count("error:") == 1
+    assert "is the source file: writing it would destroy it" in result.stderr
+    assert digest(source) == before
+
+
+def test_the_name_of_out_says_the_format_and_a_mismatch_is_refused(tiny_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = tmp_path / "model.onnx"
+    run_main("save_model.py", tiny_model, "--out", onnx)
+    assert "onnx" in read_model_file(onnx)
+    for arguments in (["--format", "onnx", "--out", tmp_path / "m.pth"],
+                      ["--format", "pth", "--out", tmp_path / "m.onnx"],
+                      ["--out", tmp_path / "model.txt"]):
+        result = run_main("save_model.py", tiny_model, *arguments, check=False)
+        assert result.returncode == 2 and "give --out a name that says its format" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx"]
