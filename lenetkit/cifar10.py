@@ -7,6 +7,7 @@ tensor of labels (N,), as datasets.load_dataset holds MNIST's.
 """
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from lenetkit.environment import require
 from lenetkit.errors import UserError
+from lenetkit.inputs import check_input_file, read_input_bytes
 
 CIFAR10_FOLDER = "cifar-10-batches-bin"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -26,7 +28,8 @@ CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 IMAGE_SHAPE = (3, 32, 32)
 # A record: one label byte, then the red, green and blue planes, each 32 x 32 bytes row by row.
 RECORD_BYTES = 1 + 3 * 32 * 32
-REAL_FILE_BYTES = 10_000 * RECORD_BYTES  # every real file holds 10,000 images
+REAL_FILE_BYTES = 10_000 * RECORD_BYTES  # every real file holds 10,000 images, and no file more
+FILE_KIND = "a CIFAR-10 batch file"
 # SHA-256 of the real files (the SOURCE.md of the shared copy lists them). The tarball's MD5 covers
 # only the download, not the files read.
 CIFAR10_SHA256 = {
@@ -46,6 +49,9 @@ def cifar10_files(train: bool) -> tuple[str, ...]:
     return ("test_batch.bin",)
 
 
+ALL_FILES = cifar10_files(train=True) + cifar10_files(train=False)
+
+
 def load_cifar10(data_dir: str | Path, train: bool,
                  download: bool = True) -> tuple[Tensor, Tensor]:
     """uint8 images (N, 3, 32, 32) (channels red, green, blue) and int64 labels (N,).
@@ -53,11 +59,13 @@ def load_cifar10(data_dir: str | Path, train: bool,
     Reads `data_dir/cifar-10-batches-bin/`: the training split is data_batch_1.bin to
     data_batch_5.bin in that order, the test split test_batch.bin. When files are missing and
     `download` is set, torchvision fetches and unpacks the official tarball; when that fails
-    (offline), the error names the files and the folder to put them in.
+    (offline), the error names the files and the folder to put them in. The sizes of all the
+    files present, of both splits, are checked before any is read (_check_sizes).
     """
     folder = Path(data_dir) / CIFAR10_FOLDER
     names = cifar10_files(train)
     _ensure_present(Path(data_dir), names, download)
+    _check_sizes(folder)
     records = [_read_records(folder / name) for name in names]
     # One copy each: concatenate makes fresh, contiguous, writable arrays out of the views.
     images = np.concatenate([part[:, 1:] for part in records]).reshape(-1, *IMAGE_SHAPE)
@@ -69,7 +77,8 @@ def _ensure_present(data_dir: Path, names: tuple[str, ...], download: bool) -> N
     """Fetches the tarball when files are missing and `download` is set; a UserError naming the
     missing files and their folder when they are still missing (offline, or no `download`)."""
     folder = data_dir / CIFAR10_FOLDER
-    missing = lambda: [name for name in names if not (folder / name).is_file()]
+    # Anything by the name is there: a folder or a pipe in its place is refused as such, later.
+    missing = lambda: [name for name in names if not os.path.lexists(folder / name)]
     if download and missing():
         # Imported only now (see datasets.idx_source), outside the try: a torchvision missing is
         # not "offline".
@@ -85,14 +94,37 @@ def _ensure_present(data_dir: Path, names: tuple[str, ...], download: bool) -> N
                         "network connection to download them")
 
 
+def _check_sizes(folder: Path) -> None:
+    """Every file present in `folder`, of both splits, judged by its size before any is read: a
+    regular file of whole records, no more than a real file's 10,000, and as many as the other
+    files hold (the real ones 10,000 each; a dataset of one's own in CIFAR's format, or the tests'
+    tiny ones, as many in each file). A file a record short, the test file included, would
+    otherwise train or score without a word."""
+    counts = {name: _record_count(folder / name, check_input_file(folder / name, REAL_FILE_BYTES,
+                                                                  FILE_KIND))
+              for name in ALL_FILES if os.path.lexists(folder / name)}
+    tally = list(counts.values())
+    usual = max(tally, key=lambda count: (tally.count(count), count))  # a tie: the larger
+    for name, count in counts.items():
+        if count != usual:
+            raise UserError(f"{folder / name} is truncated or corrupt ({count:,} records, the "
+                            f"other files {usual:,} each); delete it and fetch it again")
+
+
+def _record_count(path: Path, size: int) -> int:
+    """The number of records in a file of `size` bytes; a UserError unless they are whole."""
+    if not size or size % RECORD_BYTES:
+        raise UserError(f"{path} is truncated or corrupt ({size:,} bytes, not a whole "
+                        f"number of {RECORD_BYTES:,}-byte records); delete it and fetch it again")
+    return size // RECORD_BYTES
+
+
 def _read_records(path: Path) -> np.ndarray:
     """The file's records as a read-only uint8 array (N, RECORD_BYTES), its bytes read once and
     checked: its size, the real file's SHA-256 when it claims to be it (_check_real), the
     labels."""
-    data = path.read_bytes()
-    if not data or len(data) % RECORD_BYTES:
-        raise UserError(f"{path} is truncated or corrupt ({len(data):,} bytes, not a whole "
-                        f"number of {RECORD_BYTES:,}-byte records); delete it and fetch it again")
+    data = read_input_bytes(path, REAL_FILE_BYTES, FILE_KIND)
+    _record_count(path, len(data))  # again: the file may have changed since it was sized
     _check_real(path, data)
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
     wrong = np.flatnonzero(records[:, 0] >= len(CIFAR10_CLASSES))

@@ -2,17 +2,19 @@
 and one-line errors) and the choice of device."""
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lenetkit.environment import PROJECT_DIR
+from lenetkit import __version__
+from lenetkit.environment import DEFAULT_DATA_DIR, PROJECT_DIR
 from lenetkit.errors import UserError
 from lenetkit.outputs import check_output_file, check_output_folder
 
-DEVICE_HELP = "where the model runs: auto (cuda, then mps, then cpu), cuda, mps or cpu"
+DEVICE_HELP = "where the model runs: auto takes cuda, then mps, then cpu; cuda:N names a GPU"
 DATA_HELP = "dataset root holding MNIST/raw/, FashionMNIST/raw/ and cifar-10-batches-bin/"
 MODEL_DEFAULT = ("(default: mnist_model.pth once you have trained one, "
                  "else pretrained/mnist_model.pth)")
@@ -21,10 +23,14 @@ MODEL_HELP = f"model file {MODEL_DEFAULT}"
 
 def run_cli(main: Callable[[], None]) -> None:
     """Runs a script's main(): a UserError becomes `error: ...` on stderr and exit status 1;
-    Ctrl-C or SIGTERM becomes `interrupted` (with what to do next, if main says) and status 130."""
+    Ctrl-C or SIGTERM becomes `interrupted` (with what to do next, if main says) and status 130;
+    a reader that stops reading (`| head`) ends it quietly, with a shell's status 141."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
+    except BrokenPipeError:  # `script | head` stopped reading: as quiet as a shell's own tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        sys.exit(141)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
@@ -52,26 +58,45 @@ writable_folder = checked_output(check_output_folder)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each default once: not where the help already says it, nor for options that are off
-    by default."""
+    """Shows each default once, in one way: not where the help already says it, nor for the
+    switches that are off unless given; `on`/`off` for the flags that have a --no- form; a path
+    in the project as a user finds it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
+        if isinstance(action, argparse.BooleanOptionalAction):
+            default = "on" if default else "off"
         if default is None or default is False or default == argparse.SUPPRESS or "default" in text:
             return text
         if isinstance(default, Path) and default.is_relative_to(PROJECT_DIR):
-            default = default.relative_to(PROJECT_DIR)
+            default = f"{default.relative_to(PROJECT_DIR)} in the project folder"
         if isinstance(default, (list, tuple)):
             default = " ".join(map(str, default))
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
 def make_parser(description: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """Every script's parser: defaults shown once, and no abbreviated flags (so that `--seed` can
-    never be taken for another flag that starts the same)."""
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter,
-                                   allow_abbrev=False, **kwargs)
+    """Every script's parser: defaults shown once, --version, and no abbreviated flags (so that
+    `--seed` can never be taken for another flag that starts the same)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter,
+                                     allow_abbrev=False, **kwargs)
+    parser.add_argument("--version", action="version", version=f"lenetkit {__version__}")
+    return parser
+
+
+def add_device(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--device, the same on every script."""
+    parser.add_argument("--device", default="auto", metavar="{auto,cuda,mps,cpu}",
+                        help=DEVICE_HELP)
+
+
+def add_data_dir(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                 use: str = "") -> None:
+    """--data-dir, the same on every script; `use` says what a script reads there, if not a
+    dataset to train or score on."""
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help=DATA_HELP + (f" ({use})" if use else ""))
 
 
 def positive_int(text: str) -> int:

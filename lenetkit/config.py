@@ -4,15 +4,14 @@ one for each setting, checked together."""
 import argparse
 import collections.abc
 import inspect
-import json
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from lenetkit.augmentation import AUGMENTATIONS
 from lenetkit.cli import (
-    DATA_HELP,
-    DEVICE_HELP,
+    add_data_dir,
+    add_device,
     fraction,
     int_in_range,
     make_parser,
@@ -24,9 +23,10 @@ from lenetkit.cli import (
     writable_file,
 )
 from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE
-from lenetkit.environment import DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH
+from lenetkit.environment import DEFAULT_MODEL_PATH
 from lenetkit.errors import UserError
-from lenetkit.model import ARCHITECTURES
+from lenetkit.inputs import parse_json, read_input_bytes
+from lenetkit.model import ARCHITECTURES, MAX_WIDTH, MIN_WIDTH
 from lenetkit.modelfile import MODEL_SUFFIXES, read_checkpoint, shape_mismatch
 from lenetkit.outputs import check_output_file
 
@@ -66,7 +66,7 @@ class TrainConfig:
                         help="network (model.py); default: the dataset's own, lenet (cifarnet for "
                              "cifar10)")
     width: int | None = setting(
-        None, "model", type=lambda text: int_in_range(text, 4, 512),
+        None, "model", type=lambda text: int_in_range(text, MIN_WIDTH, MAX_WIDTH),
         help="a stronger network's channels in its first stage, doubled in each of the next two "
              "(default: the network's own); cost grows with its square")
     logit_scale: float | None = setting(
@@ -114,7 +114,7 @@ class TrainConfig:
                                  "last epoch")
     train_size: int | None = setting(None, "data", type=positive_int,
                                      help="train on only this many of the training split's "
-                                          "images (quick checks)")
+                                          "images, for quick checks (default: all of them)")
     seed: int = setting(0, "optimisation", type=seed,
                         help="seed of initialization, batch order and augmentation")
     amp: bool = setting(False, "speed", action=argparse.BooleanOptionalAction,
@@ -156,19 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
         flag = {key: value for key, value in entry.metadata.items() if key != "group"}
         groups[entry.metadata["group"]].add_argument(
             flag_of(entry.name), default=entry.default, **flag)
-    groups["data"].add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                                help=f"{DATA_HELP} (default: data/ in the project folder)")
+    add_data_dir(groups["data"])
     groups["data"].add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                                 help="fetch missing dataset files from the internet")
     groups["speed"].add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                                  default=True, help="NHWC memory layout for the convolutions")
     groups["speed"].add_argument("--compile", action="store_true",
                                  help="torch.compile the model")
-    groups["speed"].add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_device(groups["speed"])
     output = groups["output"]
     output.add_argument("--out", type=writable_file, default=DEFAULT_MODEL_PATH,
                         help="model file to write; the checkpoint, metrics and curves go beside "
-                             "it (default: mnist_model.pth in the project folder)")
+                             "it")
     output.add_argument("--force", action="store_true",
                         help="replace mnist_model.pth even with a model of another dataset or "
                              "a worse validation score")
@@ -210,12 +209,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     return config, options
 
 
+# A recipe of every setting is a few hundred bytes (tune.py's best.json); far larger is no recipe.
+MAX_RECIPE_BYTES = 2**16
+# A recipe is one object of plain values: a deeper value is refused by its setting's check, and
+# the bound keeps an absurdly deep one from reaching the JSON parser.
+RECIPE_NESTING = 8
+
+
 def read_recipe(path: Path) -> dict:
     """The settings in a JSON recipe (as tune.py writes), each checked as its flag's value would
     be: a recipe can only set settings (never a path or another option)."""
     try:
-        recipe = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        text = read_input_bytes(path, MAX_RECIPE_BYTES, "a recipe").decode()
+        recipe = parse_json(text, most_nesting=RECIPE_NESTING)
+    except UserError as error:  # not a file, or too large: the line says which
+        raise argparse.ArgumentTypeError(str(error)) from None
+    except ValueError as error:
         raise argparse.ArgumentTypeError(f"can't read {path}: {error}") from None
     if not isinstance(recipe, dict):
         raise argparse.ArgumentTypeError(f"{path} is not a JSON object of settings")

@@ -8,6 +8,7 @@ indexing a shuffled permutation of them (no Dataset objects, no per-sample trans
 import gzip
 import hashlib
 import math
+import os
 import struct
 import zlib
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from torch import Tensor
 from lenetkit.cifar10 import CIFAR10_CLASSES, CIFAR10_FOLDER, load_cifar10
 from lenetkit.environment import require
 from lenetkit.errors import UserError
+from lenetkit.inputs import read_input_bytes
 from lenetkit.outputs import write_atomic
 
 
@@ -139,7 +141,8 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
         return load_cifar10(data_dir, train, download)
     raw_dir = Path(data_dir) / spec.folder / "raw"
     names = idx_files(train)
-    present = lambda: all((raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file()
+    # Anything by the name is there: a folder or a pipe in its place is refused as such, later.
+    present = lambda: all(os.path.lexists(raw_dir / name) or os.path.lexists(raw_dir / f"{name}.gz")
                           for name in names)
     if download and not present():
         source = idx_source(spec)  # outside the try: a torchvision missing is not "offline"
@@ -148,7 +151,7 @@ def load_dataset(data_dir: str | Path, train: bool, download: bool = True,
         except Exception:  # RuntimeError, URLError or OSError from torchvision: "not here"
             pass
     if not present():
-        missing = [name for name in names if not (raw_dir / name).is_file()]
+        missing = [name for name in names if not os.path.lexists(raw_dir / name)]
         wanted = ", ".join(IDX_MD5[dataset])
         raise UserError(f"{spec.folder} files missing in {raw_dir} ({', '.join(missing)}); "
                         f"put the four files {wanted} there (gzipped or not), "
@@ -171,15 +174,21 @@ def _idx_bytes(path: Path, dataset: str) -> bytes:
     the real one's SHA-256 when it claims to be it, see _check_real), else its `.gz`, checked
     against its published MD5 and decompressed, then kept beside it for next time when the folder
     can be written (each process writes its own temporary file, so parallel runs don't collide);
-    in a read-only folder the bytes in memory serve."""
+    in a read-only folder the bytes in memory serve. No file is read beyond the real file's
+    size: one in its place is never larger (nor is its .gz, but for gzip's own few bytes)."""
     compressed = path.with_name(f"{path.name}.gz")
-    if compressed.is_file():
-        _check_md5(compressed, dataset)
-    if path.is_file():
-        data = path.read_bytes()
-        _check_real(path, data, dataset, beside_gz=compressed.is_file())
+    limit, what = IDX_SIZES[path.name], f"{dataset}'s {path.name}"
+    # gzip stores what it can't shrink, adding a header, a trailer and 5 bytes per 64 KiB block
+    packed = (read_input_bytes(compressed, limit + limit // 8192 + 1024, f"{what}.gz")
+              if os.path.lexists(compressed) else None)
+    if packed is not None:
+        _check_md5(compressed, packed, dataset)
+    if os.path.lexists(path):
+        data = read_input_bytes(path, limit, what)
+        _check_real(path, data, dataset, beside_gz=packed is not None)
         return data
-    data = _gunzip(compressed)
+    assert packed is not None, "load_dataset found the file or its .gz"
+    data = _gunzip(compressed, packed)
     try:
         write_atomic(path, lambda file: file.write(data))
     except UserError:
@@ -204,17 +213,19 @@ def _check_real(path: Path, data: bytes, dataset: str, beside_gz: bool) -> None:
     raise UserError(f"{path} is altered or corrupt ({what}); delete it and {fix}")
 
 
-def _check_md5(path: Path, dataset: str) -> None:
-    """An original .gz file of `dataset` must have its published MD5 (IDX_MD5)."""
+def _check_md5(path: Path, packed: bytes, dataset: str) -> None:
+    """An original .gz file of `dataset` (its bytes, `packed`) must have its published MD5
+    (IDX_MD5)."""
     expected = IDX_MD5[dataset][path.name]
-    if hashlib.md5(path.read_bytes()).hexdigest() != expected:
+    if hashlib.md5(packed).hexdigest() != expected:
         raise UserError(f"{path} is corrupt: its MD5 is not the published {expected}; "
                         "delete it and fetch it again")
 
 
-def _gunzip(source: Path) -> bytes:
+def _gunzip(source: Path, packed: bytes) -> bytes:
+    """The bytes of a .gz file (its MD5 checked: it unpacks to the real file) decompressed."""
     try:
-        return gzip.decompress(source.read_bytes())
+        return gzip.decompress(packed)
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{source} is truncated or corrupt ({error}); "
                         "delete it and fetch it again") from None

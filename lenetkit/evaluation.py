@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lenetkit.cli import DATA_HELP, DEVICE_HELP, MODEL_DEFAULT, make_parser
+from lenetkit.cli import MODEL_DEFAULT, add_data_dir, add_device, make_parser, non_negative_int
 from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE, load_dataset, normalize, split_indices
-from lenetkit.environment import DEFAULT_DATA_DIR, default_model_path, pick_device
+from lenetkit.environment import PACKAGE_DIR, PROJECT_DIR, default_model_path, pick_device
 from lenetkit.errors import UserError
 from lenetkit.model import Classifier, count_parameters
 from lenetkit.modelfile import build_from_record, read_model_file
@@ -133,6 +133,14 @@ def figure_paths(stem: Path) -> tuple[Path, Path]:
     return stem.with_name(f"{stem.name}.confusion.png"), stem.with_name(f"{stem.name}.errors.png")
 
 
+def figure_folder(model: Path) -> Path:
+    """Where a model's figures go unless --out-dir says: beside it, except for the shipped model,
+    whose folder holds the package's own files (and may not be writable)."""
+    if model.resolve().is_relative_to(PACKAGE_DIR):
+        return PROJECT_DIR / "runs" / model.parent.name
+    return model.parent
+
+
 def figure_stems(models: list[Path], out_dir: Path | None, variant: str) -> list[Path]:
     """One distinct stem for each model's figures (then the ensemble's, given several models), every
     figure's path checked before any work: beside each model, or in `out_dir`, named after the model
@@ -140,10 +148,11 @@ def figure_stems(models: list[Path], out_dir: Path | None, variant: str) -> list
     numbered where even those agree (two model.pth from different folders into one `out_dir`)."""
     namings = (lambda index, path: path.stem, lambda index, path: path.name,
                lambda index, path: f"{path.stem}-{index}")
-    ensemble = [(out_dir or models[0].parent) / f"ensemble{variant}"] if len(models) > 1 else []
+    folders = [out_dir or figure_folder(path) for path in models]
+    ensemble = [folders[0] / f"ensemble{variant}"] if len(models) > 1 else []
     for naming in namings:
-        stems = [(out_dir or path.parent) / (naming(index, path) + variant)
-                 for index, path in enumerate(models)] + ensemble
+        stems = [folder / (naming(index, path) + variant)
+                 for index, (folder, path) in enumerate(zip(folders, models))] + ensemble
         if len(set(stems)) == len(stems):
             break
     for figure in (path for stem in stems for path in figure_paths(stem)):
@@ -206,8 +215,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="the dataset to score on (default: the one the models learned; "
                              "another is an error)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=DATA_HELP)
+    add_data_dir(parser)
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch missing dataset files from the internet")
     parser.add_argument("--split", choices=["test", "val"], default="test",
@@ -218,10 +226,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "with those of its four 1-pixel shifts and, for a model whose recipe "
                              "flipped its images (CIFAR-10's, say), the mirror images of all five")
     parser.add_argument("--out-dir", type=Path,
-                        help="folder for the PNGs (default: each model file's folder)")
-    parser.add_argument("--errors-shown", type=int, default=50,
+                        help="folder for the PNGs (default: each model file's folder; for the "
+                             "shipped model, runs/pretrained/ in the project folder)")
+    parser.add_argument("--errors-shown", type=non_negative_int, default=50,
                         help="most confident mistakes drawn in the grid")
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_device(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     args.model = args.model or [default_model_path()]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lenetkit.cli import DATA_HELP, make_parser, positive_int, writable_file
+from lenetkit.cli import add_data_dir, make_parser, positive_int, writable_file
 from lenetkit.datasets import load_dataset, normalize, training_indices
-from lenetkit.environment import DEFAULT_DATA_DIR, DEFAULT_MODEL_PATH
+from lenetkit.environment import DEFAULT_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.modelchoice import check_replacement
 from lenetkit.modelfile import MODEL_SUFFIXES, read_model_file, save_model
@@ -70,8 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true",
                         help="replace mnist_model.pth even with a model of another dataset or "
                              "a worse validation score")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=f"{DATA_HELP} (onnx-int8: calibration images)")
+    add_data_dir(parser, "onnx-int8: its calibration images")
     parser.add_argument("--calibration-images", type=positive_int, default=500,
                         help="training images that calibrate the INT8 ranges")
     args = parser.parse_args(argv)

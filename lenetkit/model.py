@@ -14,6 +14,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+# The widths train.py accepts. A step's cost grows with the width's square, and a step's backward
+# pass is one call that Ctrl-C can't interrupt: the widest ResNet a batch of 256 can take on a
+# small CPU still stops within seconds of a Ctrl-C (the networks' own widths are 16 to 64).
+MIN_WIDTH, MAX_WIDTH = 4, 128
+
 
 class LeNet(nn.Module):
     """LeNet-5 as in LeCun et al. (1998), with ReLU: 61,706 parameters for 10 classes.

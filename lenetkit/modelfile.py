@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lenetkit.datasets import DATASETS, standardize
 from lenetkit.errors import UserError
+from lenetkit.inputs import check_input_file
 from lenetkit.model import ARCHITECTURES, Classifier, build_model
 from lenetkit.outputs import write_atomic
 
@@ -47,6 +48,9 @@ ONNX_INPUT, ONNX_OUTPUT, ONNX_METADATA_KEY = "image", "logits", "mnist_pipeline"
 ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
 # Far above any width or class count a small image classifier uses; larger only make sizes overflow.
 MAX_MODEL_ARG = 65_536
+# A training checkpoint of the widest network train.py builds, with its optimizer's state and
+# averaged weights, is a small fraction of this: a larger file is no model of this project.
+MAX_MODEL_FILE_BYTES = 2**30
 # The types of the metadata that scripts read (others are kept as they are, unread).
 METADATA_FIELDS = {"val_accuracy": "number", "val_loss": "number", "train_seconds": "number",
                    "best_epoch": "count", "epochs": "count", "val_size": "size"}
@@ -254,9 +258,7 @@ def probe_outputs(model: Classifier, record: dict, device: str | torch.device = 
 def read_torch_file(path: str | Path) -> dict:
     """The dict stored in a file written by `torch.save`, loaded with weights_only=True."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"no file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    if path.stat().st_size == 0:
+    if check_input_file(path, MAX_MODEL_FILE_BYTES, "a model file", ModelFileError) == 0:
         raise ModelFileError(f"{path} is empty (0 bytes)")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a PyTorch file, or it is truncated")

@@ -13,9 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from lenetkit.environment import require
+from lenetkit.inputs import check_input_file, parse_json
 from lenetkit.model import count_parameters
 from lenetkit.modelfile import (
     FORMAT_VERSION,
+    MAX_MODEL_FILE_BYTES,
     MODEL_FORMAT,
     MODEL_KEYS,
     ONNX_DOMAINS,
@@ -31,14 +33,17 @@ from lenetkit.modelfile import (
 )
 from lenetkit.outputs import write_atomic
 
+# A model's description (its record less the weights) nests a few levels; far deeper is no
+# description of this project, and is refused before the JSON parser recurses into it.
+DESCRIPTION_NESTING = 16
+
 if TYPE_CHECKING:  # for the annotations only: ONNX is optional
     from onnx import ModelProto
 
 
 def read_onnx_file(path: Path) -> dict[str, Any]:
     onnx = require("onnx")
-    if not path.is_file():
-        raise ModelFileError(f"no file at {path}")
+    check_input_file(path, MAX_MODEL_FILE_BYTES, "a model file", ModelFileError)
     try:
         proto = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(proto)
@@ -50,7 +55,7 @@ def read_onnx_file(path: Path) -> dict[str, Any]:
         raise ModelFileError(f"{path} is an ONNX model but not one of this project "
                              f"(no {ONNX_METADATA_KEY} metadata)")
     try:
-        record = json.loads(description)
+        record = parse_json(description, most_nesting=DESCRIPTION_NESTING)
     except ValueError as error:
         raise ModelFileError(f"{path}: its {ONNX_METADATA_KEY} metadata is not JSON "
                              f"({error})") from None

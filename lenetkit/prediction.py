@@ -25,19 +25,30 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from lenetkit.cli import DEVICE_HELP, MODEL_HELP, make_parser, positive_int, writable_folder
+from lenetkit.cli import MODEL_HELP, add_device, make_parser, positive_int, writable_folder
 from lenetkit.datasets import standardize
 from lenetkit.environment import default_model_path, pick_device
 from lenetkit.errors import UserError
+from lenetkit.inputs import check_input_file
 from lenetkit.model import Classifier
 from lenetkit.modelchoice import model_line
 from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.onnxfiles import OnnxModel
 from lenetkit.outputs import write_atomic
-from lenetkit.preprocess import PREPROCESSING, ImageError, read_image
+from lenetkit.preprocess import (
+    MAX_IMAGE_PIXELS,
+    PREPROCESSING,
+    ImageError,
+    check_digit_ink,
+    preprocess_digit,
+    read_image,
+)
 
 # Under this probability the CLI says that the model is unsure (Prediction.confident is False).
 LOW_CONFIDENCE = 0.6
+# No image file within the pixel limits is larger: 16-bit RGBA, uncompressed, takes 8 bytes a
+# pixel, and a JPEG at its larger limit is compressed.
+MAX_IMAGE_FILE_BYTES = 2**28
 
 
 @torch.no_grad()
@@ -81,6 +92,12 @@ class Predictor:
     (N, 1, 28, 28), white on black, floats in [0, 1] or uint8, as torchvision's MNIST gives them;
     (3, 32, 32) or (N, 3, 32, 32) RGB for a CIFAR-10 model. A list, or a batch tensor, gives a
     list of predictions.
+
+    For an MNIST model, an input without a digit (blank, nearly uniform, or a speck too small to
+    be one) raises ImageError("no digit found (...)"), as `load_model.py` answers for such an image
+    file: never a prediction, confident or not. So does a blank or near-blank prepared tensor, or
+    one input of a batch (named by its index). Every other input that can't be read (a missing or
+    special file, an empty, sparse, complex or meta tensor or array) is an ImageError too.
     """
 
     def __init__(self, model: str | Path | None = None, device: str | torch.device = "auto",
@@ -121,13 +138,19 @@ class Predictor:
         return predictions if batch else predictions[0]
 
     def read(self, file: str | Path | BinaryIO) -> Image.Image:
-        """An image file, decoded as the model's preprocessing needs it (gray or colour)."""
+        """An image file, decoded as the model's preprocessing needs it (gray or colour); a path
+        is first checked to be a regular file of at most MAX_IMAGE_FILE_BYTES."""
+        if isinstance(file, (str, Path)):
+            check_input_file(file, MAX_IMAGE_FILE_BYTES, "an image", ImageError, named=False)
         return read_image(file, colour=self.record["input_shape"][0] == 3)
 
     def inputs(self, images: "ImageLike | list[ImageLike]") -> Tensor:
         """The model's inputs (N, *self.shape) in [0, 1] for `images`, before normalization."""
         if isinstance(images, Tensor):
-            return prepared_tensor(images, self.shape)
+            inputs = prepared_tensor(images, self.shape)
+            if self.preprocess is preprocess_digit:  # judged as an image file's digit is
+                check_prepared_digits(inputs, batch=images.dim() > len(self.shape))
+            return inputs
         if isinstance(images, (list, tuple)):
             if not images:
                 raise ImageError("the list of images is empty")
@@ -156,6 +179,7 @@ ImageLike = str | Path | Image.Image | np.ndarray | Tensor
 def prepared_tensor(images: Tensor, shape: tuple[int, ...]) -> Tensor:
     """A tensor of prepared inputs of one input's `shape` ((28, 28), or (3, 32, 32)), alone or in
     a batch (with a channel axis of 1 for gray ones), as (N, *shape) floats in [0, 1]."""
+    check_plain_tensor(images)
     given = tuple(images.shape)
     if len(shape) == 2 and images.dim() == 4 and given[1] == 1:
         images = images[:, 0]
@@ -175,8 +199,47 @@ def prepared_tensor(images: Tensor, shape: tuple[int, ...]) -> Tensor:
     return images.cpu().reshape(-1, *shape)
 
 
+def check_plain_tensor(images: Tensor) -> None:
+    """Refuses (ImageError) a tensor with no plain values to read as pixels: sparse, nested,
+    quantized, on the meta device, complex, or empty."""
+    if images.layout != torch.strided or images.is_nested:
+        raise ImageError(f"a {'nested' if images.is_nested else 'sparse'} tensor "
+                         f"({images.layout}) is not a prepared input: give a dense one "
+                         "(tensor.to_dense()), or a list")
+    if images.is_quantized:
+        raise ImageError("a quantized tensor is not a prepared input: give floats in [0, 1] or "
+                         "uint8 (tensor.dequantize())")
+    if images.is_meta:
+        raise ImageError("a tensor on the meta device holds no values to predict")
+    if images.is_complex():
+        raise ImageError(f"a tensor of complex numbers ({images.dtype}) is not an image: give "
+                         "real ones")
+    if images.numel() == 0:
+        raise ImageError(f"the tensor is empty (shape {tuple(images.shape)})")
+
+
+def check_prepared_digits(inputs: Tensor, batch: bool) -> None:
+    """Refuses (no digit found) a prepared input that holds no digit, as an image file's
+    preprocessing refuses one (check_digit_ink), naming the input of a `batch` at fault."""
+    for index, pixels in enumerate(inputs):
+        try:
+            check_digit_ink(pixels.numpy())
+        except ImageError as error:
+            raise ImageError(f"input {index} of the batch: {error}" if batch else str(error)) \
+                from None
+
+
 def array_image(array: np.ndarray) -> Image.Image:
-    """A numpy image (H x W gray, or H x W x 3 or 4 colour) as a PIL image."""
+    """A numpy image (H x W gray, or H x W x 3 or 4 colour) as a PIL image: numbers (integers,
+    floats or booleans), not empty, within the pixel limit of image files."""
+    if array.dtype.kind not in "biuf":
+        raise ImageError(f"an array of {array.dtype} is not an image: give numbers (uint8, or "
+                         "integers or floats for gray)")
+    if array.size == 0:
+        raise ImageError(f"the array is empty (shape {array.shape})")
+    if array.ndim >= 2 and array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
+        raise ImageError(f"an array of {array.shape[1]}x{array.shape[0]} pixels is too large to "
+                         f"be a digit (the limit is {MAX_IMAGE_PIXELS:,} pixels)")
     if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
         return Image.fromarray(array)
     if array.ndim != 2:
@@ -224,10 +287,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--top-k", type=positive_int, default=1,
                         help="how many likeliest classes to print")
-    parser.add_argument("--save-input", type=writable_folder, metavar="DIR",
+    parser.add_argument("--out-dir", type=writable_folder, metavar="DIR",
                         help="write the input the model saw (28x28, or 32x32 in colour) for "
                              "each image into DIR, as NAME.input.png")
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_device(parser)
     return parser.parse_args(argv)  # no --model: Predictor takes the default
 
 
@@ -257,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.images:
         try:
             prediction = predictor(path)
-            saved = args.save_input and save_input(prediction, path, args.save_input, taken)
+            saved = args.out_dir and save_input(prediction, path, args.out_dir, taken)
         except ImageError as error:
             print(f"{path}: error: {error}", file=sys.stderr)
             failures += 1

@@ -13,11 +13,11 @@ import functools
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 from scipy import ndimage
 from torch import Tensor
 
@@ -28,10 +28,22 @@ from lenetkit.errors import UserError
 # image) keeps that, and its copies, to a few hundred MB.
 MAX_JPEG_PIXELS = 120_000_000
 MAX_IMAGE_PIXELS = 24_000_000
+# A progressive JPEG's decoder visits every block of the image once per scan, however few bytes
+# the scan takes, so neither the file's size nor its pixels bound the work: scans times pixels
+# does. Encoders write about ten scans; this allows twenty at the largest size, and refuses a
+# file that repeats scans to multiply the work.
+MAX_JPEG_SCAN_PIXELS = 20 * MAX_JPEG_PIXELS
+JPEG_START_OF_SCAN = b"\xff\xda"
 # The digit is found at this resolution (the longer side, at most): fine enough for a digit
 # that fills a tenth of the photo's height, small enough to take a few milliseconds.
 WORK_SIDE = 320
 GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F")
+# Ink is darker than the paper by this much at least (0: paper, 1: black).
+MIN_INK_DARKNESS = 0.2
+# The smallest mark that can be a digit, in pixels along its longer side: fewer rows than a
+# seven-segment digit needs can't tell one digit from another, and a speck of dust, a stray dot
+# or a lone extreme pixel value fits under it.
+MIN_DIGIT_SIDE = 5
 
 
 class ImageError(UserError):
@@ -54,6 +66,7 @@ def read_image(path: str | Path | BinaryIO, colour: bool = False) -> Image.Image
                     raise ImageError(f"{image.width}x{image.height} pixels is too large to be a "
                                      f"digit (the limit is {limit:,} pixels for {kind} files)")
                 if jpeg:
+                    check_jpeg_work(image)
                     # Draft mode skips the fine detail, and "L" the colour conversion; decoding
                     # the file's entropy-coded data, which neither skips, is most of what's left.
                     gray = image.mode == "RGB" and not colour
@@ -66,6 +79,34 @@ def read_image(path: str | Path | BinaryIO, colour: bool = False) -> Image.Image
         raise ImageError(f"too large to be a digit ({error})") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"not a readable image ({error})") from None
+
+
+def check_jpeg_work(image: ImageFile.ImageFile) -> None:
+    """Refuses (ImageError) a JPEG whose scans times pixels exceed MAX_JPEG_SCAN_PIXELS, from
+    its markers, before any decoding."""
+    assert image.fp is not None, "an image opened, not yet loaded"
+    scans = jpeg_scan_count(image.fp)
+    if scans * image.width * image.height > MAX_JPEG_SCAN_PIXELS:
+        raise ImageError(f"a JPEG of {scans:,} scans at {image.width}x{image.height} pixels is "
+                         f"too much work to decode (the limit is {MAX_JPEG_SCAN_PIXELS:,} "
+                         "scans times pixels; encoders write about ten scans)")
+
+
+def jpeg_scan_count(file: IO[bytes], chunk: int = 2**20) -> int:
+    """How many start-of-scan markers a JPEG file holds, counted on its bytes (the coded data
+    can't hold one: a 0xFF byte there is always followed by 0x00 or a restart marker). Markers in
+    metadata, such as an EXIF thumbnail's, count too: a few more, never fewer. The file's
+    position is kept."""
+    position, count, previous = file.tell(), 0, b""
+    try:
+        file.seek(0)
+        while block := file.read(chunk):
+            joined = previous + block  # a marker split between two reads
+            count += joined.count(JPEG_START_OF_SCAN)
+            previous = block[-1:] if joined.endswith(JPEG_START_OF_SCAN[:1]) else b""
+    finally:
+        file.seek(position)
+    return count
 
 
 def to_grayscale(image: Image.Image, side: int | None = None) -> np.ndarray:
@@ -105,14 +146,38 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
     Returns float32 (size, size) in [0, 1], before normalization.
     """
     darkness = ink_darkness(to_grayscale(image, WORK_SIDE))
-    if darkness.max() < 0.2:
-        raise ImageError("no digit found (the image is blank or nearly uniform)")
     strokes, ink, half_width = digit_strokes(darkness)
+    check_digit_ink(darkness, strokes)
     level = np.percentile(darkness[strokes], 99)
     # The strokes' soft edges, out to half a stroke's width, but not the ink that was dropped.
     near = within(strokes, max(2.0, half_width / 2)) & (strokes | ~ink)
     ink = np.where(near, np.clip(darkness / level, 0, 1), 0).astype(np.float32)
     return mnist_frame(ink, box, size)
+
+
+def no_digit(reason: str) -> ImageError:
+    """The one answer for an input that holds no digit, whatever found it out: the CLI, the API
+    and the server all say `no digit found (...)` (a score of whether an image holds a digit
+    answers through it too)."""
+    return ImageError(f"no digit found ({reason})")
+
+
+def check_digit_ink(darkness: np.ndarray, strokes: np.ndarray | None = None) -> None:
+    """Raises no_digit unless `darkness` (0: paper, 1: black) holds a mark that can be a digit:
+    darker than the rest by MIN_INK_DARKNESS (not blank, nor nearly uniform), and at least
+    MIN_DIGIT_SIDE pixels long, as its `strokes` (the digit's ink, as the preprocessing found it;
+    by default the pixels at least half as dark as the darkest) measure. An image's preprocessing
+    judges its darkness at the size the digit is looked for (WORK_SIDE, for a larger image: a
+    speck is a pixel there, however the image's stretched contrast darkens it), and a prepared
+    input (white on black: its values are its ink) is judged alike."""
+    low, high = (float(darkness.min()), float(darkness.max())) if darkness.size else (0.0, 0.0)
+    if high - low < MIN_INK_DARKNESS:
+        raise no_digit("the image is blank or nearly uniform")
+    box = bounding_box(darkness - low >= (high - low) / 2 if strokes is None else strokes, 0)
+    side = int(max(box[0].stop - box[0].start, box[1].stop - box[1].start)) if box else 0
+    if side < MIN_DIGIT_SIDE:
+        raise no_digit(f"its ink is a mark {side} pixel{'s' * (side != 1)} across, too small to "
+                       "be a digit")
 
 
 def ink_darkness(gray: np.ndarray) -> np.ndarray:
@@ -195,6 +260,8 @@ def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     large ones near it. Returns it, all the ink (over the threshold), and the thickest strokes'
     half-width."""
     ink = darkness > max(otsu_threshold(darkness), 0.1)
+    if not ink.any():  # a blank image: check_digit_ink says so
+        return ink, ink, 0.0
     distance = depth(ink)
     stroke = float(np.percentile(distance[ink], 97))  # half the width of the thickest strokes
     strokes = ink
@@ -264,7 +331,7 @@ def mnist_frame(ink: np.ndarray, box: int = 20, size: int = 28) -> Tensor:
     """White ink on black (float in [0, 1]) cropped to the ink, its longer side scaled to `box`
     pixels, centred by centre of mass in `size` x `size`, as MNIST framed its digits."""
     if ink.max() <= 0:
-        raise ImageError("no digit found (the image is blank or nearly uniform)")
+        raise no_digit("the image is blank or nearly uniform")
     ink = ink / ink.max()
     rows, cols = np.nonzero(ink > 0.1)
     ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
@@ -273,7 +340,7 @@ def mnist_frame(ink: np.ndarray, box: int = 20, size: int = 28) -> Tensor:
     ink = np.asarray(Image.fromarray(ink).resize((width, height), Image.Resampling.LANCZOS))
     ink = ink.clip(0, 1)
     if ink.max() <= 0:
-        raise ImageError("no digit found (the ink vanishes at 28x28)")
+        raise no_digit("the ink vanishes at 28x28")
     ink = ink / ink.max()  # shrinking thins and greys a large photo's strokes; MNIST's are full
     total = ink.sum()
     centre_row = (ink.sum(1) * np.arange(height)).sum() / total

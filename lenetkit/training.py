@@ -230,6 +230,13 @@ def load_splits(config: TrainConfig, options: argparse.Namespace,
     return x_train, labels[train_indices].to(device), x_val, labels[val_indices].to(device)
 
 
+def load_test_split(config: TrainConfig, options: argparse.Namespace) -> tuple[Tensor, Tensor]:
+    """The uint8 test images and their labels, read before training: a missing, short or corrupt
+    test file stops the run before it trains, not once it has."""
+    return load_dataset(options.data_dir, train=False, download=options.download,
+                        dataset=config.dataset)
+
+
 def main(argv: list[str] | None = None) -> None:
     train(*parse_args(argv))
 
@@ -258,6 +265,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
                           options.force)
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = load_splits(config, options, device)
+    test_split = load_test_split(config, options) if report_test and rank == 0 else None
     log(f"data: {len(x_train):,} training and {len(x_val):,} validation images from "
         f"{options.data_dir} on {device} in {time.perf_counter() - started:.1f}s")
     steps_per_epoch = -(-(len(x_train) // world) // (config.batch_size // world))
@@ -293,7 +301,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         raise KeyboardInterrupt(state + (resume if resumable else "")) from None
     del x_train, y_train, x_val, y_val  # room for the test set: peak memory stays training's
     assert best is not None, "a run ends with an epoch kept: its first is an improvement"
-    return finish(config, options, history, best, rank, device, report_test)
+    return finish(config, options, history, best, rank, device, test_split)
 
 
 def drop_emulated_bf16(training: Training, device: torch.device, log: Callable) -> None:
@@ -384,8 +392,9 @@ def save_best(best: dict, options: argparse.Namespace, metrics: dict) -> None:
 
 
 def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict], best: dict,
-           rank: int, device: torch.device, report_test: bool) -> dict:
-    """Saves the best model, reports its test accuracy, and writes the metrics and curves."""
+           rank: int, device: torch.device, test_split: tuple[Tensor, Tensor] | None) -> dict:
+    """Saves the best model, reports its test accuracy (on `test_split`, when given), and writes
+    the metrics and curves."""
     metrics = {"settings": asdict(config), "history": history,
                "best_epoch": best["metadata"]["best_epoch"],
                "val_accuracy": best["metadata"].get("val_accuracy"),  # None: none held out
@@ -397,9 +406,8 @@ def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict]
         return metrics
     best["metadata"].update(epochs=config.epochs, train_seconds=metrics["train_seconds"])
     save_best(best, options, metrics)
-    if report_test:
-        images, labels = load_dataset(options.data_dir, train=False, download=options.download,
-                                      dataset=config.dataset)
+    if test_split is not None:
+        images, labels = test_split
         test = evaluate(build_from_record(best, device),
                         normalize(images, **best["normalization"]).to(device), labels.to(device))
         metrics["test"] = {"loss": test.loss, "accuracy": test.accuracy}

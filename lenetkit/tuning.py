@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
                         help="batch sizes to try")
     parser.add_argument("--epochs", type=positive_int, nargs="+", default=[8],
                         help="epoch counts to try")
-    parser.add_argument("--seed", "--seeds", type=seed, nargs="+", default=[0, 1], dest="seeds",
+    parser.add_argument("--seed", type=seed, nargs="+", default=[0, 1], dest="seeds",
                         metavar="SEED",
                         help="seeds each combination runs with")
     parser.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune",

@@ -7,7 +7,14 @@ import pytest
 import lenetkit.config
 import lenetkit.training
 
-from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_main
+from conftest import (
+    PROJECT_DIR,
+    TINY_TRAINING,
+    ctrl_c_in_epoch,
+    run_main,
+    write_cifar10,
+    write_mnist,
+)
 
 SCRIPTS = ("train.py", "evaluate.py", "load_model.py", "save_model.py", "tune.py", "tools/bench.py",
            "serve.py", "tools/bench_serve.py", "tools/profile_recipe.py", "tools/examples_mnist.py")
@@ -52,14 +59,41 @@ def test_a_recipe_value_of_the_wrong_type_or_range_is_refused(tmp_path, content,
     (["--label-smoothing", "2"], "must be below 1"),
     (["--seed", str(2**64)], "must be a whole number from 0 to"),
     (["--seed", "-1"], "must be a whole number from 0 to"),
-    (["--arch", "convnet", "--width", "1"], "must be a whole number from 4 to 512"),
-    (["--arch", "convnet", "--width", "100000"], "must be a whole number from 4 to 512"),
+    (["--arch", "convnet", "--width", "1"], "must be a whole number from 4 to 128"),
+    (["--arch", "resnet", "--width", "129"], "must be a whole number from 4 to 128"),
+    (["--arch", "convnet", "--width", "100000"], "must be a whole number from 4 to 128"),
     (["--out", "run.ckpt"], "is the name of a file written beside the model"),
     (["--out", "model.onnx"], "a model file's name ends with .pth or .pt"),
 ])
 def test_arguments_that_could_only_fail_later_are_refused_before_any_work(tmp_path, flags,
                                                                            complaint):
     assert complaint in refused("train.py", *flags, "--data-dir", tmp_path, "--dry-run")
+
+
+def test_evaluate_refuses_a_negative_number_of_errors_shown(tmp_path):
+    assert "argument --errors-shown: must be a whole number >= 0, got -5" in refused(
+        "evaluate.py", "--errors-shown", "-5", "--data-dir", tmp_path)
+
+
+@pytest.mark.parametrize("dataset, write, broken", [
+    ("mnist", write_mnist, "MNIST/raw/t10k-labels-idx1-ubyte"),
+    ("cifar10", write_cifar10, "cifar-10-batches-bin/test_batch.bin"),
+])
+def test_a_missing_or_corrupt_test_file_stops_training_before_it_trains(tmp_path, dataset, write,
+                                                                       broken):
+    write(tmp_path / "data")
+    out = tmp_path / "model.pth"
+    for damage in ("corrupt", "missing"):
+        test_file = tmp_path / "data" / broken
+        if damage == "corrupt":
+            test_file.write_bytes(test_file.read_bytes()[:-1])
+        else:
+            test_file.unlink()
+        result = run_main("train.py", "--dataset", dataset, "--data-dir", tmp_path / "data",
+                          "--out", out, "--epochs", "1", *TINY_TRAINING, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert test_file.name in result.stderr.splitlines()[-1]
+        assert "epoch" not in result.stdout and not out.exists()  # nothing was trained
 
 
 def test_resume_refuses_a_flag_that_differs_from_the_checkpoint_even_when_it_equals_the_default(

@@ -158,7 +158,7 @@ def test_photos_files_arrays_and_tensors_give_the_same_prediction(cifar_model, t
         assert from_file.input.shape == (3, 32, 32)
         assert from_file.label == predictor(big).label == predictor(array).label
         assert from_file.label == from_tensors[index].label
-    result = run_main("load_model.py", "--model", cifar_model, "--save-input", tmp_path / "in",
+    result = run_main("load_model.py", "--model", cifar_model, "--out-dir", tmp_path / "in",
                       tmp_path / "0.png")
     assert result.stdout.startswith(f"{tmp_path / '0.png'}: {from_tensors[0].name} (")
     assert Image.open(tmp_path / "in" / "0.input.png").size == (32, 32)

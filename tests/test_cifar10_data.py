@@ -106,10 +106,24 @@ def test_a_file_that_is_not_whole_records_is_truncated_or_corrupt(tmp_path, size
         load_cifar10(tmp_path, train=False, download=False)
 
 
+@pytest.mark.parametrize("short, split", [("data_batch_3.bin", True), ("test_batch.bin", False),
+                                          ("test_batch.bin", True)])
+def test_a_file_a_record_short_is_truncated_whichever_split_is_read(tmp_path, short, split):
+    """The folder is checked whole: a training run finds a short test file before it trains."""
+    write_split(tmp_path, train=True)
+    folder = write_split(tmp_path, train=False)
+    path = folder / short
+    path.write_bytes(path.read_bytes()[:-RECORD_BYTES])
+    expected = (f"^{re.escape(str(path))} is truncated or corrupt \\(2 records, the other files 3 "
+                "each\\); delete it and fetch it again$")
+    with pytest.raises(UserError, match=expected):
+        load_cifar10(tmp_path, train=split, download=False)
+
+
 def test_a_label_above_9_is_corrupt(tmp_path):
     folder = write_split(tmp_path, train=True)
     path = folder / "data_batch_3.bin"
-    path.write_bytes(record(3, 0, 0, 0) + record(10, 0, 0, 0))
+    path.write_bytes(record(3, 0, 0, 0) + record(10, 0, 0, 0) + record(3, 0, 0, 0))
     expected = f"^{re.escape(str(path))} is corrupt: record 1 has label 10, outside 0-9"
     with pytest.raises(UserError, match=expected):
         load_cifar10(tmp_path, train=True, download=False)

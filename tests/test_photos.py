@@ -248,7 +248,7 @@ def test_save_input_writes_the_28x28_the_model_saw_beside_each_prediction(tmp_pa
     other = tmp_path / "other" / "seven.png"
     other.parent.mkdir()
     other.write_bytes(SEVEN.read_bytes())
-    result = run_main("load_model.py", "--model", PRETRAINED_MODEL_PATH, "--save-input",
+    result = run_main("load_model.py", "--model", PRETRAINED_MODEL_PATH, "--out-dir",
                       tmp_path / "seen", SEVEN, other)
     first, second = result.stdout.splitlines()
     assert first.endswith(f"[input: {tmp_path / 'seen' / 'seven.input.png'}]")
@@ -260,11 +260,11 @@ def test_save_input_writes_the_28x28_the_model_saw_beside_each_prediction(tmp_pa
 
 
 def test_save_input_into_a_file_is_one_line_before_any_image_is_read(tmp_path):
-    result = run_main("load_model.py", "--save-input", PROJECT_DIR / "README.md", SEVEN,
+    result = run_main("load_model.py", "--out-dir", PROJECT_DIR / "README.md", SEVEN,
                       check=False)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines()[-1].endswith(
-        f"argument --save-input: can't write {PROJECT_DIR / 'README.md'}: "
+        f"argument --out-dir: can't write {PROJECT_DIR / 'README.md'}: "
         f"{PROJECT_DIR / 'README.md'} is not a folder")
 
 

@@ -140,9 +140,27 @@ def test_a_tiny_uniform_image_is_blank(size):
         preprocess_digit(Image.new("L", size, 0))
 
 
-def test_a_single_ink_pixel_is_still_a_28x28_input():
+@pytest.mark.parametrize("page", [(9, 9), (200, 280), (2480, 3508)])
+@pytest.mark.parametrize("speck", [1, 2, 3])
+def test_a_speck_on_a_blank_page_is_no_digit(page, speck):
+    image = Image.new("L", page, 255)
+    ImageDraw.Draw(image).rectangle((4, 4, 3 + speck, 3 + speck), fill=0)
+    with pytest.raises(ImageError, match=r"no digit found \(its ink is a mark \d pixels? across, "
+                                         "too small to be a digit"):
+        preprocess_digit(image)
+
+
+@pytest.mark.parametrize("extreme", [3e38, -3e38])
+def test_one_extreme_pixel_of_a_float_image_is_no_digit(extreme):
+    pixels = np.zeros((28, 28), np.float32)
+    pixels[14, 14] = extreme  # stretched to full contrast, it is all there is
+    with pytest.raises(ImageError, match="no digit found"):
+        preprocess_digit(Image.fromarray(pixels))
+
+
+def test_the_shortest_mark_that_can_be_a_digit_is_still_a_28x28_input():
     image = Image.new("L", (9, 9), 255)
-    image.putpixel((4, 4), 0)
+    ImageDraw.Draw(image).line([(4, 2), (4, 6)], fill=0)  # a "1" five pixels tall
     digit = preprocess_digit(image)
     assert digit.shape == (28, 28) and torch.isfinite(digit).all()
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lenetkit.cli import DATA_HELP, make_parser, positive_int, run_cli, writable_file
+from lenetkit.cli import MODEL_HELP, add_data_dir, make_parser, positive_int, run_cli, writable_file
 from lenetkit.config import TrainConfig, read_recipe
 from lenetkit.datasets import DATASETS, load_dataset, normalize, training_indices
-from lenetkit.environment import DEFAULT_DATA_DIR, PRETRAINED_MODEL_PATH, PROJECT_DIR
+from lenetkit.environment import PROJECT_DIR, default_model_path
 from lenetkit.errors import UserError
 from lenetkit.export import calibration_images
 from lenetkit.modelfile import read_model_file
@@ -77,13 +77,13 @@ def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int) ->
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=DATA_HELP)
+    add_data_dir(parser)
     # The baseline is torchvision's own pipeline for the IDX datasets; CIFAR-10's training speed
     # is profile_recipe.py's to measure.
     parser.add_argument("--dataset", choices=sorted(name for name, spec in DATASETS.items()
                                                     if spec.source is not None),
-                        default="mnist", help="the images to train on")
+                        default="mnist", help="the images to train on (CIFAR-10's recipes are "
+                        "timed by tools/profile_recipe.py)")
     parser.add_argument("--target", type=float, default=0.99,
                         help="test accuracy whose training time is measured "
                              "(for fashion-mnist, try 0.9)")
@@ -99,11 +99,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "default one and pytorch/examples' MNIST recipe")
     parser.add_argument("--count", type=positive_int, default=300,
                         help="test digits per condition for --photos")
-    parser.add_argument("--model", type=Path, default=PRETRAINED_MODEL_PATH,
-                        help="model file for the prediction latency")
+    parser.add_argument("--model", type=Path,
+                        help=f"{MODEL_HELP}: the one whose photo accuracy and prediction "
+                             "latency are measured")
     parser.add_argument("--image", type=Path, default=PROJECT_DIR / "examples" / "seven.png",
                         help="image file for the prediction latency")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model = args.model or default_model_path()
+    return args
 
 
 def main() -> None:
