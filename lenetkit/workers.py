@@ -1,18 +1,20 @@
-"""The model behind the server (server.py, the HTTP side): its predictions, made in the request
-threads or, with --workers, in a pool of worker processes that each load the model once (see
-Model; docs/serving.md has the figures of both)."""
+"""The model behind the server (server.py and webapp.py, the HTTP side): its predictions, each
+with a time limit, made in a few threads of the server's process or, with --workers, in worker
+processes that each load the model once; a worker that stalls or dies is replaced (see Model;
+docs/serving.md has the figures of both)."""
 
 import base64
 import contextlib
 import io
+import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -20,31 +22,52 @@ import torch
 from lenetkit.environment import PROJECT_DIR, default_model_path
 from lenetkit.errors import UserError
 from lenetkit.prediction import Prediction, Predictor, input_image
+from lenetkit.preprocess import ImageError
+
+# A drawing takes milliseconds and the largest image the decoder accepts about a second: a
+# prediction still running after this is stuck (a stalled worker), and its client is told so.
+DEADLINE_S = 10.0
+# Predictions admitted per thread (or worker): one running, the others waiting. More are refused
+# at once, so that a flood can't queue up work that its clients would wait minutes for.
+ADMITTED_PER_LANE = 4
+# A worker process loads PyTorch and the model in a few seconds, more on a busy machine.
+WORKER_START_S = 120.0
+log = logging.getLogger("lenetkit.server")
+
+
+class Busy(Exception):
+    """Every place for a prediction is taken: the client should try again in a moment."""
+
+
+class Unfinished(Exception):
+    """A prediction that did not finish: its worker process stalled past the time limit, or
+    died. The worker has been replaced."""
 
 
 class Model:
-    """One model file's predictions, for the request threads.
+    """One model file's predictions, for the server.
 
     Reading a drawing is mostly preprocessing: many small numpy, scipy and Pillow calls that hold
-    Python's GIL, so the threads of one process take turns on about one core. With `workers`,
-    predictions run in that many worker processes, each of which loads the model once, when it
-    starts; the request threads only parse requests and wait for the answers. This process loads
-    the model too: to refuse a bad file before serving, and to say what it knows (/health).
+    Python's GIL, so the threads of one process take turns on about one core. Without workers,
+    predictions run in as many threads as there are cores (more would only contend for them); the
+    network under a lock, since PyTorch does not promise that one module may run in several
+    threads at once. With `workers`, they run in that many worker processes (WorkerPool); this
+    process loads the model too: to refuse a bad file before serving, and to say what it knows
+    (/health). Either way at most ADMITTED_PER_LANE predictions per lane are admitted (submit),
+    and each has `deadline` seconds."""
 
-    Without workers (as in each worker itself), predictions run in the calling thread: the
-    preprocessing in as many threads at once as there are cores (more would only contend for
-    them), the network under a lock, since PyTorch does not promise that one module may run in
-    several threads at once."""
-
-    def __init__(self, path: str | Path | None = None, workers: int = 0) -> None:
+    def __init__(self, path: str | Path | None = None, workers: int = 0,
+                 deadline: float = DEADLINE_S) -> None:
         self.path = Path(path or default_model_path())
         self.predictor = Predictor(self.path)
         self.classes = list(self.predictor.classes)
         self.predictor.top_k = len(self.classes)  # the page draws a bar for every class
-        self.lock = threading.Lock()
-        self.working = threading.BoundedSemaphore(os.cpu_count() or 1)
-        self.workers, self.restarting = workers, threading.Lock()
-        self.pool = start_pool(self.path, workers) if workers else None
+        self.deadline, self.lock = deadline, threading.Lock()
+        lanes = workers or os.cpu_count() or 1
+        self.threads = ThreadPoolExecutor(lanes, thread_name_prefix="predict")
+        self.capacity = lanes * ADMITTED_PER_LANE  # predictions admitted at once
+        self.admitted = threading.BoundedSemaphore(self.capacity)
+        self.pool = WorkerPool(self.path, workers) if workers else None
 
     def __enter__(self) -> "Model":
         return self
@@ -53,11 +76,10 @@ class Model:
         self.close()
 
     def close(self) -> None:
-        """Stops the worker processes, once the predictions they have begun are made."""
-        with self.restarting:
-            pool, self.pool, self.workers = self.pool, None, 0
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        """Stops the threads and the worker processes; predictions not begun are dropped."""
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.close()
 
     def info(self) -> dict:
         """What /health says of the model (the server adds its own limits)."""
@@ -72,33 +94,31 @@ class Model:
         except ValueError:
             return self.path.name
 
-    def predict(self, image_file: bytes) -> dict:
-        """The prediction for an image file's bytes, as Predictor reads files (ImageError when it
-        is not an image, too large, or holds nothing to read). Its milliseconds count from here,
-        so they include the handing over to a worker process and back."""
-        started = time.perf_counter()
-        pool = self.pool
-        answer = self.answer(image_file) if pool is None else self.in_worker(pool, image_file)
-        return {**answer, "milliseconds": 1000 * (time.perf_counter() - started)}
-
-    def in_worker(self, pool: ProcessPoolExecutor, image_file: bytes) -> dict:
-        """The answer from a worker process. When one has died (killed, or crashed on an
-        image), the pool can take no more work: it is replaced, and this request fails."""
+    def submit(self, image_file: bytes) -> "Future[dict]":
+        """The prediction for an image file's bytes, to come (it fails with ImageError when the
+        file is not an image, too large, or holds nothing to read; with Unfinished when a worker
+        stalled or died). Busy, at once, when every place is taken. With workers, the future is
+        settled by the deadline; without, the caller stops waiting at the deadline (a thread
+        can't be stopped), and the thread's place stays taken until it is done."""
+        if not self.admitted.acquire(blocking=False):
+            raise Busy("the server is busy: try again in a moment")
         try:
-            return pool.submit(answer_in_worker, image_file).result()
-        except BrokenProcessPool:
-            with self.restarting:
-                if self.pool is pool:  # not yet replaced by another request's thread, nor closed
-                    pool.shutdown(wait=False)
-                    self.pool = start_pool(self.path, self.workers)
+            if self.pool is None:
+                future = self.threads.submit(self.answer, image_file)
+            else:
+                future = self.threads.submit(self.pool.answer, image_file,
+                                             time.monotonic() + self.deadline)
+        except BaseException:
+            self.admitted.release()
             raise
+        future.add_done_callback(lambda _: self.admitted.release())
+        return future
 
     def answer(self, image_file: bytes) -> dict:
         """The prediction for an image file's bytes, made in this thread."""
-        with self.working:
-            inputs = self.predictor.inputs(self.predictor.read(Body(image_file)))
-            with self.lock:
-                prediction = self.predictor(inputs[0])
+        inputs = self.predictor.inputs(self.predictor.read(Body(image_file)))
+        with self.lock:
+            prediction = self.predictor(inputs[0])
         assert isinstance(prediction, Prediction)  # one input, not a batch: one prediction
         png = io.BytesIO()
         input_image(prediction.input).save(png, "PNG")
@@ -108,59 +128,175 @@ class Model:
                 "input": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}
 
 
-def start_pool(path: Path, workers: int) -> ProcessPoolExecutor:
-    """`workers` processes that predict with the model in `path`, once all have loaded it (so
-    that none is still loading, and taking a core, while the server answers). They are spawned,
-    not forked: a fork of a process that has run PyTorch can inherit its thread pools' locks
-    held, and hang."""
-    context = multiprocessing.get_context("spawn")
-    loaded = context.Barrier(workers)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
-                               initargs=(path, loaded))
-    try:
-        with sigint_blocked():  # the workers are spawned by these calls, and inherit the mask
-            futures = [pool.submit(worker_ready) for _ in range(workers)]
-        for future in futures:
-            future.result()
-    except BaseException as error:
-        loaded.abort()  # frees the workers that wait for the others
-        pool.shutdown(cancel_futures=True)
-        if isinstance(error, BrokenProcessPool):
-            raise UserError(f"the worker processes could not start ({error})") from None
-        raise
-    return pool
+class WorkerPool:
+    """`size` worker processes, each with the model loaded, each predicting one image at a time.
+    One that misses a prediction's deadline (stalled) or dies is killed and replaced by a fresh
+    one, which starts in the background while the others serve."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.closed = path, False
+        self.idle: queue.Queue[Worker] = queue.Queue()
+        self.workers: set[Worker] = set()
+        self.changing = threading.Lock()
+        starting = [Worker(path) for _ in range(size)]  # spawned together, loading in parallel
+        try:
+            for worker in starting:
+                worker.wait_ready()
+        except BaseException:
+            for worker in starting:
+                worker.stop()
+            raise
+        for worker in starting:
+            self.workers.add(worker)
+            self.idle.put(worker)
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids."""
+        with self.changing:
+            return sorted(worker.pid for worker in self.workers)
+
+    def answer(self, image_file: bytes, deadline: float) -> dict:
+        """Model.answer, in an idle worker process, by the `deadline` (time.monotonic's)."""
+        worker = self.take(deadline)
+        try:
+            reply = worker.ask(image_file, deadline)
+        except Unfinished:
+            self.replace(worker)
+            raise
+        self.idle.put(worker)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def take(self, deadline: float) -> "Worker":
+        """An idle worker that is still alive (a dead one is replaced on the way)."""
+        while True:
+            try:
+                worker = self.idle.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise Unfinished("no worker process was free within the time limit (one may be "
+                                 "restarting): try again in a moment") from None
+            if worker.process.is_alive():
+                return worker
+            log.warning("worker process %d had ended (exit status %s): starting another",
+                        worker.pid, worker.process.exitcode)
+            self.replace(worker)
+
+    def replace(self, worker: "Worker") -> None:
+        """Stops `worker` and starts another in its place, in the background."""
+        worker.stop()
+        with self.changing:
+            self.workers.discard(worker)
+            if self.closed:
+                return
+        threading.Thread(target=self.start_one, daemon=True).start()
+
+    def start_one(self) -> None:
+        try:
+            worker = Worker(self.path)
+            worker.wait_ready()
+        except UserError as error:
+            log.warning("a worker process could not start (%s): one fewer serves", error)
+            return
+        with self.changing:
+            if not self.closed:
+                self.workers.add(worker)
+                self.idle.put(worker)
+                return
+        worker.stop()
+
+    def close(self) -> None:
+        """Stops every worker process."""
+        with self.changing:
+            self.closed, workers = True, list(self.workers)
+        for worker in workers:
+            worker.stop()
 
 
-@contextlib.contextmanager
-def sigint_blocked() -> Iterator[None]:
-    """Ctrl-C held back in this thread, and in the processes it starts: the terminal sends it to
-    every process of the server, and the server stops its workers itself, without their
-    tracebacks."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: Ctrl-C reaches the console's processes
-        yield
-        return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+class Worker:
+    """One worker process (spawned, not forked: a fork of a process that has run PyTorch can
+    inherit its thread pools' locks held, and hang) and the pipe to it."""
+
+    def __init__(self, path: Path) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=serve_in_worker, args=(path, child), daemon=True)
+        self.stopped = False
+        self.process.start()
+        child.close()
+        assert self.process.pid is not None
+        self.pid = self.process.pid
+
+    def wait_ready(self) -> None:
+        """Returns once the worker has loaded the model; UserError when it can't."""
+        try:
+            if not self.connection.poll(WORKER_START_S):
+                raise UserError(f"a worker process did not start within {WORKER_START_S:g} s")
+            status = self.connection.recv()
+        except (OSError, EOFError):
+            status = f"it ended with exit status {self.process.exitcode}"
+        if status != "ready":
+            self.stop()
+            raise UserError(f"the worker processes could not start ({status})")
+
+    def ask(self, image_file: bytes, deadline: float) -> "dict | Exception":
+        """The worker's answer for an image: a prediction, or the exception it raised. A
+        watchdog kills the worker at the deadline, which ends a send or receive stuck on it."""
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), self.kill)
+        watchdog.start()
+        try:
+            self.connection.send_bytes(image_file)
+            reply = self.connection.recv()
+        except (OSError, EOFError):
+            reply = None
+        finally:
+            watchdog.cancel()
+        if self.stopped:
+            raise Unfinished("reading the image took longer than the server's time limit (the "
+                             "worker process was stopped and replaced)")
+        if reply is None:
+            raise Unfinished(f"the worker process reading the image ended (exit status "
+                             f"{self.process.exitcode}) and was replaced: try again")
+        return reply
+
+    def kill(self) -> None:
+        self.stopped = True
+        with contextlib.suppress(OSError):
+            self.process.kill()  # SIGKILL: a stopped process ends too
+
+    def stop(self) -> None:
+        """Ends the worker, and reaps it."""
+        self.kill()
+        self.connection.close()
+        self.process.join(timeout=5)
 
 
-# A worker process's Model, or why it could not be made.
-_worker_model: "Model | Exception | None" = None
-
-
-def start_worker(path: Path, loaded: threading.Barrier) -> None:
-    """A worker process's start: it loads the model, once, and waits until the others have."""
-    global _worker_model
+def serve_in_worker(path: Path, connection: Connection) -> None:
+    """A worker process: loads the model, says "ready" (or why it can't), then answers each image
+    file's bytes with Model.answer's result or its exception, until the pipe closes."""
+    # Ctrl-C reaches every process of the server from the terminal: the server stops its
+    # workers itself, without their tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=exit_with_parent, daemon=True).start()
     torch.set_num_threads(1)  # each worker is one core's share: see server.main()
     try:
-        _worker_model = Model(path)
-    except Exception as error:  # noqa: BLE001 -- said by the tasks, as one line, not a traceback
-        _worker_model = error
-    with contextlib.suppress(threading.BrokenBarrierError):  # the server gave up on starting
-        loaded.wait()
+        model = Model(path)
+    except Exception as error:  # noqa: BLE001 -- said by the server, as one line
+        connection.send(str(error))
+        return
+    connection.send("ready")
+    while True:
+        try:
+            image_file = connection.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: dict | Exception = model.answer(image_file)
+        except ImageError as error:
+            reply = error
+        except Exception as error:  # noqa: BLE001 -- one image's failure, told to the server
+            reply = RuntimeError(f"{type(error).__name__}: {error}")
+        connection.send(reply)
 
 
 def exit_with_parent() -> None:
@@ -170,24 +306,6 @@ def exit_with_parent() -> None:
     assert parent is not None, "not a worker process"
     parent.join()
     os._exit(0)
-
-
-def worker_model() -> "Model":
-    """This worker process's Model (start_worker's error, if it could not load it)."""
-    if isinstance(_worker_model, Exception):
-        raise _worker_model
-    assert _worker_model is not None, "not a worker process"
-    return _worker_model
-
-
-def worker_ready() -> None:
-    """Nothing, once this worker process has its model: start_pool checks that they load it."""
-    worker_model()
-
-
-def answer_in_worker(image_file: bytes) -> dict:
-    """Model.answer, in a worker process."""
-    return worker_model().answer(image_file)
 
 
 class Body(io.BytesIO):

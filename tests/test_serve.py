@@ -30,8 +30,10 @@ from lenetkit.model import build_model
 from lenetkit.modelfile import model_record, save_model
 from lenetkit.outputs import write_atomic
 from lenetkit.prediction import Predictor
+from lenetkit.preprocess import ImageError, read_image
 
 import drawings
+import hostile
 from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_main, run_script
 
 SEVEN = PROJECT_DIR / "examples" / "seven.png"
@@ -65,8 +67,9 @@ def server(shipped):
 
 
 def ask(server, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict, dict | bytes]:
-    """One request: the status, the headers, and the body (parsed when it is JSON)."""
+        headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, dict | bytes]:
+    """One request: the status, the headers (their names in any case, as HTTP has them), and the
+    body (parsed when it is JSON)."""
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
     try:
         connection.request(method, path, body=body, headers=headers or {})
@@ -74,7 +77,7 @@ def ask(server, method: str, path: str, body: bytes | None = None,
         content = response.read()
         if response.getheader("Content-Type") == "application/json":
             content = json.loads(content)
-        return response.status, dict(response.getheaders()), content
+        return response.status, response.headers, content
     finally:
         connection.close()
 
@@ -197,7 +200,7 @@ def test_an_image_bomb_is_refused_unread(server):
 def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
     # Only the headers are sent: the answer can't wait for the body.
     head = ("POST /predict HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Length: {lenetkit.server.MAX_BODY_BYTES + 1}\r\n\r\n").encode()
+            f"Content-Length: {lenetkit.server.Limits.max_body_bytes + 1}\r\n\r\n").encode()
     answer = raw_exchange(server, head, wait=10)
     assert answer.startswith(b"HTTP/1.1 413 ") and b"over the limit" in answer
     assert ask(server, "GET", "/health")[0] == 200
@@ -219,7 +222,7 @@ def test_a_content_length_that_is_not_a_number_of_bytes_is_refused(server, lengt
 def test_a_body_cut_short_is_refused(server):
     answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100"
                                   b"\r\n\r\nonly this", and_no_more=True)
-    assert answer.startswith(b"HTTP/1.1 400 ") and b"ended after 9 of its 100 bytes" in answer
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"ended before its 100 bytes" in answer
 
 
 @pytest.mark.parametrize("method, path, allowed", [
@@ -239,13 +242,173 @@ def test_an_unknown_path_is_not_found_and_no_other_file_is_ever_served(server, p
 def test_an_unknown_method_or_a_malformed_request_gets_json_too(server):
     answer = raw_exchange(server, b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 501 ") and b'{"error": "Unsupported method' in answer
-    headers = b"".join(b"X-%d: 1\r\n" % n for n in range(200))
-    answer = raw_exchange(server, b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
-    assert answer.startswith(b"HTTP/1.1 431 ") and b'{"error": "Too many headers"}' in answer
-    # A request line the server can't parse gets the answer alone, without a status line.
-    assert raw_exchange(server, b"GET / HTTP/9.9\r\n\r\n") == (
-        b'{"error": "Invalid HTTP version (9.9)"}')
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 20_000 + b"\r\n\r\n"
+    answer = raw_exchange(server, head)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b'{"error": "the request\'s line and' in answer
     assert ask(server, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("request_line", [b"GET /", b"\x16\x03\x01 TLS", b"GET / HTTP/x",
+                                          b"GET / HTTP/1.1 extra"])
+def test_a_request_line_the_server_cant_parse_gets_a_status_line_and_json(server, request_line):
+    answer = raw_exchange(server, request_line + b"\r\nHost: x\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"error": "not a valid HTTP/1.1 request"}
+    assert ask(server, "GET", "/health")[0] == 200
+
+
+def test_the_api_is_described_in_openapi(server):
+    status, headers, description = ask(server, "GET", "/openapi.json")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert set(description["paths"]) == {"/health", "/predict"}
+    assert "multipart/form-data" in description["paths"]["/predict"]["post"]["requestBody"][
+        "content"]
+
+
+def test_a_jpeg_of_very_many_scans_is_refused_before_it_is_decoded():
+    """Each scan of a progressive JPEG costs its decoder a pass over the whole image, however few
+    bytes it takes: such a file of a megabyte would take minutes to decode."""
+    jpeg = hostile.many_scans_jpeg(4000, 20_000)
+    started = time.monotonic()
+    with pytest.raises(ImageError, match="20,000 scans at 4000x4000 pixels is too much work"):
+        read_image(io.BytesIO(jpeg))
+    assert time.monotonic() - started < 1
+    ordinary = io.BytesIO()
+    Image.radial_gradient("L").resize((2000, 1500)).save(ordinary, "JPEG", progressive=True)
+    assert read_image(ordinary).size == (500, 375)  # decoded at a reduced scale
+
+
+def test_uploads_of_very_many_scans_are_refused_while_health_answers(server):
+    jpeg = hostile.many_scans_jpeg(4000, 20_000)
+    with ThreadPoolExecutor(4) as clients:
+        uploads = [clients.submit(ask, server, "POST", "/predict", jpeg) for _ in range(4)]
+        started = time.monotonic()
+        assert ask(server, "GET", "/health")[0] == 200
+        assert time.monotonic() - started < 1
+        for upload in uploads:
+            status, _, answer = upload.result()
+            assert status == 400 and "too much work to decode" in answer["error"]
+
+
+def test_a_form_of_very_many_tiny_parts_is_refused_at_once(server):
+    bomb = hostile.multipart_bomb(8_000_000)  # under the limit on bodies
+    started = time.monotonic()
+    reason = refusal(server, "POST", "/predict", bomb,
+                     {"Content-Type": "multipart/form-data; boundary=b"})
+    assert "Too many fields" in reason and time.monotonic() - started < 5
+
+
+def test_a_deeply_nested_form_is_refused_as_not_an_image(server):
+    form, content_type = hostile.nested_form(5000)
+    assert "not a readable image" in refusal(server, "POST", "/predict", form,
+                                             {"Content-Type": content_type})
+
+
+def test_a_form_of_two_files_is_refused(server):
+    part = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+            + SEVEN.read_bytes() + b"\r\n")
+    reason = refusal(server, "POST", "/predict", part * 2 + b"--b--\r\n",
+                     {"Content-Type": "multipart/form-data; boundary=b"})
+    assert "Too many files" in reason
+
+
+def test_slow_clients_neither_lock_others_out_nor_outstay_the_head_deadline(shipped):
+    """Forty clients send a request's head a byte at a time: the others are served all the while,
+    and each slow one is closed once its head has taken longer than client_timeout, although
+    it never stopped sending."""
+    with running(shipped, client_timeout=1) as server:
+        slow = [socket.create_connection(server.server_address[:2]) for _ in range(40)]
+        started, head, closed = time.monotonic(), b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", {}
+        for index in range(12):  # a byte every 0.25 s: the head would take 8 s
+            for connection in slow:
+                if connection not in closed and not sends(connection, head[index:index + 1]):
+                    closed[connection] = time.monotonic() - started
+            status, _, _ = ask(server, "GET", "/health")
+            assert status == 200
+            time.sleep(0.25)
+        assert len(closed) == 40 and max(closed.values()) < 3
+        for connection in slow:
+            connection.close()
+
+
+def sends(connection: socket.socket, data: bytes) -> bool:
+    """Whether `data` could still be sent: False once the server has closed the connection."""
+    try:
+        if select.select([connection], [], [], 0)[0] and connection.recv(1024) == b"":
+            return False
+        connection.sendall(data)
+        return True
+    except OSError:
+        return False
+
+
+def slow_answers(model, monkeypatch, release: threading.Event) -> None:
+    """Makes each of `model`'s predictions wait for `release`, as an image slow to read does."""
+    answer = model.answer
+
+    def slow(image_file: bytes) -> dict:
+        release.wait(30)
+        return answer(image_file)
+
+    monkeypatch.setattr(model, "answer", slow)
+
+
+def test_a_prediction_over_the_time_limit_gets_503_and_the_server_goes_on(monkeypatch):
+    model = lenetkit.server.Model(PRETRAINED_MODEL_PATH, deadline=0.5)
+    release = threading.Event()
+    slow_answers(model, monkeypatch, release)
+    with running(model) as server:
+        started = time.monotonic()
+        reason = refusal(server, "POST", "/predict", SEVEN.read_bytes(), expected=503)
+        assert "time limit of 0.5 s" in reason and time.monotonic() - started < 5
+        release.set()
+        assert ask(server, "POST", "/predict", SEVEN.read_bytes())[2]["name"] == "7"
+    model.close()
+
+
+def test_while_every_reader_is_busy_health_answers_and_more_images_get_503_at_once(
+        shipped, monkeypatch):
+    release = threading.Event()
+    slow_answers(shipped, monkeypatch, release)
+    admitted = shipped.capacity
+    with running(shipped) as server, ThreadPoolExecutor(admitted) as clients:
+        waiting = [clients.submit(ask, server, "POST", "/predict", SEVEN.read_bytes())
+                   for _ in range(admitted)]
+        time.sleep(0.5)  # all admitted, none answered
+        started = time.monotonic()
+        assert ask(server, "GET", "/health")[0] == 200
+        status, headers, answer = ask(server, "POST", "/predict", SEVEN.read_bytes())
+        assert status == 503 and headers["Retry-After"] == "1" and "busy" in answer["error"]
+        assert time.monotonic() - started < 1
+        release.set()
+        assert all(request.result()[0] == 200 for request in waiting)
+
+
+def test_clients_that_hang_up_leave_no_traceback_on_the_servers_terminal(server, capsys, caplog):
+    address = server.server_address[:2]
+    for request in (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nsome",
+                    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                    % len(SEVEN.read_bytes()) + SEVEN.read_bytes(), b"GET /heal"):
+        for _ in range(5):
+            connection = socket.create_connection(address)
+            connection.sendall(request)
+            # A reset, not a close: the server's next write on it fails.
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            connection.close()
+    time.sleep(0.5)
+    assert ask(server, "GET", "/health")[0] == 200
+    printed = capsys.readouterr().err + "".join(record.getMessage() + str(record.exc_info or "")
+                                                for record in caplog.records)
+    assert "Traceback" not in printed and not any(record.exc_info for record in caplog.records)
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.1", True), ("127.0.0.9", True), ("::1", True),
+    ("::ffff:127.0.0.1", True), ("localhost", True), ("0.0.0.0", False), ("::", False),
+    ("192.0.2.1", False), ("::ffff:192.0.2.1", False)])
+def test_only_addresses_other_machines_can_reach_are_warned_about(host, loopback):
+    assert lenetkit.server.is_loopback(host) is loopback
 
 
 def test_one_connection_serves_many_requests(server):
@@ -366,13 +529,32 @@ def test_in_worker_processes_images_get_the_answers_and_refusals_of_the_servers_
 
 
 @pytest.mark.slow
-def test_a_worker_process_that_dies_is_replaced():
-    with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=1) as model, running(model) as server:
-        os.kill(model.pool.submit(os.getpid).result(), signal.SIGKILL)
+def test_a_worker_process_that_dies_is_replaced_without_losing_a_request():
+    # A time limit that leaves room for the new worker to load the model, however busy the machine.
+    with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=1, deadline=60) as model, \
+            running(model) as server:
+        [pid] = model.pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        still_running([pid])
         status, _, answer = ask(server, "POST", "/predict", SEVEN.read_bytes())
-        assert status == 500 and "BrokenProcessPool" in answer["error"]
-        status, _, answer = ask(server, "POST", "/predict", SEVEN.read_bytes())
-        assert status == 200 and answer["name"] == "7"
+        assert status == 200 and answer["name"] == "7"  # in the worker that replaced it
+        assert model.pool.pids() != [pid]
+
+
+@pytest.mark.slow
+def test_a_stalled_worker_process_is_replaced_and_its_request_answered_503():
+    with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=1, deadline=2) as model, \
+            running(model) as server:
+        [pid] = model.pool.pids()
+        os.kill(pid, signal.SIGSTOP)
+        reason = refusal(server, "POST", "/predict", SEVEN.read_bytes(), expected=503)
+        assert "time limit" in reason and "replaced" in reason
+        assert still_running([pid]) == []
+        deadline = time.monotonic() + 60
+        while (answer := ask(server, "POST", "/predict", SEVEN.read_bytes()))[0] != 200:
+            assert answer[0] == 503 and time.monotonic() < deadline  # the new one is loading
+            time.sleep(0.5)
+        assert answer[2]["name"] == "7" and model.pool.pids() != [pid]
 
 
 def stat(pid: int | str) -> tuple[str, int] | None:

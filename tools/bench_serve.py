@@ -3,6 +3,12 @@ a second with several clients at once, over this machine's loopback.
 
     python bench_serve.py [--model FILE] [--workers N] [--clients 8] [--requests 2000]
                           [--seconds 60]
+    python bench_serve.py --flood [--seconds 30]
+
+With --flood it measures instead how the server holds under the worst inputs (hostile.py), all
+sent at once: /health and a normal /predict are timed throughout while other clients send
+scan-heavy JPEGs, multipart bombs and deeply nested forms as fast as they are refused, and slow
+clients send requests' heads a byte a second.
 
 serve.py runs in a child process on a free port of 127.0.0.1. The requests are the first 100
 MNIST test digits traced as pen strokes, as the page draws and sends them (drawings.py). Other
@@ -16,6 +22,7 @@ import json
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,11 +39,15 @@ from lenetkit.cli import MODEL_HELP, make_parser, positive_int, run_cli
 from lenetkit.datasets import load_dataset
 from lenetkit.environment import DEFAULT_DATA_DIR, PROJECT_DIR
 from lenetkit.errors import UserError
+from lenetkit.limits import Limits
 from lenetkit.server import worker_count
 
 import drawings
+import hostile
 
 DRAWINGS = 100
+SEVEN = PROJECT_DIR / "examples" / "seven.png"
+SLOW_CLIENTS = 40
 
 
 def cpu_name() -> str:
@@ -138,6 +149,100 @@ def throughput(address: tuple[str, int], bodies: list[bytes], clients: int, requ
             "per_second": statuses[200] / elapsed}
 
 
+def timed_requests(address: tuple[str, int], method: str, body: bytes | None,
+                   stop: threading.Event, pause: float) -> list[tuple[float, object]]:
+    """One request after another, each on a fresh connection, until `stop`: each one's time in
+    seconds and its status (or the exception's name)."""
+    times = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        connection = http.client.HTTPConnection(*address, timeout=60)
+        try:
+            connection.request(method, "/health" if body is None else "/predict", body=body)
+            response = connection.getresponse()
+            response.read()
+            status: object = response.status
+        except (OSError, http.client.HTTPException) as error:
+            status = type(error).__name__
+        finally:
+            connection.close()
+        times.append((time.perf_counter() - started, status))
+        stop.wait(pause)
+    return times
+
+
+def slow_client(address: tuple[str, int], stop: threading.Event) -> int:
+    """Sends a request's head a byte a second, again on a new connection whenever the server
+    closes one, until `stop`: how many connections the server closed."""
+    head, closed = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 0
+    while not stop.is_set():
+        with socket.create_connection(address) as connection:
+            for index in range(len(head)):
+                try:
+                    connection.sendall(head[index:index + 1])
+                except OSError:
+                    closed += 1
+                    break
+                if stop.wait(1):
+                    break
+    return closed
+
+
+def hostile_bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
+    """The worst uploads: each body, and its headers."""
+    size = Limits.max_body_bytes - 1000
+    nested, nested_type = hostile.nested_form(20_000)
+    return {"scan-heavy JPEG": (hostile.many_scans_jpeg(4000, size // 62), {}),
+            "multipart bomb": (hostile.multipart_bomb(size),
+                               {"Content-Type": "multipart/form-data; boundary=b"}),
+            "nested form": (nested, {"Content-Type": nested_type})}
+
+
+def attacker(address: tuple[str, int], body: bytes, headers: dict[str, str],
+             stop: threading.Event) -> Counter:
+    """Sends `body` again and again until `stop`: the statuses it got."""
+    statuses: Counter = Counter()
+    while not stop.is_set():
+        connection = http.client.HTTPConnection(*address, timeout=60)
+        try:
+            connection.request("POST", "/predict", body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            statuses[response.status] += 1
+        except (OSError, http.client.HTTPException) as error:
+            statuses[type(error).__name__] += 1
+        finally:
+            connection.close()
+    return statuses
+
+
+def flood(address: tuple[str, int], seconds: float, per_kind: int) -> None:
+    """The flood (see the docstring), for `seconds`; prints what each kind of client got."""
+    stop, bodies = threading.Event(), hostile_bodies()
+    for name, (body, _) in bodies.items():
+        print(f"{per_kind} clients sending a {name} of {len(body) / 2**20:.1f} MiB")
+    print(f"{SLOW_CLIENTS} slow clients; /health every 0.1 s and examples/seven.png every 0.2 s")
+    with ThreadPoolExecutor(2 + SLOW_CLIENTS + per_kind * len(bodies)) as pool:
+        health = pool.submit(timed_requests, address, "GET", None, stop, 0.1)
+        predict = pool.submit(timed_requests, address, "POST", SEVEN.read_bytes(), stop, 0.2)
+        slow = [pool.submit(slow_client, address, stop) for _ in range(SLOW_CLIENTS)]
+        attacks = {name: [pool.submit(attacker, address, body, headers, stop)
+                          for _ in range(per_kind)]
+                   for name, (body, headers) in bodies.items()}
+        time.sleep(seconds)
+        stop.set()
+        for name, futures in attacks.items():
+            statuses = sum((future.result() for future in futures), Counter())
+            print(f"{name}: {dict(statuses)}")
+        print(f"slow clients: {sum(future.result() for future in slow)} connections closed by "
+              "the server")
+        for name, future in (("/health", health), ("normal /predict", predict)):
+            times = future.result()
+            latencies = [1000 * elapsed for elapsed, _ in times]
+            print(f"{name}: {len(times)} requests, {dict(Counter(s for _, s in times))}; "
+                  f"median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
@@ -156,11 +261,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--side", type=positive_int, default=drawings.SENT_SIDE,
                         help="side in pixels of the drawings sent (the page's canvas is "
                              f"{drawings.CANVAS_SIDE})")
+    parser.add_argument("--flood", action="store_true",
+                        help="measure /health and /predict under a flood of the worst inputs")
+    parser.add_argument("--flooders", type=positive_int, default=4,
+                        help="clients sending each kind of hostile upload, with --flood")
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
+    if args.flood:
+        print(f"serve.py on {cpu_name()} ({os.cpu_count()} CPUs), torch {torch.__version__}; "
+              f"load average {load()} before")
+        with ServerProcess(args.model, args.workers) as address:
+            flood(address, args.seconds, args.flooders)
+        print(f"load average {load()} after")
+        return
     images, labels = load_dataset(args.data_dir, train=False, download=False)
     bodies = [drawings.canvas_png(images[i].numpy(), args.side) for i in range(DRAWINGS)]
     print(f"serve.py on {cpu_name()} ({os.cpu_count()} CPUs), torch {torch.__version__}; "
