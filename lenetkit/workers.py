@@ -44,6 +44,10 @@ class Unfinished(Exception):
     died. The worker has been replaced."""
 
 
+class WorkerDied(Unfinished):
+    """The worker process ended before it answered (killed, or crashed)."""
+
+
 class Model:
     """One model file's predictions, for the server.
 
@@ -155,13 +159,17 @@ class WorkerPool:
         with self.changing:
             return sorted(worker.pid for worker in self.workers)
 
-    def answer(self, image_file: bytes, deadline: float) -> dict:
-        """Model.answer, in an idle worker process, by the `deadline` (time.monotonic's)."""
+    def answer(self, image_file: bytes, deadline: float, retry: bool = True) -> dict:
+        """Model.answer, in an idle worker process, by the `deadline` (time.monotonic's). A worker
+        that dies as it is asked (a process can look alive while its threads still exit) is
+        replaced and the image asked once more: a prediction can be repeated."""
         worker = self.take(deadline)
         try:
             reply = worker.ask(image_file, deadline)
-        except Unfinished:
+        except Unfinished as unfinished:
             self.replace(worker)
+            if retry and isinstance(unfinished, WorkerDied):
+                return self.answer(image_file, deadline, retry=False)
             raise
         self.idle.put(worker)
         if isinstance(reply, Exception):
@@ -255,7 +263,7 @@ class Worker:
             raise Unfinished("reading the image took longer than the server's time limit (the "
                              "worker process was stopped and replaced)")
         if reply is None:
-            raise Unfinished(f"the worker process reading the image ended (exit status "
+            raise WorkerDied(f"the worker process reading the image ended (exit status "
                              f"{self.process.exitcode}) and was replaced: try again")
         return reply
 

@@ -179,15 +179,13 @@ def test_a_cifar_model_exports_to_onnx_and_int8(cifar_model, tiny_cifar10, tmp_p
 
 @pytest.mark.slow
 @needs_real_cifar10
-@pytest.mark.parametrize("settings", [
-    ["--dataset", "cifar10", "--lr", "0.02", "--epochs", "2"],  # AdamW
-    ["--config", PROJECT_DIR / "configs" / "cifar10-fast.json", "--epochs", "3",
-     "--batch-size", "256", "--lr", "0.375"]],  # SGD: airbench's rate for a quarter the batch
-    ids=["adamw", "the-fast-recipe-shrunk"])
-def test_a_short_run_on_the_real_cifar10_learns_far_above_chance(tmp_path, settings):
+def test_a_short_run_of_the_fast_recipe_on_the_real_cifar10_learns_far_above_chance(tmp_path):
+    """The recipe shrunk: a quarter of its batch at airbench's rate for it, width 8, 5,000
+    images. (AdamW on CIFAR-10 trains in the tests on the tiny files.)"""
     out = tmp_path / "model.pth"
-    run_main("train.py", *settings, "--data-dir", REAL_DATA_DIR, "--out", out,
-             "--train-size", "5000", "--width", "8", "--no-download")
+    run_main("train.py", "--config", PROJECT_DIR / "configs" / "cifar10-fast.json", "--epochs",
+             "3", "--batch-size", "256", "--lr", "0.375", "--data-dir", REAL_DATA_DIR, "--out",
+             out, "--train-size", "5000", "--width", "8", "--no-download")
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert metrics["val_accuracy"] > 0.3 and metrics["test"]["accuracy"] > 0.3  # chance: 0.1
 
