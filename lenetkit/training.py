@@ -246,7 +246,10 @@ def train(config: TrainConfig, options: argparse.Namespace, report_test: bool = 
     its metrics (settings, history, best epoch, and the test figures when `report_test`)."""
     rank, world, device = start_processes(options.device)
     try:
-        return run(config, options, rank, world, device, report_test)
+        metrics = run(config, options, rank, world, device, report_test)
+        if world > 1:  # the others wait for rank 0's files: a process group torn down while a
+            dist.barrier()  # peer still holds it can abort that peer (SIGABRT in gloo's threads)
+        return metrics
     finally:
         if world > 1:
             dist.destroy_process_group()

@@ -3,7 +3,6 @@ Each torchrun starts three Pythons: the tests share one uninterrupted two-proces
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,8 +42,13 @@ def torchrun(*args) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-EPOCHS = 15  # enough that a SIGTERM sent as the first checkpoint appears lands mid-run
-SETTINGS = ("--epochs", str(EPOCHS), "--seed", "4", *TINY_TRAINING)
+EPOCHS = 10  # enough that a SIGTERM sent as the first checkpoint appears lands mid-run
+# A batch-norm network with SGD and lookahead: the most state a resumed run must restore on every
+# process, and SGD fixes batch norm's scales before DistributedDataParallel notes what needs
+# gradients.
+SETTINGS = ("--arch", "convnet", "--width", "8", "--optimizer", "sgd", "--lr", "0.05",
+            "--schedule", "triangle", "--lookahead", "--epochs", str(EPOCHS), "--seed", "4",
+            *TINY_TRAINING)
 
 
 @pytest.fixture(scope="module")
@@ -71,32 +75,6 @@ def test_two_processes_train_together_and_rank_0_alone_writes(two_process_run):
 
 
 @needs_torchrun
-def test_two_processes_train_a_batch_norm_network_with_sgd_and_lookahead(tiny_data, tmp_path):
-    """SGD fixes batch norm's scales before DistributedDataParallel notes what needs gradients."""
-    out = tmp_path / "model.pth"
-    result = torchrun("--data-dir", tiny_data, "--out", out, "--arch", "convnet", "--width", "8",
-                      "--optimizer", "sgd", "--lr", "0.05", "--schedule", "triangle", "--lookahead",
-                      "--epochs", "5", *TINY_TRAINING)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(out.with_suffix(".metrics.json").read_text())["val_accuracy"] > 0.5
-
-
-@needs_torchrun
-def test_resume_reads_the_checkpoint_on_every_process(two_process_run, tiny_data, tmp_path):
-    finished, _ = two_process_run
-    for path in finished.parent.iterdir():  # a copy: the shared run stays as it ended
-        shutil.copy2(path, tmp_path / path.name)
-    out = tmp_path / finished.name
-    before = read_model_file(out)["state_dict"]
-    result = torchrun("--resume", "--data-dir", tiny_data, "--out", out, "--no-download")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("resuming") == 1
-    assert f"after epoch {EPOCHS} of {EPOCHS}" in result.stdout
-    after = read_model_file(out)["state_dict"]
-    assert all(torch.equal(before[name], after[name]) for name in before)
-
-
-@needs_torchrun
 def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_weights_of_an_uninterrupted_one(
         two_process_run, tiny_data, tmp_path):
     whole, _ = two_process_run
@@ -111,6 +89,7 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_to_the_weights_of_an_unint
     assert 0 < len(read_torch_file(out.with_suffix(".ckpt"))["history"]) < EPOCHS
     result = torchrun("--resume", "--data-dir", tiny_data, "--out", out, "--no-download")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.count("resuming") == 1  # rank 0 alone says so; every process reads it
     expected, resumed = read_model_file(whole)["state_dict"], read_model_file(out)["state_dict"]
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
 

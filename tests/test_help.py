@@ -57,6 +57,7 @@ def test_every_script_says_its_version(script):
     assert result.stdout == f"lenetkit {lenetkit.__version__}\n"
 
 
+@pytest.mark.slow
 def test_json_piped_into_head_ends_quietly(tiny_model, tiny_data):
     """`evaluate.py --json | head`: a reader that stops early gets no traceback."""
     process = subprocess.Popen(

@@ -40,6 +40,7 @@ def test_the_readmes_plain_pytorch_reading_gives_load_models_logits(monkeypatch)
     assert torch.allclose(names["logits"], expected) and names["logits"].argmax().item() == 7
 
 
+@pytest.mark.slow
 def test_the_installed_package_works_from_a_folder_with_a_users_own_model_and_datasets(tmp_path):
     shutil.copy(SEVEN, tmp_path / "seven.png")
     for name in ("model", "datasets", "evaluate", "common", "errors"):  # a user's own modules

@@ -7,12 +7,14 @@ import re
 import pytest
 import torch
 
+from lenetkit.config import parse_args
 from lenetkit.datasets import load_dataset, normalize
 from lenetkit.environment import PRETRAINED_MODEL_PATH, PROJECT_DIR
 from lenetkit.evaluation import evaluate
 from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.prediction import predict_images
 from lenetkit.preprocess import preprocess_digit
+from lenetkit.training import train
 
 from conftest import REAL_DATA_DIR, needs_real_mnist, run_main
 from photos import redrawn
@@ -77,13 +79,13 @@ def test_real_digits_drawn_large_inverted_and_off_centre_are_still_recognised():
 
 @pytest.mark.slow
 def test_the_stronger_model_learns_real_digits_with_augmentation_and_a_weight_average(tmp_path):
-    out = tmp_path / "convnet.pth"
-    run_main("train.py", "--arch", "convnet", "--augment", "--ema", "0.99", "--label-smoothing",
-             "0.1", "--epochs", "2", "--train-size", "4000", "--val-size", "1000", "--batch-size",
-             "100", "--lr", "0.005", "--data-dir", REAL_DATA_DIR, "--out", out, "--no-download")
-    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    """Judged on validation: the test set is the default run's to report (above)."""
+    metrics = train(*parse_args([
+        "--arch", "convnet", "--augment", "--ema", "0.99", "--label-smoothing", "0.1", "--epochs",
+        "2", "--train-size", "4000", "--val-size", "1000", "--batch-size", "100", "--lr", "0.005",
+        "--data-dir", str(REAL_DATA_DIR), "--out", str(tmp_path / "convnet.pth"),
+        "--no-download"]), report_test=False)
     first, second = metrics["history"]
     assert metrics["settings"]["augment"] == "affine" and metrics["settings"]["ema"] == 0.99
     assert second["val_accuracy"] > first["val_accuracy"] and second["val_accuracy"] > 0.9
     assert second["raw_val_accuracy"] > 0.9  # the raw weights, scored beside their average
-    assert metrics["test"]["accuracy"] > 0.9

@@ -34,7 +34,7 @@ from lenetkit.preprocess import ImageError, read_image
 
 import drawings
 import hostile
-from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_main, run_script
+from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_main
 
 SEVEN = PROJECT_DIR / "examples" / "seven.png"
 NINE = PROJECT_DIR / "examples" / "nine_on_black.jpg"
@@ -313,6 +313,7 @@ def test_a_form_of_two_files_is_refused(server):
     assert "Too many files" in reason
 
 
+@pytest.mark.slow
 def test_slow_clients_neither_lock_others_out_nor_outstay_the_head_deadline(shipped):
     """Forty clients send a request's head a byte at a time: the others are served all the while,
     and each slow one is closed once its head has taken longer than client_timeout, although
@@ -723,8 +724,8 @@ def test_mnist_digits_drawn_as_the_page_draws_them_are_read_right(server):
 @pytest.mark.slow
 @needs_real_mnist
 def test_the_serving_benchmark_runs_and_prints_its_figures():
-    result = run_script("tools/bench_serve.py", "--calls", "20", "--requests", "40", "--clients",
-                        "2")
+    result = run_main("tools/bench_serve.py", "--calls", "20", "--requests", "40", "--clients",
+                      "2")
     lines = result.stdout.splitlines()
     assert lines[0].startswith("serve.py on ") and "load average" in lines[0]
     assert any(line.startswith("1 client, 20 requests: the server's time median ")
