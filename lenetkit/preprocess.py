@@ -17,7 +17,7 @@ from typing import IO, BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 from torch import Tensor
 
@@ -77,6 +77,9 @@ def read_image(path: str | Path | BinaryIO, colour: bool = False) -> Image.Image
         raise ImageError("no such file") from None
     except Image.DecompressionBombError as error:
         raise ImageError(f"too large to be a digit ({error})") from None
+    except UnidentifiedImageError:  # Pillow's words name its file object: say what it means
+        raise ImageError("not a readable image (not a format Pillow reads: give a PNG, JPEG, "
+                         "GIF, BMP, TIFF or WebP file)") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"not a readable image ({error})") from None
 

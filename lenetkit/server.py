@@ -48,6 +48,7 @@ from lenetkit.cli import MODEL_HELP, int_in_range, make_parser
 from lenetkit.connections import uvicorn_config
 from lenetkit.errors import UserError
 from lenetkit.limits import Limits
+from lenetkit.modelchoice import model_line
 from lenetkit.webapp import create_app
 from lenetkit.workers import Model
 
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     log_to_terminal()
     with Model(args.model, args.workers) as model:
         server = start_server(model, args.host, args.port)
-        print(f"serving {model.path} ({model.predictor.record['dataset']}) at "
-              f"{address_url(server)}", flush=True)
+        print(f"serving at {address_url(server)}; "
+              f"{model_line(model.path, model.predictor.record)}", flush=True)
         if not is_loopback(server.server_address[0]):
             print(f"note: listening on {args.host}: other machines can reach it (no TLS, no "
                   "password)", file=sys.stderr, flush=True)
