@@ -43,8 +43,10 @@ def output_format(out: Path, asked: str | None) -> str:
     name = out.name.lower()
     fmt = asked or next((fmt for fmt in ("onnx-int8", "onnx", "pth")
                          if name.endswith(FORMATS[fmt])), "pth")
-    if not name.endswith(SUFFIXES[fmt]):
-        raise UserError(f"{out}: a {fmt} file's name ends with {' or '.join(SUFFIXES[fmt])}; "
+    float_named_int8 = fmt == "onnx" and name.endswith(FORMATS["onnx-int8"])
+    if not name.endswith(SUFFIXES[fmt]) or float_named_int8:
+        ending = " or ".join(SUFFIXES[fmt]) + (" (not .int8.onnx)" if float_named_int8 else "")
+        raise UserError(f"{out}: a {fmt} file's name ends with {ending}; "
                         "give --out a name that says its format")
     return fmt
 
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.source} is an ONNX file: "
                         "give the .pth model file or the training checkpoint")
     metadata = record["metadata"]
-    check_replacement(args.out, record["dataset"], metadata.get("val_accuracy"), args.force)
+    check_replacement(args.out, record["dataset"], metadata.get("val_accuracy"), args.force,
+                      metadata.get("val_size"))
     if args.format == "pth":
         save_model(record, args.out)
     else:

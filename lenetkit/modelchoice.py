@@ -38,10 +38,13 @@ def is_default_model(path: str | Path) -> bool:
     return path.absolute() == default.absolute()
 
 
-def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | None) -> str | None:
-    """Why a model of `dataset` that scored `val_accuracy` (None: not validated) should not
-    replace the default model at `path` without --force; None when nothing stands in the way
-    (another path, no readable model there, or one it scores at least as well as)."""
+def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | None,
+                         val_size: int | None = None) -> str | None:
+    """Why a model of `dataset` that scored `val_accuracy` (None: not validated) on `val_size`
+    validation images should not replace the default model at `path` without --force; None when
+    nothing stands in the way (another path, no readable model there, or one it scores at least
+    as well as on the same validation images). Scores on validation splits of other sizes don't
+    compare: one image right of one is 100%."""
     if not is_default_model(path) or not Path(path).is_file():
         return None
     try:
@@ -54,6 +57,11 @@ def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | N
         return f"{where} a {kept['dataset']} model; this one is {dataset}"
     if old is not None and val_accuracy is None:
         return f"{where} a model that scored {old:.2%} on validation; this one was not validated"
+    old_size = kept["metadata"].get("val_size")
+    if (old is not None and val_accuracy is not None and None not in (old_size, val_size)
+            and old_size != val_size):
+        return (f"{where} a model that scored {old:.2%} on {old_size:,} validation images; this "
+                f"one is judged on {val_size:,}, and the scores don't compare")
     if old is not None and val_accuracy is not None and val_accuracy < old:
         return (f"{where} a model that scored better on validation: {old:.2%}, "
                 f"this one {val_accuracy:.2%}")
@@ -61,9 +69,9 @@ def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | N
 
 
 def check_replacement(path: str | Path, dataset: str, val_accuracy: float | None,
-                      force: bool) -> None:
+                      force: bool, val_size: int | None = None) -> None:
     """Refuses, with what to do instead, to replace the default model: see replacement_conflict."""
-    conflict = None if force else replacement_conflict(path, dataset, val_accuracy)
+    conflict = None if force else replacement_conflict(path, dataset, val_accuracy, val_size)
     if conflict:
         raise UserError(f"{conflict}: give --out FILE to write it elsewhere, or --force to "
                         "replace it")

@@ -265,7 +265,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     config = replace(config, epochs=1) if options.dry_run else config
     if not options.dry_run:  # its score is not known yet: the dataset, and whether it will have one
         check_replacement(options.out, config.dataset, 1.0 if config.val_size else None,
-                          options.force)
+                          options.force, config.val_size)
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = load_splits(config, options, device)
     test_split = load_test_split(config, options) if report_test and rank == 0 else None
@@ -383,7 +383,7 @@ def save_best(best: dict, options: argparse.Namespace, metrics: dict) -> None:
             if metrics["val_accuracy"] is not None else
             f"last epoch {metrics['best_epoch']} (no validation)")
     conflict = None if options.force else replacement_conflict(
-        options.out, best["dataset"], metrics["val_accuracy"])
+        options.out, best["dataset"], metrics["val_accuracy"], best["metadata"].get("val_size"))
     if conflict:
         checkpoint = output_paths(options.out)["checkpoint"]
         print(f"note: {conflict}, so it stays; this run's {kept} is in {checkpoint}: "

@@ -134,6 +134,8 @@ async def predict(request: Request) -> Response:
                                     f"{model.deadline:g} s")
     except ClientDisconnect:
         return refuse(request, 400, "the client hung up before its body arrived")
+    except asyncio.CancelledError:  # stopped (Ctrl-C) while this one still read or waited
+        return refuse(request, 503, "the server is stopping: send it again once it is back")
     except Exception as error:  # noqa: BLE001 -- one request's failure must not stop the server
         return refuse(request, 500, f"the server failed ({type(error).__name__}: {error})")
     return reply(200, {**answer, "milliseconds": 1000 * (time.perf_counter() - started)})

@@ -94,6 +94,19 @@ def test_a_quick_run_keeps_a_better_default_model_and_says_where_its_own_is(
     assert load_model(default_model) is not None  # whole, and still the better one
 
 
+def test_a_score_on_fewer_validation_images_does_not_replace_the_default_model(
+        tiny_data, tiny_model, default_model):
+    # 100% of one validation image says little: a score counts only against the same split.
+    variant(tiny_model, default_model, val_accuracy=0.99)
+    before = digest(default_model)
+    result = run_main("train.py", "--data-dir", tiny_data, "--epochs", "1", "--val-size", "1",
+                      "--batch-size", "50", "--no-download", check=False)
+    assert result.returncode == 1 and result.stdout == ""  # refused before it trains
+    assert ("scored 99.00% on 100 validation images; this one is judged on 1, and the scores "
+            "don't compare") in result.stderr
+    assert digest(default_model) == before
+
+
 def test_a_run_of_another_dataset_is_refused_before_it_trains(tiny_model, default_model,
                                                               tmp_path):
     variant(tiny_model, default_model)
@@ -122,6 +135,7 @@ def test_the_name_of_out_says_the_format_and_a_mismatch_is_refused(tiny_model, t
     assert "onnx" in read_model_file(onnx)
     for arguments in (["--format", "onnx", "--out", tmp_path / "m.pth"],
                       ["--format", "pth", "--out", tmp_path / "m.onnx"],
+                      ["--format", "onnx", "--out", tmp_path / "m.int8.onnx"],
                       ["--out", tmp_path / "model.txt"]):
         result = run_main("save_model.py", tiny_model, *arguments, check=False)
         assert result.returncode == 2 and "give --out a name that says its format" in result.stderr

@@ -406,6 +406,22 @@ def test_clients_that_hang_up_leave_no_traceback_on_the_servers_terminal(server,
     assert "Traceback" not in printed and not any(record.exc_info for record in caplog.records)
 
 
+def test_a_request_still_open_when_the_server_stops_gets_503_and_no_traceback(shipped, caplog):
+    server = lenetkit.server.start_server(shipped, "127.0.0.1", 0)
+    server.uvicorn.config.timeout_graceful_shutdown = 0.5  # then the open requests are cancelled
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    with socket.create_connection(server.server_address[:2], timeout=10) as slow:
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nsome")
+        time.sleep(0.2)
+        server.shutdown()  # as Ctrl-C does, while that body is still coming
+        answer = received(slow)
+    server.server_close()
+    thread.join()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"the server is stopping" in answer
+    assert not any(record.exc_info for record in caplog.records)
+
+
 @pytest.mark.parametrize("host, loopback", [
     ("127.0.0.1", True), ("127.1", True), ("127.0.0.9", True), ("::1", True),
     ("::ffff:127.0.0.1", True), ("localhost", True), ("0.0.0.0", False), ("::", False),
