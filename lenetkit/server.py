@@ -61,7 +61,9 @@ class Server:
 
     def __init__(self, model: Model, host: str, port: int, limits: Limits) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        # TCP named: asyncio sets TCP_NODELAY only on connections of such sockets, and without it
+        # a kept-alive connection's answer (head, then body) waits for the client's delayed ACK.
+        self.socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind((host, port))

@@ -142,6 +142,21 @@ def test_health_says_which_model_answers_and_the_classes_it_knows(server):
     assert content["classes"] == [str(digit) for digit in range(10)]
 
 
+def test_each_connection_sends_without_waiting_to_fill_a_packet(server):
+    """TCP_NODELAY on the server's end of every connection: an answer goes out as head then body,
+    and without it the body of each answer after the first on a kept-alive connection waits for
+    the client's delayed acknowledgement of the head (tens of milliseconds)."""
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    connection.request("GET", "/health")
+    connection.getresponse().read()
+    sockets = [protocol.transport.get_extra_info("socket")
+               for protocol in server.uvicorn.server_state.connections]
+    assert sockets and all(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                           for sock in sockets)
+    connection.close()
+
+
 def test_a_png_is_read_as_load_model_reads_its_file(server):
     status, headers, answer = ask(server, "POST", "/predict", SEVEN.read_bytes(),
                                   {"Content-Type": "image/png"})
