@@ -68,6 +68,19 @@ def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | N
     return None
 
 
+def run_path(out: Path, force: bool, resume: bool) -> Path:
+    """Where a run writes its model, checkpoint, metrics and curves: `out`, unless that is the
+    default model and a model is there already (and neither --force nor --resume): then the next
+    free mnist_model-N.pth beside it, so that the kept model's own checkpoint and record stay."""
+    if force or resume or not is_default_model(out) or not out.is_file():
+        return out
+    number = 2
+    while any(out.with_name(f"{out.stem}-{number}{suffix}").exists()
+              for suffix in (out.suffix, ".ckpt")):
+        number += 1
+    return out.with_name(f"{out.stem}-{number}{out.suffix}")
+
+
 def check_replacement(path: str | Path, dataset: str, val_accuracy: float | None,
                       force: bool, val_size: int | None = None) -> None:
     """Refuses, with what to do instead, to replace the default model: see replacement_conflict."""

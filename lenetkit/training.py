@@ -38,7 +38,7 @@ from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
 from lenetkit.model import CifarNet, build_model, count_parameters
-from lenetkit.modelchoice import check_replacement, replacement_conflict
+from lenetkit.modelchoice import check_replacement, replacement_conflict, run_path
 from lenetkit.modelfile import (
     build_from_record,
     model_record,
@@ -266,6 +266,15 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     if not options.dry_run:  # its score is not known yet: the dataset, and whether it will have one
         check_replacement(options.out, config.dataset, 1.0 if config.val_size else None,
                           options.force, config.val_size)
+    out = options.out if options.dry_run else run_path(options.out, options.force, options.resume)
+    # the run's own files go to `out`; the default model, if elsewhere, is replaced at the end
+    # only by a model that scores at least as well
+    options = argparse.Namespace(**{**vars(options), "out": out,
+                                    "replaces": options.out if out != options.out else None})
+    if options.replaces is not None:
+        log(f"note: {options.replaces.name} holds a model already: this run writes {out.name} "
+            "(and its checkpoint, metrics and curves), and replaces it only if it scores at "
+            "least as well")
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = load_splits(config, options, device)
     test_split = load_test_split(config, options) if report_test and rank == 0 else None
@@ -377,21 +386,22 @@ def epoch_line(row: dict, config: TrainConfig, improved: bool) -> str:
 
 
 def save_best(best: dict, options: argparse.Namespace, metrics: dict) -> None:
-    """Writes the best model to --out, unless that would replace a better (or another dataset's)
-    mnist_model.pth: then the model stays in the checkpoint, and the run says so."""
+    """Writes the best model to the run's file, and to the default model it was started beside
+    (options.replaces) if it scores at least as well as the one there."""
     kept = (f"best epoch {metrics['best_epoch']} (val acc {metrics['val_accuracy']:.2%})"
             if metrics["val_accuracy"] is not None else
             f"last epoch {metrics['best_epoch']} (no validation)")
-    conflict = None if options.force else replacement_conflict(
-        options.out, best["dataset"], metrics["val_accuracy"], best["metadata"].get("val_size"))
-    if conflict:
-        checkpoint = output_paths(options.out)["checkpoint"]
-        print(f"note: {conflict}, so it stays; this run's {kept} is in {checkpoint}: "
-              f"python save_model.py {checkpoint} --out FILE writes it (--force replaces)",
-              file=sys.stderr)
-        return
     save_model(best, options.out)
     print(f"{kept} saved to {options.out}; training took {metrics['train_seconds']:.1f}s")
+    if options.replaces is None:
+        return
+    conflict = replacement_conflict(options.replaces, best["dataset"], metrics["val_accuracy"],
+                                    best["metadata"].get("val_size"))
+    if conflict:
+        print(f"note: {conflict}, so it stays (--force replaces it)", file=sys.stderr)
+        return
+    save_model(best, options.replaces)
+    print(f"and to {options.replaces}, the default model, which it scores at least as well as")
 
 
 def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict], best: dict,

@@ -12,8 +12,7 @@ import lenetkit.environment
 import lenetkit.export
 import lenetkit.modelchoice
 from lenetkit.datasets import DATASETS
-from lenetkit.modelfile import read_model_file, read_torch_file, save_model
-from lenetkit.prediction import load_model
+from lenetkit.modelfile import read_model_file, save_model
 
 from conftest import PROJECT_DIR, TINY_TRAINING, run_main
 
@@ -81,30 +80,33 @@ def test_only_a_model_that_scores_at_least_as_well_replaces_the_default_model(
     assert read_model_file(other)["metadata"]["val_accuracy"] == 0.5
 
 
-def test_a_quick_run_keeps_a_better_default_model_and_says_where_its_own_is(
+def test_a_quick_run_beside_a_better_default_model_keeps_it_and_its_record(
         tiny_data, tiny_model, default_model):
+    """The run writes its own files under the next free name; the kept model's checkpoint,
+    metrics and curves stay as they were."""
     variant(tiny_model, default_model, val_accuracy=1.0)
+    record = {default_model.with_suffix(suffix): b"the kept run's " + suffix.encode()
+              for suffix in (".ckpt", ".metrics.json", ".curves.png")}
+    for path, content in record.items():
+        path.write_bytes(content)
     before = digest(default_model)
     result = run_main("train.py", "--data-dir", tiny_data, "--epochs", "1", *TINY_TRAINING)
     assert digest(default_model) == before
-    checkpoint = default_model.with_suffix(".ckpt")
-    assert "so it stays; this run's best epoch 1" in result.stderr
-    assert f"python save_model.py {checkpoint} --out FILE" in result.stderr
-    assert read_torch_file(checkpoint)["model"]["metadata"]["best_epoch"] == 1
-    assert load_model(default_model) is not None  # whole, and still the better one
+    assert all(path.read_bytes() == content for path, content in record.items())
+    run = default_model.with_name("mnist_model-2.pth")
+    assert f"saved to {run}" in result.stdout and "so it stays" in result.stderr
+    assert sorted(path.name for path in run.parent.glob("mnist_model-2.*")) == [
+        "mnist_model-2.ckpt", "mnist_model-2.curves.png", "mnist_model-2.metrics.json",
+        "mnist_model-2.pth"]
 
 
-def test_a_score_on_fewer_validation_images_does_not_replace_the_default_model(
+def test_a_run_that_scores_at_least_as_well_also_becomes_the_default_model(
         tiny_data, tiny_model, default_model):
-    # 100% of one validation image says little: a score counts only against the same split.
-    variant(tiny_model, default_model, val_accuracy=0.99)
-    before = digest(default_model)
-    result = run_main("train.py", "--data-dir", tiny_data, "--epochs", "1", "--val-size", "1",
-                      "--batch-size", "50", "--no-download", check=False)
-    assert result.returncode == 1 and result.stdout == ""  # refused before it trains
-    assert ("scored 99.00% on 100 validation images; this one is judged on 1, and the scores "
-            "don't compare") in result.stderr
-    assert digest(default_model) == before
+    variant(tiny_model, default_model, val_accuracy=0.0)
+    result = run_main("train.py", "--data-dir", tiny_data, "--epochs", "1", *TINY_TRAINING)
+    run = default_model.with_name("mnist_model-2.pth")
+    assert f"and to {default_model}, the default model" in result.stdout
+    assert digest(default_model) == digest(run)
 
 
 def test_a_run_of_another_dataset_is_refused_before_it_trains(tiny_model, default_model,
