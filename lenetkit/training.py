@@ -38,7 +38,7 @@ from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
 from lenetkit.model import CifarNet, build_model, count_parameters
-from lenetkit.modelchoice import check_replacement, replacement_conflict, run_path
+from lenetkit.modelchoice import check_replacement, replacement_conflict, run_path, shown_path
 from lenetkit.modelfile import (
     build_from_record,
     model_record,
@@ -392,7 +392,8 @@ def save_best(best: dict, options: argparse.Namespace, metrics: dict) -> None:
             if metrics["val_accuracy"] is not None else
             f"last epoch {metrics['best_epoch']} (no validation)")
     save_model(best, options.out)
-    print(f"{kept} saved to {options.out}; training took {metrics['train_seconds']:.1f}s")
+    print(f"{kept} saved to {shown_path(options.out)}; "
+          f"training took {metrics['train_seconds']:.1f}s")
     if options.replaces is None:
         return
     conflict = replacement_conflict(options.replaces, best["dataset"], metrics["val_accuracy"],
@@ -401,7 +402,8 @@ def save_best(best: dict, options: argparse.Namespace, metrics: dict) -> None:
         print(f"note: {conflict}, so it stays (--force replaces it)", file=sys.stderr)
         return
     save_model(best, options.replaces)
-    print(f"and to {options.replaces}, the default model, which it scores at least as well as")
+    print(f"and to {shown_path(options.replaces)}, the default model, which it scores at least "
+          "as well as")
 
 
 def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict], best: dict,
