@@ -311,7 +311,9 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         state, resumable = checkpoint_state(checkpoint, written)
         resume = f"; continue with: python train.py --resume --out {options.out}"
         raise KeyboardInterrupt(state + (resume if resumable else "")) from None
-    del x_train, y_train, x_val, y_val  # room for the test set: peak memory stays training's
+    # room for the test set's normalized copy (its bytes were read before training): peak memory
+    # stays training's
+    del x_train, y_train, x_val, y_val
     assert best is not None, "a run ends with an epoch kept: its first is an improvement"
     return finish(config, options, history, best, rank, device, test_split)
 

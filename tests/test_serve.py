@@ -562,13 +562,21 @@ def test_in_worker_processes_images_get_the_answers_and_refusals_of_the_servers_
     assert [status for status, _, _ in answers] == [200] * len(images) + [400] * len(refused)
 
 
+@contextmanager
+def one_worker_signalled(signal_number: int, deadline: float):
+    """A server whose one worker process has just been sent `signal_number`: yields the model,
+    the server and the worker's pid."""
+    with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=1, deadline=deadline) as model, \
+            running(model) as server:
+        [pid] = model.pool.pids()
+        os.kill(pid, signal_number)
+        yield model, server, pid
+
+
 @pytest.mark.slow
 def test_a_worker_process_that_dies_is_replaced_without_losing_a_request():
     # A time limit that leaves room for the new worker to load the model, however busy the machine.
-    with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=1, deadline=60) as model, \
-            running(model) as server:
-        [pid] = model.pool.pids()
-        os.kill(pid, signal.SIGKILL)
+    with one_worker_signalled(signal.SIGKILL, deadline=60) as (model, server, pid):
         still_running([pid])
         status, _, answer = ask(server, "POST", "/predict", SEVEN.read_bytes())
         assert status == 200 and answer["name"] == "7"  # in the worker that replaced it
@@ -577,10 +585,7 @@ def test_a_worker_process_that_dies_is_replaced_without_losing_a_request():
 
 @pytest.mark.slow
 def test_a_stalled_worker_process_is_replaced_and_its_request_answered_503():
-    with lenetkit.server.Model(PRETRAINED_MODEL_PATH, workers=1, deadline=2) as model, \
-            running(model) as server:
-        [pid] = model.pool.pids()
-        os.kill(pid, signal.SIGSTOP)
+    with one_worker_signalled(signal.SIGSTOP, deadline=2) as (model, server, pid):
         reason = refusal(server, "POST", "/predict", SEVEN.read_bytes(), expected=503)
         assert "time limit" in reason and "replaced" in reason
         assert still_running([pid]) == []
