@@ -2,12 +2,14 @@
 (or on the validation split).
 
     python evaluate.py [--model mnist_model.pth ...] [--data-dir data] [--tta] [--split val]
-                       [--json]
+                       [--writer-shift] [--json]
 
 Prints loss, accuracy, errors, per-class precision/recall/F1 and the confusion
 matrix, and writes two PNGs beside each model: the confusion matrix and the
 misclassified images. Given several models, it also reports their accuracy's
 mean and standard deviation, and their ensemble (the mean of their probabilities).
+With --writer-shift, a digit model's accuracy on the writer-shift benchmark too
+(writershift.py: thicker, thinner and slanted strokes, low-resolution scans, a wobbly hand).
 
 `evaluate()`, the one scoring of a model on normalized images (with test-time augmentation if
 asked), lives here: train.py validates with it and bench.py measures with it.
@@ -25,13 +27,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lenetkit.cli import MODEL_DEFAULT, add_data_dir, add_device, make_parser, non_negative_int
-from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE, load_dataset, normalize, split_indices
+from lenetkit.datasets import (
+    DATASETS,
+    DEFAULT_VAL_SIZE,
+    PerChannel,
+    load_dataset,
+    normalize,
+    split_indices,
+    standardize,
+)
 from lenetkit.environment import PACKAGE_DIR, PROJECT_DIR, default_model_path, pick_device
 from lenetkit.errors import UserError
 from lenetkit.model import Classifier, count_parameters
 from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.outputs import check_output_file
 from lenetkit.plots import plot_confusion, plot_errors
+from lenetkit.writershift import KINDS, shifted
 
 
 @dataclass
@@ -84,6 +95,25 @@ def learned_mirrors(record: dict) -> bool:
     them too. The metadata comes from the file: anything but train.py's text means no."""
     augment = record["metadata"].get("augment")
     return isinstance(augment, str) and "flip" in augment.split(",")
+
+
+def writer_shift(model: Classifier, images: Tensor, labels: Tensor, mean: PerChannel,
+                 std: PerChannel, device: torch.device | str = "cpu") -> dict:
+    """The accuracy of `model` on each kind of writer shift (writershift.py) of uint8 digits
+    (N, H, W) with their `labels`, its inputs standardized by `mean` and `std` (a model file's
+    normalization), and the mean over the kinds."""
+    pixels = images.float().div(255).unsqueeze(1)
+    accuracies = {}
+    for kind in KINDS:  # one kind at a time: a copy of the images each
+        inputs = standardize(shifted(pixels, kind), mean, std).to(device)
+        accuracies[kind] = evaluate(model, inputs, labels.to(device)).accuracy
+    return {"kinds": accuracies, "mean": sum(accuracies.values()) / len(accuracies)}
+
+
+def format_shift(split: str, result: dict) -> str:
+    """The writer-shift accuracies: their mean, then each kind's, on one line."""
+    kinds = "  ".join(f"{kind} {accuracy:.2%}" for kind, accuracy in result["kinds"].items())
+    return f"writer shift ({split}, a proxy made from MNIST): mean {result['mean']:.2%}  {kinds}"
 
 
 def confusion_matrix(true: Tensor, predicted: Tensor, num_classes: int) -> Tensor:
@@ -231,6 +261,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--errors-shown", type=non_negative_int, default=50,
                         help="most confident mistakes drawn in the grid")
     add_device(parser)
+    parser.add_argument("--writer-shift", action="store_true",
+                        help="also score digit models on the same images redrawn as other "
+                             "writers and scanners would have them (writershift.py): the "
+                             "accuracy of each kind of shift and their mean")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     args.model = args.model or [default_model_path()]
@@ -246,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     stems = figure_stems(args.model, args.out_dir, variant)
     records = [read_model_file(path) for path in args.model]
     check_datasets(args.model, records, args.dataset)
+    if args.writer_shift and records[0]["dataset"] != "mnist":
+        raise UserError(f"--writer-shift redraws handwritten digits: {args.model[0]} is a "
+                        f"{records[0]['dataset']} model")
     images, labels = load_split(args.data_dir, args.split, dict(zip(args.model, records)),
                                 args.download)
     classes = records[0]["classes"]
@@ -259,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
                       else record["parameters"])
         report = {"model": str(path), "arch": record["arch"], "parameters": parameters,
                   "views": scored.views, **summarize(probabilities, labels, classes)}
+        if args.writer_shift:
+            report["writer_shift"] = writer_shift(model, images, labels, device=device,
+                                                  **record["normalization"])
         draw_figures(report, probabilities, images, labels, classes, stem, args.errors_shown)
         reports.append(report)
         all_probabilities.append(probabilities)
@@ -278,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"model: {report['model']} ({report['arch']}, {report['parameters']:,} parameters)")
         tta = f" with TTA ({report['views']} views)" if args.tta else ""
         print(format_report(args.split + tta, report, classes) + "\n")
+        if "writer_shift" in report:
+            print(format_shift(args.split, report["writer_shift"]) + "\n")
     if len(reports) > 1:
         print(f"{len(reports)} models: accuracy {result['accuracy_mean']:.2%} mean, "
               f"{result['accuracy_std']:.2%} standard deviation")

@@ -38,7 +38,7 @@ def test_data_dir_and_device_read_the_same_in_every_script(helps):
 
 def test_outputs_are_out_for_a_file_and_out_dir_for_a_folder(helps):
     for script, text in helps.items():
-        flags = set(re.findall(r"--(?:out|save|write)[a-z-]*", text))
+        flags = set(re.findall(r"--(?:out|save|write)(?:put|-[a-z-]+)?\b", text))
         assert flags <= {"--out", "--out-dir"}, (script, flags)
 
 
