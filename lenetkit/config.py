@@ -100,7 +100,9 @@ class TrainConfig:
         metavar="LIST", help="distort every training batch: alone, as suits the dataset (mnist: "
         "affine; fashion-mnist: flip,erase; cifar10: shift,flip); or a list of affine (rotation, "
         "scale, shear, shift), shift (whole pixels, the edge black), reflect (the same, the edge "
-        "mirrored), flip (mirror) and erase (random erasing)")
+        "mirrored), flip (mirror), erase (random erasing), and other writers' ways: stroke "
+        "(thinner or thicker strokes), slant, scan (a low-resolution scan) and elastic (a "
+        "wobbly hand)")
     ema: float = setting(0.0, "optimisation", type=fraction,
                          help="decay of a moving average of the weights, updated every step; "
                               "above 0 (e.g. 0.999) the average is validated and saved")
@@ -132,6 +134,11 @@ class TrainConfig:
     cycle_momentum: bool = setting(True, "optimisation", action=argparse.BooleanOptionalAction,
                                    help="with onecycle, cycle beta1 (SGD: the momentum) from 0.95 "
                                         "down to 0.85 and back, against the learning rate")
+    negatives: float = setting(0.0, "optimisation", type=non_negative_float,
+                               help="mnist: weight of outlier exposure, a loss that pushes the "
+                                    "answers on non-digits (letters, scribbles, textures, "
+                                    "garments: negatives.py) toward uniform, so that the digit "
+                                    "score refuses them; 0: off")
 
 
 SETTINGS = tuple(entry.name for entry in fields(TrainConfig))
@@ -295,6 +302,9 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if cycled and getattr(config, momentum) != getattr(TrainConfig, momentum):
         parser.error(f"argument --{momentum}: one-cycle replaces it with its own cycled value; "
                      "add --no-cycle-momentum to keep it")
+    if config.negatives and config.dataset != "mnist":
+        parser.error(f"argument --negatives: its non-digits are for mnist models, not "
+                     f"{config.dataset}")
     if config.augment == "default":
         config.augment = DATASETS[config.dataset].augmentation
     if not options.download and not options.data_dir.is_dir():

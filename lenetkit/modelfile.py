@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lenetkit.datasets import DATASETS, standardize
+from lenetkit.digitscore import check_digit_score
 from lenetkit.errors import UserError
 from lenetkit.inputs import check_input_file
 from lenetkit.model import ARCHITECTURES, Classifier, build_model
@@ -42,6 +43,8 @@ FORMAT_VERSION = 1
 MODEL_SUFFIXES = (".pth", ".pt")  # a PyTorch model file's name ends so; ONNX files in .onnx
 MODEL_KEYS = ("arch", "model_args", "state_dict", "dataset", "input_shape", "normalization",
               "classes", "metadata")
+# Keys a model file may hold beside those: the calibrated digit score (digitscore.py).
+OPTIONAL_KEYS = ("digit_score",)
 # ONNX files (save_model.py --format onnx): these names, and the description as JSON in metadata.
 ONNX_INPUT, ONNX_OUTPUT, ONNX_METADATA_KEY = "image", "logits", "mnist_pipeline"
 # Operator domains ONNX Runtime's CPU provider implements; any other is a custom operator.
@@ -153,6 +156,11 @@ def check_record(record: object, source: str | Path) -> dict[str, Any]:
     classes = record["classes"]
     if type(classes) is not list or not classes or not all(type(name) is str for name in classes):
         raise field.fail("classes", "a non-empty list of names", classes)
+    if "digit_score" in record:
+        problem = check_digit_score(record["digit_score"], len(classes))
+        if problem:
+            raise ModelFileError(f"{source}: digit_score {problem}, not "
+                                 f"{show(record['digit_score'])}")
     metadata = field.mapping("metadata", record["metadata"])
     for name, kind in METADATA_FIELDS.items():
         if name in metadata:
@@ -368,7 +376,8 @@ def model_record(model: nn.Module, arch: str, model_args: dict, dataset: str, no
 
 def save_model(record: dict, path: str | Path) -> None:
     """Writes a model record as a lean model file (only the keys a model file holds)."""
-    lean = {key: record[key] for key in ("format", "version", *MODEL_KEYS)}
+    lean = {key: record[key] for key in ("format", "version", *MODEL_KEYS, *OPTIONAL_KEYS)
+            if key in record or key not in OPTIONAL_KEYS}
     save_atomic(lean, path)
 
 

@@ -24,6 +24,7 @@ from lenetkit.modelfile import (
     ONNX_INPUT,
     ONNX_METADATA_KEY,
     ONNX_OUTPUT,
+    OPTIONAL_KEYS,
     ModelFileError,
     build_from_record,
     check_format,
@@ -135,7 +136,8 @@ def export_onnx(record: dict, path: str | Path, calibration: np.ndarray | None =
         if calibration is not None:
             exported = _quantize_int8(exported, calibration)
         proto = onnx.load(str(exported))
-    description = {key: record[key] for key in MODEL_KEYS if key != "state_dict"}
+    description = {key: record[key] for key in (*MODEL_KEYS, *OPTIONAL_KEYS)
+                   if key in record and key != "state_dict"}
     description.update(format=MODEL_FORMAT, version=FORMAT_VERSION,
                        parameters=count_parameters(model),
                        precision="int8" if calibration is not None else "float32")

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from lenetkit.augmentation import augment
 from lenetkit.config import MODEL_SETTINGS, SETTINGS, TrainConfig, output_paths, parse_args
-from lenetkit.datasets import DATASETS, black, load_dataset, normalize, split_indices
+from lenetkit.datasets import DATASETS, black, load_dataset, normalize, split_indices, standardize
+from lenetkit.digitscore import DEFAULT_SCORE, calibrate
 from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
@@ -46,6 +47,7 @@ from lenetkit.modelfile import (
     save_checkpoint,
     save_model,
 )
+from lenetkit.negatives import TRAIN_SIZE, VAL_COUNTS, negative_inputs, training_negatives
 from lenetkit.optim import Lookahead, batch_norms, ema_update, make_optimizer
 from lenetkit.outputs import run_metadata, write_json
 from lenetkit.plots import plot_history
@@ -63,6 +65,7 @@ class Training:
     distort: Callable[[Tensor], Tensor] | None  # the augmentation of a batch
     amp: bool = False  # bf16 autocast in training and validation
     lookahead: Lookahead | None = None  # airbench's lookahead, when asked for
+    negatives: Tensor | None = None  # normalized non-digits, for outlier exposure
 
     @property
     def kept(self) -> nn.Module:
@@ -134,10 +137,15 @@ def train_epoch(training: Training, images: Tensor, labels: Tensor, config: Trai
     for step, start in enumerate(progress):
         batch = order[start:start + batch_size]
         inputs = images[batch] if training.distort is None else training.distort(images[batch])
+        if training.negatives is not None:  # half as many non-digits, in the same pass
+            inputs = torch.cat([inputs, negative_batch(training, len(batch) // 2)])
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=training.amp):
             logits = training.stepped(inputs)
+        logits, outlier_logits = logits[:len(batch)], logits[len(batch):]
         loss = F.cross_entropy(logits.float(), labels[batch],
                                label_smoothing=config.label_smoothing)
+        if len(outlier_logits):
+            loss = loss + config.negatives * uniform_loss(outlier_logits.float())
         training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         training.optimizer.step()
@@ -156,6 +164,40 @@ def train_epoch(training: Training, images: Tensor, labels: Tensor, config: Trai
         dist.all_reduce(loss_sum)
         dist.all_reduce(correct)
     return loss_sum.item() / (len(order) * world), correct.item() / (len(order) * world)
+
+
+def negative_batch(training: Training, count: int) -> Tensor:
+    """`count` of the training's non-digits, drawn by its generator."""
+    assert training.negatives is not None
+    picked = torch.randint(len(training.negatives), (max(count, 1),), generator=training.generator)
+    return training.negatives[picked.to(training.negatives.device)]
+
+
+def uniform_loss(logits: Tensor) -> Tensor:
+    """Outlier exposure's term (Hendrycks et al., 2019): the cross-entropy from the uniform
+    distribution to the softmax of `logits`, lowest when every class is as likely."""
+    return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
+
+
+def load_negatives(config: TrainConfig, options: argparse.Namespace,
+                  device: torch.device) -> Tensor | None:
+    """The non-digits of outlier exposure (negatives.py), normalized as the digits, on `device`;
+    None when it is off."""
+    if not config.negatives:
+        return None
+    inputs = training_negatives(options.data_dir)
+    x = normalize(inputs, **DATASETS[config.dataset].normalization).to(device)
+    return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
+
+
+@torch.no_grad()
+def calibrated_score(record: dict, x_val: Tensor, data_dir: Path, device: torch.device) -> dict:
+    """The digit score's setting for the model of `record` (digitscore.py), calibrated on the
+    validation digits `x_val` (normalized) and the validation split's non-digits."""
+    model = build_from_record(record, device)
+    others = negative_inputs(VAL_COUNTS, "val", data_dir, TRAIN_SIZE).unsqueeze(1)
+    others = standardize(others, **record["normalization"]).to(device)
+    return calibrate(DEFAULT_SCORE, model(x_val).cpu(), model(others).cpu())
 
 
 def evaluate_shards(model: nn.Module, images: Tensor, labels: Tensor, rank: int, world: int,
@@ -284,6 +326,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     training = setup_training(config, steps_per_epoch, device, world, options.channels_last,
                               options.compile, images=x_train)
     drop_emulated_bf16(training, device, log)
+    training.negatives = load_negatives(config, options, device)
     checkpoint = output_paths(options.out)["checkpoint"]
     history: list[dict] = []
     best: dict | None = None
@@ -311,10 +354,14 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         state, resumable = checkpoint_state(checkpoint, written)
         resume = f"; continue with: python train.py --resume --out {options.out}"
         raise KeyboardInterrupt(state + (resume if resumable else "")) from None
+    assert best is not None, "a run ends with an epoch kept: its first is an improvement"
+    if config.dataset == "mnist" and len(x_val) and rank == 0 and not options.dry_run:
+        best["digit_score"] = calibrated_score(best, x_val, options.data_dir, device)
+        log("digit score: {score}, refusing below {threshold:.4g} (spread {scale:.3g})".format(
+            **best["digit_score"]))
     # room for the test set's normalized copy (its bytes were read before training): peak memory
     # stays training's
     del x_train, y_train, x_val, y_val
-    assert best is not None, "a run ends with an epoch kept: its first is an improvement"
     return finish(config, options, history, best, rank, device, test_split)
 
 

@@ -1,0 +1,168 @@
+"""Non-digits (negatives.py), the digit score that refuses them (digitscore.py), its place in a
+model file, and outlier exposure in training (TrainConfig.negatives)."""
+
+import math
+import string
+
+import numpy as np
+import pytest
+import torch
+from test_model_file import lenet_record
+
+import lenetkit.training
+from lenetkit.digitscore import KEEP_DIGITS, calibrate, check_digit_score, judge
+from lenetkit.modelfile import ModelFileError, read_model_file, save_model
+from lenetkit.negatives import (
+    BENCH_SEED_OFFSET,
+    DIGIT_LIKE,
+    FONTS,
+    HELD_OUT_FONTS,
+    LETTERS,
+    SCRIBBLES,
+    TEXTURES,
+    TRAIN_COUNTS,
+    TRAIN_FONTS,
+    VAL_SEED_OFFSET,
+    framed,
+    letter_image,
+    negative_images,
+    negative_inputs,
+    scribble_image,
+    texture_image,
+)
+from lenetkit.training import uniform_loss
+
+from conftest import TINY_TRAINING, run_main
+
+SETTING = {"score": "msp", "threshold": 0.9, "scale": 0.05}
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image)
+
+
+def test_the_same_seed_draws_the_same_non_digits_and_the_splits_draw_different_ones():
+    for draw in (scribble_image, texture_image):
+        first, again = (draw(np.random.default_rng(7), 120) for _ in range(2))
+        assert np.array_equal(pixels(first), pixels(again))
+    for kind in ("letters", "scribbles", "textures"):
+        train, val, bench = (negative_images(kind, split, 3, size=120)
+                             for split in ("train", "val", "bench"))
+        assert all(np.array_equal(pixels(a), pixels(b))
+                   for a, b in zip(train, negative_images(kind, "train", 3, size=120)))
+        assert not np.array_equal(pixels(train[1]), pixels(val[1]))
+        assert not np.array_equal(pixels(val[1]), pixels(bench[1]))
+
+
+def test_what_trains_never_meets_what_is_held_out():
+    assert not set(TRAIN_FONTS) & set(HELD_OUT_FONTS)
+    assert len({font for fonts in FONTS.values() for font in fonts}) == 12
+    assert max(TRAIN_COUNTS.values()) < VAL_SEED_OFFSET < BENCH_SEED_OFFSET
+
+
+def test_letters_a_person_may_read_as_digits_are_never_shown_as_non_digits():
+    assert not set(LETTERS) & (DIGIT_LIKE | set(string.digits))
+    for read_as_digit in "OoIlSZBgq":
+        assert read_as_digit not in LETTERS
+    assert "A" in LETTERS and "x" in LETTERS
+
+
+def test_non_digits_are_dark_ink_on_light_paper_and_framed_as_digits_are():
+    pictures = [letter_image("A", TRAIN_FONTS[0], 200),
+                *(scribble_image(np.random.default_rng(0), 200, kind) for kind in SCRIBBLES
+                  if kind != "dot"),  # a dot may be a speck, which the preprocessing refuses
+                *(texture_image(np.random.default_rng(0), 200, kind) for kind in TEXTURES
+                  if kind != "checker")]  # half ink: some read as a uniform page, refused
+    for picture in pictures:
+        gray = pixels(picture)
+        assert picture.size == (200, 200) and np.median(gray) == 255 and gray.min() < 60
+    inputs, refused = framed(pictures)
+    assert refused == 0 and inputs.shape == (len(pictures), 28, 28)
+    assert inputs.amax(dim=(1, 2)).eq(1).all()  # white ink on black, as MNIST's digits
+    assert inputs[:, :4].sum() == 0  # in the 20-pixel box of MNIST's frame
+
+
+def test_a_blank_page_is_left_out_as_the_preprocessing_refuses_it():
+    blank = scribble_image(np.random.default_rng(0), 100, "dot").point(lambda _: 255)
+    assert framed([blank])[1] == 1
+
+
+def peaked(rows: int, classes: int = 10, height: float = 20.0) -> torch.Tensor:
+    logits = torch.zeros(rows, classes)
+    logits[:, 3] = height
+    return logits
+
+
+def test_without_a_calibrated_score_nothing_is_judged():
+    assert judge(lenet_record(), peaked(2)) is None
+
+
+def test_the_score_refuses_flat_answers_and_keeps_peaked_ones():
+    record = {**lenet_record(), "digit_score": SETTING}
+    logits = torch.cat([peaked(1), torch.zeros(1, 10), peaked(1, height=math.log(9 * 0.9 / 0.1))])
+    scores, refused = judge(record, logits)
+    assert refused.tolist() == [False, True, False]  # the last: exactly at the threshold
+    assert scores[0] > 0.5 > scores[1] and scores[2] == pytest.approx(0.5)
+    assert ((0 <= scores) & (scores <= 1)).all()
+
+
+def test_calibration_keeps_the_share_of_validation_digits_asked_for():
+    torch.manual_seed(0)
+    digits = peaked(2000) + torch.randn(2000, 10) * 3
+    others = torch.randn(500, 10)
+    for name in ("msp", "energy"):
+        setting = calibrate(name, digits, others)
+        assert check_digit_score(setting, 10) is None
+        record = {**lenet_record(), "digit_score": setting}
+        assert (~judge(record, digits)[1]).float().mean() >= KEEP_DIGITS
+        assert judge(record, others)[1].float().mean() > 0.9
+
+
+def test_a_model_file_keeps_its_digit_score(tmp_path):
+    path = tmp_path / "model.pth"
+    save_model({**lenet_record(), "digit_score": SETTING}, path)
+    assert read_model_file(path)["digit_score"] == SETTING
+    save_model(lenet_record(), path)
+    assert "digit_score" not in read_model_file(path)
+
+
+@pytest.mark.parametrize("bad, complaint", [
+    ("msp", "must be a dict of scale, score, threshold"),
+    ({**SETTING, "score": "entropy"}, "score must be one of msp, energy"),
+    ({**SETTING, "threshold": float("nan")}, "finite numbers"),
+    ({**SETTING, "threshold": True}, "finite numbers"),
+    ({**SETTING, "threshold": 1.5}, r"threshold must lie in \[0.1, 1\] for msp"),
+    ({**SETTING, "scale": 0.0}, "scale must be above 0"),
+    ({**SETTING, "extra": 1}, "must be a dict of"),
+])
+def test_a_damaged_digit_score_is_refused_in_one_line(tmp_path, bad, complaint):
+    path = tmp_path / "model.pth"
+    save_model({**lenet_record(), "digit_score": bad}, path)
+    with pytest.raises(ModelFileError, match=complaint) as error:
+        read_model_file(path)
+    assert "\n" not in str(error.value) and "digit_score" in str(error.value)
+
+
+def test_the_uniform_loss_is_lowest_when_every_class_is_as_likely():
+    assert uniform_loss(torch.zeros(4, 10)).item() == pytest.approx(math.log(10))
+    assert uniform_loss(peaked(4)) > uniform_loss(torch.zeros(4, 10))
+
+
+def test_training_with_negatives_writes_a_calibrated_digit_score(tiny_data, tmp_path,
+                                                                monkeypatch):
+    # a few scribbles in place of the full set, which takes a minute to frame
+    few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
+    monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
+    out = tmp_path / "model.pth"
+    result = run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1",
+             "--negatives", "0.5", *TINY_TRAINING)
+    record = read_model_file(out)
+    assert record["metadata"]["negatives"] == 0.5
+    assert check_digit_score(record["digit_score"], 10) is None
+    assert "digit score: msp" in result.stdout
+
+
+def test_negatives_are_for_digit_models_only(tiny_data, tmp_path):
+    result = run_main("train.py", "--data-dir", tiny_data, "--dataset", "fashion-mnist",
+                      "--negatives", "0.5", "--out", tmp_path / "model.pth", check=False)
+    assert result.returncode == 2 and "--negatives: its non-digits are for mnist" in result.stderr
