@@ -5,8 +5,7 @@ scores, a confusion matrix and the most confident mistakes.
 
 The library behind it: lenetkit.evaluation."""
 
-from lenetkit.cli import run_cli
-from lenetkit.evaluation import main
+from lenetkit.commands import evaluate as main  # the thread policy, then the script's main
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -11,14 +11,34 @@ From other programs, with this folder on sys.path (or the package installed, as 
 The library behind it: lenetkit.prediction; this script re-exports its API.
 """
 
-from lenetkit.cli import run_cli
-from lenetkit.errors import UserError
-from lenetkit.modelfile import ModelFileError, read_model_file
-from lenetkit.prediction import Prediction, Predictor, load_model, main, predict
-from lenetkit.preprocess import ImageError
+from typing import TYPE_CHECKING
+
+import lenetkit
+from lenetkit.commands import predict as main  # the thread policy, then the script's main
 
 __all__ = ["ImageError", "ModelFileError", "Prediction", "Predictor", "UserError", "load_model",
            "predict", "read_model_file"]
 
+if TYPE_CHECKING:
+    from lenetkit import (
+        ImageError,
+        ModelFileError,
+        Prediction,
+        Predictor,
+        UserError,
+        load_model,
+        predict,
+        read_model_file,
+    )
+
+
+def __getattr__(name: str) -> object:
+    # The API is the package's, imported on first use: running this script sets the thread
+    # policy before anything imports torch.
+    if name not in __all__:
+        raise AttributeError(f"module 'load_model' has no attribute {name!r}")
+    return getattr(lenetkit, name)
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    main()

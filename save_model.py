@@ -6,8 +6,7 @@
 
 The library behind it: lenetkit.modelfile (the format) and lenetkit.onnxfiles (ONNX)."""
 
-from lenetkit.cli import run_cli
-from lenetkit.export import main
+from lenetkit.commands import save as main  # the thread policy, then the script's main
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -4,8 +4,7 @@
 
 The library behind it: lenetkit.server."""
 
-from lenetkit.cli import run_cli
-from lenetkit.server import main
+from lenetkit.commands import serve as main  # the thread policy, then the script's main
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -6,8 +6,7 @@
 
 The library behind it: lenetkit.training (the loop) and lenetkit.config (the settings)."""
 
-from lenetkit.cli import run_cli
-from lenetkit.training import main
+from lenetkit.commands import train as main  # the thread policy, then the script's main
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

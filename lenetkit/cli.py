@@ -86,9 +86,13 @@ def make_parser(description: str, **kwargs: Any) -> argparse.ArgumentParser:
 
 
 def add_device(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--device, the same on every script."""
+    """--device and --threads, the same on every script."""
     parser.add_argument("--device", default="auto", metavar="{auto,cuda,mps,cpu}",
                         help=DEVICE_HELP)
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="CPU threads to compute on (default: OMP_NUM_THREADS if set, else "
+                             "one a core this process may use, fewer when other programs keep "
+                             "those cores busy)")
 
 
 def add_data_dir(parser: argparse.ArgumentParser | argparse._ArgumentGroup,

@@ -1,25 +1,44 @@
-"""The console commands that `pip install` makes: each runs a script's main as the script does."""
+"""The scripts' entry points: the root scripts' `main` and the console commands that `pip install`
+makes. Each applies the thread policy's wait (threads.prepare_process) before anything imports
+torch, since OpenMP reads it once, then runs the script's main under run_cli: so this module
+imports nothing that imports torch."""
 
 import importlib
 
-from lenetkit.cli import run_cli
+from lenetkit.threads import prepare_process
+
+# Each command and the package module whose main it runs.
+MODULES = {"train": "training", "evaluate": "evaluation", "predict": "prediction",
+           "serve": "server", "tune": "tuning", "save": "export"}
 
 
-def _run(module: str) -> None:
-    run_cli(importlib.import_module(f"lenetkit.{module}").main)
+def run(command: str) -> None:
+    """The command's main, as a script runs it."""
+    prepare_process()
+    from lenetkit.cli import run_cli  # imports torch
+
+    run_cli(importlib.import_module(f"lenetkit.{MODULES[command]}").main)
 
 
 def train() -> None:
-    _run("training")
+    run("train")
 
 
 def evaluate() -> None:
-    _run("evaluation")
+    run("evaluate")
 
 
 def predict() -> None:
-    _run("prediction")
+    run("predict")
 
 
 def serve() -> None:
-    _run("server")
+    run("serve")
+
+
+def tune() -> None:
+    run("tune")
+
+
+def save() -> None:
+    run("save")

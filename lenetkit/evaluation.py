@@ -42,6 +42,7 @@ from lenetkit.model import Classifier, count_parameters
 from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.outputs import check_output_file
 from lenetkit.plots import plot_confusion, plot_errors
+from lenetkit.threads import use_threads
 from lenetkit.writershift import KINDS, shifted
 
 
@@ -273,6 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    use_threads(args.threads)
     device = pick_device(args.device)
     # The figures of the test set (no TTA) are the model's own; others get their own names.
     variant = "".join(f".{name}" for name, used in (("val", args.split == "val"), ("tta", args.tta))

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lenetkit.cli import MODEL_HELP, add_device, make_parser, positive_int, writable_folder
 from lenetkit.datasets import standardize
+from lenetkit.digitscore import judge
 from lenetkit.environment import default_model_path, pick_device
 from lenetkit.errors import UserError
 from lenetkit.inputs import check_input_file
@@ -43,6 +44,7 @@ from lenetkit.preprocess import (
     preprocess_digit,
     read_image,
 )
+from lenetkit.threads import use_threads
 
 # Under this probability the CLI says that the model is unsure (Prediction.confident is False).
 LOW_CONFIDENCE = 0.6
@@ -52,10 +54,15 @@ MAX_IMAGE_FILE_BYTES = 2**28
 
 
 @torch.no_grad()
-def predict_images(model: Classifier, record: dict, inputs: Tensor) -> Tensor:
-    """Class probabilities (N, classes) for preprocessed images in [0, 1]: (N, 28, 28) gray, or
+def model_logits(model: Classifier, record: dict, inputs: Tensor) -> Tensor:
+    """Logits (N, classes) for preprocessed images in [0, 1]: (N, 28, 28) gray, or
     (N, 3, 32, 32) colour."""
-    return torch.softmax(model(standardize(inputs, **record["normalization"])), dim=1)
+    return model(standardize(inputs, **record["normalization"]))
+
+
+def predict_images(model: Classifier, record: dict, inputs: Tensor) -> Tensor:
+    """Class probabilities (N, classes) for preprocessed images in [0, 1] (model_logits)."""
+    return torch.softmax(model_logits(model, record, inputs), dim=1)
 
 
 @dataclass(frozen=True)
@@ -67,15 +74,28 @@ class Prediction:
     top: list[tuple[str, float]]  # the top-k classes' names and probabilities, likeliest first
     # what the model saw, in [0, 1]: (28, 28) white on black, or (3, 32, 32) RGB
     input: Tensor = field(repr=False)
+    # how much it looks like a digit at all, 0..1 (digitscore.py); None: the model can't tell
+    digit_score: float | None = None
+
+    @property
+    def is_digit(self) -> bool:
+        """False when the model's calibrated digit score says the input holds no digit (a letter,
+        a scribble, a blank page): then `name` is only the likeliest of the ten."""
+        return self.digit_score is None or self.digit_score >= 0.5
 
     @property
     def confident(self) -> bool:
-        """False when the likeliest class has under LOW_CONFIDENCE: look at `input` to see why."""
-        return self.probability >= LOW_CONFIDENCE
+        """False when the likeliest class has under LOW_CONFIDENCE, or the input does not look
+        like a digit: look at `input` to see why."""
+        return self.probability >= LOW_CONFIDENCE and self.is_digit
 
     def __str__(self) -> str:
-        """As the command line prints it: `7 (99.9%)`, then any other top classes."""
+        """As the command line prints it: `7 (99.9%)`, then any other top classes; for a
+        non-digit, `no digit (...)`."""
         guesses = ", ".join(f"{name} ({probability:.1%})" for name, probability in self.top)
+        if not self.is_digit:
+            return (f"no digit (it does not look like one: digit score {self.digit_score:.0%}; "
+                    f"the likeliest digit {guesses})")
         return guesses + ("" if self.confident else "  [low confidence: check the input]")
 
 
@@ -128,13 +148,16 @@ class Predictor:
         batch = isinstance(images, (list, tuple)) or isinstance(images, Tensor) \
             and images.dim() > len(self.shape)
         inputs = self.inputs(images)
-        probabilities = predict_images(self.model, self.record, inputs.to(self.device)).cpu()
-        top = probabilities.topk(min(self.top_k, len(self.classes)))
+        logits = model_logits(self.model, self.record, inputs.to(self.device)).cpu()
+        top = torch.softmax(logits, dim=1).topk(min(self.top_k, len(self.classes)))
+        judged = judge(self.record, logits)
+        scores = judged[0].tolist() if judged else [None] * len(inputs)
         predictions = []
-        for image, values, indices in zip(inputs, top.values.tolist(), top.indices.tolist()):
+        for image, values, indices, score in zip(inputs, top.values.tolist(),
+                                                  top.indices.tolist(), scores):
             top_k = [(self.classes[i], p) for p, i in zip(values, indices)]
             predictions.append(Prediction(label=indices[0], name=top_k[0][0], probability=values[0],
-                                          top=top_k, input=image))
+                                          top=top_k, input=image, digit_score=score))
         return predictions if batch else predictions[0]
 
     def read(self, file: str | Path | BinaryIO) -> Image.Image:
@@ -281,7 +304,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
         "light paper or the reverse, scanned, drawn or photographed on a page, for an MNIST "
         "model; the garment, photographed on a plain background, for a Fashion-MNIST model; the "
-        "object in a colour photo for a CIFAR-10 model.")
+        "object in a colour photo for a CIFAR-10 model. An image the model's digit score "
+        "refuses (a letter, a scribble, a blank page) is answered `no digit`; the exit status "
+        "is 1 when any image was not read.")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, one digit, garment or object each")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
@@ -313,6 +338,7 @@ def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    use_threads(args.threads)
     predictor = Predictor(args.model, device=pick_device(args.device), top_k=args.top_k)
     print(model_line(predictor.path, predictor.record), file=sys.stderr)
     failures = 0
@@ -330,10 +356,9 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr)
             failures += 1
             continue
-        guesses = ", ".join(f"{name} ({probability:.1%})" for name, probability in prediction.top)
-        notes = [] if prediction.confident else ["low confidence: check the input"]
-        notes += [f"input: {saved}"] if saved else []
-        print(f"{path}: {guesses}" + "".join(f"  [{note}]" for note in notes))
+        failures += not prediction.is_digit
+        notes = [f"input: {saved}"] if saved else []
+        print(f"{path}: {prediction}" + "".join(f"  [{note}]" for note in notes))
     if failures:
         sys.exit(1)
 

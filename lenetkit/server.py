@@ -41,7 +41,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import torch
 import uvicorn
 
 from lenetkit.cli import MODEL_HELP, int_in_range, make_parser
@@ -49,6 +48,7 @@ from lenetkit.connections import uvicorn_config
 from lenetkit.errors import UserError
 from lenetkit.limits import Limits
 from lenetkit.modelchoice import model_line
+from lenetkit.threads import SERVING_THREADS, use_threads
 from lenetkit.webapp import create_app
 from lenetkit.workers import Model
 
@@ -158,9 +158,7 @@ def log_to_terminal() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # One request's network is too small to gain from several threads; the cores serve
-    # concurrent requests instead.
-    torch.set_num_threads(1)
+    use_threads(default=SERVING_THREADS)
     log_to_terminal()
     with Model(args.model, args.workers) as model:
         server = start_server(model, args.host, args.port)

@@ -51,6 +51,7 @@ from lenetkit.negatives import TRAIN_SIZE, VAL_COUNTS, negative_inputs, training
 from lenetkit.optim import Lookahead, batch_norms, ema_update, make_optimizer
 from lenetkit.outputs import run_metadata, write_json
 from lenetkit.plots import plot_history
+from lenetkit.threads import use_threads
 
 
 @dataclass
@@ -280,7 +281,9 @@ def load_test_split(config: TrainConfig, options: argparse.Namespace) -> tuple[T
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(*parse_args(argv))
+    config, options = parse_args(argv)
+    use_threads(options.threads)
+    train(config, options)
 
 
 def train(config: TrainConfig, options: argparse.Namespace, report_test: bool = True) -> dict:
@@ -355,7 +358,9 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         resume = f"; continue with: python train.py --resume --out {options.out}"
         raise KeyboardInterrupt(state + (resume if resumable else "")) from None
     assert best is not None, "a run ends with an epoch kept: its first is an improvement"
-    if config.dataset == "mnist" and len(x_val) and rank == 0 and not options.dry_run:
+    # Only a model that learned non-digits tells them apart; the others' low scores are doubt,
+    # which the low-confidence mark already says
+    if config.negatives and len(x_val) and rank == 0 and not options.dry_run:
         best["digit_score"] = calibrated_score(best, x_val, options.data_dir, device)
         log("digit score: {score}, refusing below {threshold:.4g} (spread {scale:.3g})".format(
             **best["digit_score"]))

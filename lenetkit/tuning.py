@@ -27,6 +27,7 @@ from lenetkit.environment import PROJECT_DIR
 from lenetkit.errors import UserError
 from lenetkit.outputs import check_output_file, write_json
 from lenetkit.plots import plot_sweep
+from lenetkit.threads import use_threads
 from lenetkit.training import train
 
 
@@ -121,6 +122,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args, config, options = parse_args(argv)
+    use_threads(options.threads)
     rows = sweep(args, config, options)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.out_dir / "results.json", {"seeds": args.seeds, "rows": rows})

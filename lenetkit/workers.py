@@ -17,12 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import torch
-
 from lenetkit.environment import PROJECT_DIR, default_model_path
 from lenetkit.errors import UserError
 from lenetkit.prediction import Prediction, Predictor, input_image
 from lenetkit.preprocess import ImageError
+from lenetkit.threads import SERVING_THREADS, use_threads
 
 # A drawing takes milliseconds and the largest image the decoder accepts about a second: a
 # prediction still running after this is stuck (a stalled worker), and its client is told so.
@@ -128,6 +127,7 @@ class Model:
         input_image(prediction.input).save(png, "PNG")
         return {"label": prediction.label, "name": prediction.name,
                 "probability": prediction.probability, "confident": prediction.confident,
+                "is_digit": prediction.is_digit, "digit_score": prediction.digit_score,
                 "top": [{"name": name, "probability": p} for name, p in prediction.top],
                 "input": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}
 
@@ -286,7 +286,7 @@ def serve_in_worker(path: Path, connection: Connection) -> None:
     # workers itself, without their tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=exit_with_parent, daemon=True).start()
-    torch.set_num_threads(1)  # each worker is one core's share: see server.main()
+    use_threads(default=SERVING_THREADS)
     try:
         model = Model(path)
     except Exception as error:  # noqa: BLE001 -- said by the server, as one line

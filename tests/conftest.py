@@ -20,6 +20,10 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 sys.path.insert(0, str(PROJECT_DIR / "tools"))  # the benchmarks' renderers of digits and photos
 
+from lenetkit.threads import prepare_process  # noqa: E402 -- the suite is an entry point too:
+
+prepare_process()  # its waiting threads sleep, here and in the scripts it starts, before torch
+
 REAL_DATA_DIR = PROJECT_DIR / "data"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")

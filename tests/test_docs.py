@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lenetkit.commands import MODULES
+
 from conftest import PROJECT_DIR, run_main
 
 DOCS = [PROJECT_DIR / "README.md", *sorted((PROJECT_DIR / "docs").glob("*.md"))]
@@ -49,9 +51,11 @@ def script_argv(line: str) -> tuple[str, list[str]]:
 
 
 def parse_function(script: str):
-    """The parse_args behind a script: the package module its main lives in, or the tool's own."""
-    module = importlib.import_module(Path(script).stem)
-    return importlib.import_module(module.main.__module__).parse_args
+    """The parse_args behind a script: the package module its command runs, or the tool's own."""
+    main = importlib.import_module(Path(script).stem).main
+    if main.__module__ == "lenetkit.commands":
+        return importlib.import_module(f"lenetkit.{MODULES[main.__name__]}").parse_args
+    return importlib.import_module(main.__module__).parse_args
 
 
 @pytest.mark.parametrize("doc, line", commands(DOCS))

@@ -3,6 +3,7 @@ model file, and outlier exposure in training (TrainConfig.negatives)."""
 
 import math
 import string
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from test_model_file import lenet_record
 
 import lenetkit.training
 from lenetkit.digitscore import KEEP_DIGITS, calibrate, check_digit_score, judge
+from lenetkit.environment import default_model_path
 from lenetkit.modelfile import ModelFileError, read_model_file, save_model
 from lenetkit.negatives import (
     BENCH_SEED_OFFSET,
@@ -30,11 +32,13 @@ from lenetkit.negatives import (
     scribble_image,
     texture_image,
 )
+from lenetkit.prediction import Predictor
 from lenetkit.training import uniform_loss
 
-from conftest import TINY_TRAINING, run_main
+from conftest import PROJECT_DIR, TINY_TRAINING, run_main
 
 SETTING = {"score": "msp", "threshold": 0.9, "scale": 0.05}
+SEVEN = PROJECT_DIR / "examples" / "seven.png"
 
 
 def pixels(image) -> np.ndarray:
@@ -166,3 +170,31 @@ def test_negatives_are_for_digit_models_only(tiny_data, tmp_path):
     result = run_main("train.py", "--data-dir", tiny_data, "--dataset", "fashion-mnist",
                       "--negatives", "0.5", "--out", tmp_path / "model.pth", check=False)
     assert result.returncode == 2 and "--negatives: its non-digits are for mnist" in result.stderr
+
+
+def model_with_score(tmp_path, threshold: float) -> Path:
+    """The shipped model, given a digit score that refuses everything (a threshold above any
+    logits' energy) or nothing (below any)."""
+    path = tmp_path / f"scored{threshold:g}.pth"
+    setting = {"score": "energy", "threshold": threshold, "scale": 1.0}
+    save_model({**read_model_file(default_model_path()), "digit_score": setting}, path)
+    return path
+
+
+def test_a_prediction_the_digit_score_refuses_says_no_digit_and_is_not_confident(tmp_path):
+    refused = Predictor(model_with_score(tmp_path, 1e6))(SEVEN)
+    assert not refused.is_digit and not refused.confident and refused.digit_score < 0.5
+    assert str(refused).startswith("no digit (it does not look like one: digit score 0%; "
+                                   "the likeliest digit 7 (")
+    kept = Predictor(model_with_score(tmp_path, -1e6))(SEVEN)
+    assert kept.is_digit and kept.confident and kept.digit_score > 0.5 and str(kept)[0] == "7"
+    unscored = Predictor(default_model_path())(SEVEN)
+    assert unscored.digit_score is None and unscored.is_digit  # a model that can't tell
+
+
+def test_the_command_line_answers_no_digit_and_exits_1(tmp_path):
+    result = run_main("load_model.py", "--model", model_with_score(tmp_path, 1e6), SEVEN,
+                      check=False)
+    assert result.returncode == 1 and result.stdout.startswith(f"{SEVEN}: no digit (")
+    result = run_main("load_model.py", "--model", model_with_score(tmp_path, -1e6), SEVEN)
+    assert result.stdout.startswith(f"{SEVEN}: 7 (")

@@ -4,6 +4,7 @@
     python bench.py --quick    # checks that it runs; writes runs/bench-quick.json
     python bench.py --photos [--count 300]   # reading digits from photos: accuracy and latency
     python bench.py --time-to-accuracy --out runs/time.json   # 99% in how many seconds
+    python bench.py --crowded [--out runs/crowded.json]   # beside 0, 1 and 3 busy processes
 
 Prints one table and writes it as JSON. Everything runs on the same machine in
 the same run, so the ratios hold on a noisy machine. --quick (a subset, few
@@ -12,6 +13,7 @@ The measurements themselves are measurements.py's; this script runs them and pri
 """
 
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -32,8 +34,10 @@ from lenetkit.modelfile import read_model_file
 from lenetkit.onnxfiles import export_onnx
 from lenetkit.outputs import run_metadata, write_json
 from lenetkit.prediction import load_model
+from lenetkit.threads import usable_cpus
 
 import photos
+from crowded import crowded_rows, print_rows, workloads
 from examples_mnist import train_examples_recipe
 from measurements import (
     conventional_throughput,
@@ -97,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="only the time to --target test accuracy: the fast recipe, the "
                              "default one and pytorch/examples' MNIST recipe")
+    parser.add_argument("--crowded", action="store_true",
+                        help="only the scripts' times quiet and beside 1 and 3 busy processes "
+                             "(started and stopped here), under the thread policy and libgomp's "
+                             "defaults; with --quick, on a small subset")
     parser.add_argument("--count", type=positive_int, default=300,
                         help="test digits per condition for --photos")
     parser.add_argument("--model", type=Path,
@@ -115,6 +123,9 @@ def main() -> None:
         results = photo_benchmark(args.model, args.data_dir, args.count, calls=200)
         if args.out:
             write_json(args.out, results)
+        return
+    if args.crowded:
+        write_json(args.out or PROJECT_DIR / "runs" / "crowded.json", bench_crowded(args))
         return
     args.out = results_path(args.out, args.quick)
     if args.time_to_accuracy:
@@ -141,6 +152,26 @@ def main() -> None:
     results["time_to_accuracy"] = bench_time_to_accuracy(x_train, y_train, x_test, y_test, args)
     write_json(args.out, results)
     print(f"\nwrote {args.out}")
+
+
+def bench_crowded(args: argparse.Namespace) -> dict:
+    """The crowded-machine table (crowded.py), with the machine it ran on."""
+    with tempfile.TemporaryDirectory() as folder:
+        commands = workloads(args.data_dir, args.model, Path(folder), args.quick)
+        print(f"the scripts beside busy processes on {cpu_name()}, {len(usable_cpus())} usable "
+              f"CPUs; load average before: {os.getloadavg()[0]:.2f}")
+        rows = crowded_rows(commands)
+    print_rows(rows)
+    return {"machine": cpu_name(), "quick": args.quick, "rows": rows, **run_metadata()}
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what platform says."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def results_path(out: Path | None, quick: bool) -> Path:

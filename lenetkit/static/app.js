@@ -126,9 +126,11 @@ function show(answer) {
     reset(false);
     return;
   }
-  $("digit").textContent = answer.name;
-  $("probability").textContent = percent(answer.probability);
-  $("note").textContent = answer.confident ? "" : "low confidence: check what the model saw";
+  $("digit").textContent = answer.is_digit ? answer.name : "?";
+  $("probability").textContent = answer.is_digit ? percent(answer.probability) : "";
+  $("note").textContent = !answer.is_digit
+    ? `no digit: this does not look like one (digit score ${percent(answer.digit_score)})`
+    : answer.confident ? "" : "low confidence: check what the model saw";
   const probabilities = new Map(answer.top.map((entry) => [entry.name, entry.probability]));
   for (const row of $("bars").children) {
     const p = probabilities.get(row.dataset.name) || 0;
