@@ -1,13 +1,15 @@
 """How many threads torch computes on, and how they wait: one policy for every script.
 
 torch's Linux wheels run their arithmetic on OpenMP's threads (libgomp), which by default spin
-at each barrier while they wait for the others. When other processes want the same cores, the
+for a while at each barrier before they sleep. When other processes want the same cores, the
 thread waited for is often descheduled, and the spinning ones burn the time it needs: a run
-beside a few busy processes took many times as long as alone. So the scripts, and only they:
+beside a few busy processes took many times as long as alone. Sleeping at once (a passive wait)
+cures that but costs a quiet machine the wake-ups; a short spin keeps both (docs/speed.md). So
+the scripts, and only they:
 
 - before torch is imported (`prepare_process`, which the entry points call first): waiting
-  threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), unless the environment already
-  says how they wait; libgomp reads it once, as torch is imported;
+  threads spin a tenth of libgomp's default (GOMP_SPINCOUNT), then sleep, unless the
+  environment already says how they wait; libgomp reads it once, as torch is imported;
 - once the flags are read (`use_threads`): `--threads N` when given; else OMP_NUM_THREADS when
   the environment sets it; else one thread a core this process may use, fewer when other
   processes keep those cores busy. That is measured from /proc/stat over the time since
@@ -22,9 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# libgomp spins unless told otherwise; GOMP_SPINCOUNT, if a user sets it, overrides the policy.
+# How OpenMP's threads wait: when the environment sets either, the policy leaves both alone.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-WAIT_POLICY = "PASSIVE"
+# Spins before a waiting thread sleeps: libgomp's default is 300,000.
+SPIN_COUNT = "30000"
 # A server's prediction is one small image: a thread each, the cores serving requests side by side.
 SERVING_THREADS = 1
 # Shorter than this, /proc/stat's clock ticks (1/100 s) say too little about the others' load.
@@ -95,7 +98,7 @@ def prepare_process(environ: "os._Environ[str] | dict[str, str]" = os.environ) -
     the environment says how threads wait, and the start of the load's sample."""
     global _started
     if not any(name in environ for name in WAIT_VARIABLES):
-        environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+        environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     _started = sample(usable_cpus())
 
 

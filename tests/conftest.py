@@ -22,7 +22,7 @@ sys.path.insert(0, str(PROJECT_DIR / "tools"))  # the benchmarks' renderers of d
 
 from lenetkit.threads import prepare_process  # noqa: E402 -- the suite is an entry point too:
 
-prepare_process()  # its waiting threads sleep, here and in the scripts it starts, before torch
+prepare_process()  # its threads wait as the scripts' do, here and in those it starts
 
 REAL_DATA_DIR = PROJECT_DIR / "data"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
