@@ -34,6 +34,8 @@ DIGIT_SCORE_KEYS = {"score", "threshold", "scale"}
 KEEP_DIGITS = 0.995
 # Beyond this a raw score is no logit a trained network gives: a record holding one is damaged.
 MAX_RAW_SCORE = 1e6
+# A narrower spread would round to 0 in float32, and the score to NaN at the threshold.
+MIN_SCALE = 1e-6
 
 
 def raw_scores(name: str, logits: Tensor) -> Tensor:
@@ -47,8 +49,8 @@ def judge(record: dict, logits: Tensor) -> tuple[Tensor, Tensor] | None:
     setting = record.get("digit_score")
     if setting is None:
         return None
-    raw = raw_scores(setting["score"], logits.detach().cpu())
-    scores = torch.sigmoid((raw - setting["threshold"]) / setting["scale"])
+    raw = raw_scores(setting["score"], logits.detach().cpu()).double()
+    scores = torch.sigmoid((raw - setting["threshold"]) / setting["scale"]).float()
     return scores, raw < setting["threshold"]
 
 
@@ -66,13 +68,15 @@ def calibrate(name: str, digit_logits: Tensor, other_logits: Tensor | None = Non
         others = raw_scores(name, other_logits.detach().cpu()).double()
         scale = fit_scale(digits - threshold, others - threshold, scale)
     # A model that can't tell the two apart fits a spread without bound: kept finite and valid.
-    return {"score": name, "threshold": threshold, "scale": min(max(scale, 1e-6), MAX_RAW_SCORE)}
+    return {"score": name, "threshold": threshold,
+            "scale": min(max(scale, MIN_SCALE), MAX_RAW_SCORE)}
 
 
 def fit_scale(digits: Tensor, others: Tensor, start: float) -> float:
     """The spread s for which sigmoid(x / s) best predicts digit (x of `digits`) against non-digit
     (x of `others`), each set weighed equally (the log-likelihood, maximized over log s)."""
-    log_scale = torch.tensor(math.log(max(start, 1e-6)), dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor(math.log(max(start, MIN_SCALE)), dtype=torch.float64,
+                             requires_grad=True)
     optimizer = torch.optim.LBFGS([log_scale], max_iter=100)
 
     def loss() -> Tensor:
@@ -92,16 +96,16 @@ def check_digit_score(value: object, classes: int) -> str | None:
     """Why `value` (a model file's digit_score, untrusted) is unusable, or None when it is fine."""
     if not isinstance(value, dict) or set(value) != DIGIT_SCORE_KEYS:
         return f"must be a dict of {', '.join(sorted(DIGIT_SCORE_KEYS))}"
-    if value["score"] not in SCORES:
+    if not isinstance(value["score"], str) or value["score"] not in SCORES:
         return f"score must be one of {', '.join(SCORES)}"
     numbers = [value[key] for key in ("threshold", "scale")]
-    if not all(type(number) in (int, float) and math.isfinite(number)
-               and abs(number) <= MAX_RAW_SCORE for number in numbers):
+    if not all(type(number) in (int, float) and -MAX_RAW_SCORE <= number <= MAX_RAW_SCORE
+               for number in numbers):  # NaN fails the comparison; a huge int can't overflow
         return "threshold and scale must be finite numbers"
     low = 1 / classes if value["score"] == "msp" else -MAX_RAW_SCORE
     high = 1.0 if value["score"] == "msp" else MAX_RAW_SCORE
     if not low <= value["threshold"] <= high:
         return f"threshold must lie in [{low:.3g}, {high:.3g}] for {value['score']}"
-    if value["scale"] <= 0:
-        return "scale must be above 0"
+    if value["scale"] < MIN_SCALE:
+        return f"scale must be at least {MIN_SCALE:g}"
     return None

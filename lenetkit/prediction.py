@@ -76,12 +76,9 @@ class Prediction:
     input: Tensor = field(repr=False)
     # how much it looks like a digit at all, 0..1 (digitscore.py); None: the model can't tell
     digit_score: float | None = None
-
-    @property
-    def is_digit(self) -> bool:
-        """False when the model's calibrated digit score says the input holds no digit (a letter,
-        a scribble, a blank page): then `name` is only the likeliest of the ten."""
-        return self.digit_score is None or self.digit_score >= 0.5
+    # False when the model's calibrated digit score refuses the input as no digit (a letter, a
+    # scribble): then `name` is only the likeliest of the ten
+    is_digit: bool = True
 
     @property
     def confident(self) -> bool:
@@ -151,13 +148,15 @@ class Predictor:
         logits = model_logits(self.model, self.record, inputs.to(self.device)).cpu()
         top = torch.softmax(logits, dim=1).topk(min(self.top_k, len(self.classes)))
         judged = judge(self.record, logits)
-        scores = judged[0].tolist() if judged else [None] * len(inputs)
+        scores, refused = ((judged[0].tolist(), judged[1].tolist()) if judged
+                           else ([None] * len(inputs), [False] * len(inputs)))
         predictions = []
-        for image, values, indices, score in zip(inputs, top.values.tolist(),
-                                                  top.indices.tolist(), scores):
+        for image, values, indices, score, no in zip(inputs, top.values.tolist(),
+                                                     top.indices.tolist(), scores, refused):
             top_k = [(self.classes[i], p) for p, i in zip(values, indices)]
             predictions.append(Prediction(label=indices[0], name=top_k[0][0], probability=values[0],
-                                          top=top_k, input=image, digit_score=score))
+                                          top=top_k, input=image, digit_score=score,
+                                          is_digit=not no))
         return predictions if batch else predictions[0]
 
     def read(self, file: str | Path | BinaryIO) -> Image.Image:
@@ -304,9 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
         "light paper or the reverse, scanned, drawn or photographed on a page, for an MNIST "
         "model; the garment, photographed on a plain background, for a Fashion-MNIST model; the "
-        "object in a colour photo for a CIFAR-10 model. An image the model's digit score "
-        "refuses (a letter, a scribble, a blank page) is answered `no digit`; the exit status "
-        "is 1 when any image was not read.")
+        "object in a colour photo for a CIFAR-10 model. An image with no digit in it is "
+        "answered `no digit`: blank ones always, and letters or scribbles by a model trained "
+        "with --negatives (its digit score); the exit status is 1 when any image was not read.")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, one digit, garment or object each")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)

@@ -158,7 +158,7 @@ def log_to_terminal() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    use_threads(default=SERVING_THREADS)
+    use_threads(SERVING_THREADS)  # whatever the environment says: see SERVING_THREADS
     log_to_terminal()
     with Model(args.model, args.workers) as model:
         server = start_server(model, args.host, args.port)

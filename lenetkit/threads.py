@@ -21,6 +21,7 @@ package keeps its own environment and torch's threads as it set them.
 
 import os
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from pathlib import Path
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # Spins before a waiting thread sleeps: libgomp's default is 300,000.
 SPIN_COUNT = "30000"
-# A server's prediction is one small image: a thread each, the cores serving requests side by side.
+# A server's prediction is one small image, too small to gain from more threads: a thread each,
+# the cores serving requests side by side (the server's workers, or its request threads).
 SERVING_THREADS = 1
 # Shorter than this, /proc/stat's clock ticks (1/100 s) say too little about the others' load.
 MIN_SAMPLE_S = 0.2
@@ -93,7 +95,7 @@ def thread_count(cores: int, others: float | None) -> int:
     return max(1, min(cores, round(cores - others)))
 
 
-def prepare_process(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> None:
+def prepare_process(environ: MutableMapping[str, str] = os.environ) -> None:
     """What an entry point does first, before anything imports torch: the wait policy, unless
     the environment says how threads wait, and the start of the load's sample."""
     global _started
@@ -110,13 +112,15 @@ def policy_threads() -> int:
 
 
 def use_threads(requested: int | None = None, default: int | None = None,
-                environ: "os._Environ[str] | dict[str, str]" = os.environ) -> int:
+                environ: MutableMapping[str, str] = os.environ) -> int:
     """Sets torch's threads for a script's work, and returns how many: `requested` (--threads),
     else the environment's OMP_NUM_THREADS as torch read it, else `default`, else the policy's."""
     import torch
 
-    if requested is None and environ.get("OMP_NUM_THREADS"):
+    if requested is None and environ.get("OMP_NUM_THREADS", "").strip().isdigit() \
+            and int(environ["OMP_NUM_THREADS"]) > 0:  # libgomp ignores any other value
         return torch.get_num_threads()
-    count = requested or default or policy_threads()
+    # torch's own default is the physical cores: never more, where a core runs two threads
+    count = requested or default or min(policy_threads(), torch.get_num_threads())
     torch.set_num_threads(count)
     return count

@@ -364,6 +364,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         best["digit_score"] = calibrated_score(best, x_val, options.data_dir, device)
         log("digit score: {score}, refusing below {threshold:.4g} (spread {scale:.3g})".format(
             **best["digit_score"]))
+        save_checkpoint(checkpoint, config, training, history, best)  # the kept model's, too
     # room for the test set's normalized copy (its bytes were read before training): peak memory
     # stays training's
     del x_train, y_train, x_val, y_val

@@ -286,7 +286,7 @@ def serve_in_worker(path: Path, connection: Connection) -> None:
     # workers itself, without their tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=exit_with_parent, daemon=True).start()
-    use_threads(default=SERVING_THREADS)
+    use_threads(SERVING_THREADS)  # whatever the environment says: see SERVING_THREADS
     try:
         model = Model(path)
     except Exception as error:  # noqa: BLE001 -- said by the server, as one line

@@ -136,7 +136,10 @@ def test_a_model_file_keeps_its_digit_score(tmp_path):
     ({**SETTING, "threshold": float("nan")}, "finite numbers"),
     ({**SETTING, "threshold": True}, "finite numbers"),
     ({**SETTING, "threshold": 1.5}, r"threshold must lie in \[0.1, 1\] for msp"),
-    ({**SETTING, "scale": 0.0}, "scale must be above 0"),
+    ({**SETTING, "scale": 0.0}, "scale must be at least 1e-06"),
+    ({**SETTING, "scale": 1e-50}, "scale must be at least 1e-06"),
+    ({**SETTING, "score": ["msp"]}, "score must be one of"),
+    ({**SETTING, "threshold": 2**1100}, "finite numbers"),
     ({**SETTING, "extra": 1}, "must be a dict of"),
 ])
 def test_a_damaged_digit_score_is_refused_in_one_line(tmp_path, bad, complaint):
@@ -164,6 +167,9 @@ def test_training_with_negatives_writes_a_calibrated_digit_score(tiny_data, tmp_
     assert record["metadata"]["negatives"] == 0.5
     assert check_digit_score(record["digit_score"], 10) is None
     assert "digit score: msp" in result.stdout
+    # a model file written later from the checkpoint keeps it too
+    run_main("save_model.py", out.with_suffix(".ckpt"), "--out", tmp_path / "again.pth")
+    assert read_model_file(tmp_path / "again.pth")["digit_score"] == record["digit_score"]
 
 
 def test_negatives_are_for_digit_models_only(tiny_data, tmp_path):

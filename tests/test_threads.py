@@ -54,6 +54,8 @@ def test_threads_asked_for_win_then_the_environment_then_the_default():
         assert use_threads(None, default=1, environ={"OMP_NUM_THREADS": "2"}) == 2
         assert torch.get_num_threads() == 2  # as OpenMP read the environment: left alone
         assert use_threads(None, default=1, environ={}) == 1 == torch.get_num_threads()
+        for ignored in ("abc", "0", "-2"):  # not a thread count: libgomp says so, and ignores it
+            assert use_threads(None, default=1, environ={"OMP_NUM_THREADS": ignored}) == 1
     finally:
         torch.set_num_threads(before)
 
@@ -73,11 +75,14 @@ def test_a_quiet_machine_gets_a_thread_a_usable_core(monkeypatch):
 def test_the_scripts_start_through_the_policy_and_that_imports_no_torch():
     import evaluate
     import load_model
+    import save_model
+    import serve
     import train
     import tune
 
     assert train.main is lenetkit.commands.train and evaluate.main is lenetkit.commands.evaluate
     assert load_model.main is lenetkit.commands.predict and tune.main is lenetkit.commands.tune
+    assert serve.main is lenetkit.commands.serve and save_model.main is lenetkit.commands.save
     code = "import sys, lenetkit.commands, load_model; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True,
                             text=True, check=True, env={**os.environ, "PYTHONPATH": ""})
@@ -109,7 +114,7 @@ def test_the_crowded_bench_times_each_command_beside_busy_processes_it_then_stop
         assert len(processes) == 2 and all(process.poll() is None for process in processes)
     assert all(process.poll() is not None for process in processes)
     rows = crowded_rows({"nothing": [sys.executable, "-c", "pass"]}, loads=(0, 1),
-                        policies={"policy": {}, "one thread": {"OMP_NUM_THREADS": "1"}})
+                        settings={"policy": {}, "one thread": {"OMP_NUM_THREADS": "1"}})
     assert [(row["workload"], row["policy"]) for row in rows] == [("nothing", "policy"),
                                                                   ("nothing", "one thread")]
     assert all(row["seconds"][1] > 0 and row["ratio"][0] == 1 for row in rows)

@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crowded", action="store_true",
                         help="only the scripts' times quiet and beside 1 and 3 busy processes "
                              "(started and stopped here), under the thread policy and libgomp's "
-                             "defaults; with --quick, on a small subset")
+                             "defaults; with --quick, the trainings on a small subset")
     parser.add_argument("--count", type=positive_int, default=300,
                         help="test digits per condition for --photos")
     parser.add_argument("--model", type=Path,

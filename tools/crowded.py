@@ -16,16 +16,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 from lenetkit.environment import PROJECT_DIR
-from lenetkit.threads import usable_cpus
+from lenetkit.errors import UserError
 
 BUSY_LOOP = "while True: pass"
 LOADS = (0, 1, 3)  # competing processes
-# libgomp's own defaults, stated so that the policy leaves them alone: its spin count when
-# OMP_WAIT_POLICY is unset, and a thread a core.
-POLICIES = {"policy": {},
-            "libgomp default": {"GOMP_SPINCOUNT": "300000",
-                                "OMP_NUM_THREADS": str(len(usable_cpus()))}}
+
+
+def policies() -> dict[str, dict[str, str]]:
+    """The settings compared: the policy's (nothing set), and libgomp's own defaults, stated so
+    that the policy leaves them alone: its spin count when OMP_WAIT_POLICY is unset, and
+    torch's default thread count (a thread a core)."""
+    return {"policy": {}, "libgomp default": {"GOMP_SPINCOUNT": "300000",
+                                              "OMP_NUM_THREADS": str(torch.get_num_threads())}}
+
 SETTLE_S = 0.5  # for the competitors to start running before the workload starts
 
 
@@ -44,8 +50,9 @@ def competing(count: int) -> Iterator[list[subprocess.Popen]]:
 
 
 def workloads(data_dir: Path, model: Path, folder: Path, quick: bool) -> dict[str, list[str]]:
-    """The commands timed: the fast recipe and the default one (two epochs: its time a
-    epoch is what crowding changes), then evaluate.py on the test set; --quick: a small subset."""
+    """The commands timed: the fast recipe and the default one (two epochs: its time an
+    epoch is what crowding changes), then evaluate.py on the test set; `quick`: the trainings
+    on a small subset, for one epoch."""
     small = ["--train-size", "2000", "--val-size", "500", "--epochs", "1"] if quick else []
     data = ["--data-dir", str(data_dir), "--no-download"]
     script = lambda name: [sys.executable, str(PROJECT_DIR / name)]
@@ -65,8 +72,11 @@ def seconds(command: list[str], environ: dict[str, str], folder: Path) -> float:
     for old in folder.glob("*.pth"):
         old.unlink()  # each run writes its model afresh
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=environ, cwd=folder)
+    result = subprocess.run(command, capture_output=True, text=True, env=environ, cwd=folder)
     wall = time.perf_counter() - started
+    if result.returncode:
+        said = (result.stderr.strip().splitlines() or ["nothing"])[-1]
+        raise UserError(f"{' '.join(command[1:3])} exited {result.returncode}: {said}")
     if "--out" not in command:
         return wall
     metrics = Path(command[command.index("--out") + 1]).with_suffix(".metrics.json")
@@ -74,7 +84,7 @@ def seconds(command: list[str], environ: dict[str, str], folder: Path) -> float:
 
 
 def crowded_rows(commands: dict[str, list[str]], loads: tuple[int, ...] = LOADS,
-                 policies: dict[str, dict[str, str]] = POLICIES) -> list[dict]:
+                 settings: dict[str, dict[str, str]] | None = None) -> list[dict]:
     """A row for each command and policy: its seconds beside each number of `loads`, and each
     one's ratio to the quiet time (the first load)."""
     base = {name: value for name, value in os.environ.items()
@@ -82,11 +92,11 @@ def crowded_rows(commands: dict[str, list[str]], loads: tuple[int, ...] = LOADS,
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name, command in commands.items():
-            for policy, settings in policies.items():
+            for policy, environ in (settings or policies()).items():
                 times = {}
                 for load in loads:
                     with competing(load):
-                        times[load] = seconds(command, {**base, **settings}, Path(folder))
+                        times[load] = seconds(command, {**base, **environ}, Path(folder))
                 ratios = {load: times[load] / times[loads[0]] for load in loads}
                 rows.append({"workload": name, "policy": policy, "seconds": times,
                              "ratio": ratios})

@@ -9,19 +9,19 @@ each kind of non-digit refused (by the preprocessing, as blank or a speck, or by
 and of MNIST's digits (validation, or test) and photographed digits (photos.py) still read.
 """
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lenetkit.datasets import DEFAULT_VAL_SIZE, load_dataset, split_indices, standardize
+from lenetkit.cli import add_data_dir, make_parser, run_cli, writable_file
+from lenetkit.datasets import DEFAULT_VAL_SIZE, load_dataset, split_indices
 from lenetkit.digitscore import SCORES, calibrate, judge
-from lenetkit.model import Classifier
 from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.negatives import framed, negative_images
+from lenetkit.outputs import write_json
+from lenetkit.prediction import model_logits
 
 import photos  # tools/, beside this file
 
@@ -61,12 +61,6 @@ def mnist_digits(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
         val = split_indices(len(images), DEFAULT_VAL_SIZE)[1]
         images, labels = images[val], labels[val]
     return images.float() / 255, labels
-
-
-def model_logits(model: Classifier, record: dict, inputs: Tensor) -> Tensor:
-    """The model's logits for inputs (N, 28, 28) in [0, 1]."""
-    with torch.no_grad():
-        return model(standardize(inputs.unsqueeze(1), **record["normalization"]))
 
 
 def refusals(record: dict, logits: Tensor) -> Tensor:
@@ -115,11 +109,12 @@ def measure(path: Path, data_dir: Path, split: str, sets: dict, digits: tuple,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", type=Path, nargs="+")
-    parser.add_argument("--split", choices=["val", "bench"], default="val")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--json", type=Path)
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="model files")
+    parser.add_argument("--split", choices=["val", "bench"], default="val",
+                        help="val: to choose on; bench: the held-out sets, to report")
+    add_data_dir(parser)
+    parser.add_argument("--json", type=writable_file, help="also write the rows as JSON here")
     args = parser.parse_args()
     sets = test_sets(args.data_dir, args.split)
     calibration = torch.cat([inputs for inputs, _ in
@@ -135,8 +130,8 @@ def main() -> None:
         print(f"{Path(row['model']).name[-28:]:<28} {row['score']:<7} {row['threshold']:8.4g} "
               + " ".join(f"{row[c]:11.2%}" for c in columns))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
