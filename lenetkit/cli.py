@@ -13,6 +13,7 @@ from lenetkit import __version__
 from lenetkit.environment import DEFAULT_DATA_DIR, PROJECT_DIR
 from lenetkit.errors import UserError
 from lenetkit.outputs import check_output_file, check_output_folder
+from lenetkit.threads import MAX_THREADS
 
 DEVICE_HELP = "where the model runs: auto takes cuda, then mps, then cpu; cuda:N names a GPU"
 DATA_HELP = "dataset root holding MNIST/raw/, FashionMNIST/raw/ and cifar-10-batches-bin/"
@@ -89,7 +90,8 @@ def add_device(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> Non
     """--device and --threads, the same on every script."""
     parser.add_argument("--device", default="auto", metavar="{auto,cuda,mps,cpu}",
                         help=DEVICE_HELP)
-    parser.add_argument("--threads", type=positive_int, metavar="N",
+    parser.add_argument("--threads", type=lambda text: int_in_range(text, 1, MAX_THREADS),
+                        metavar="N",
                         help="CPU threads to compute on (default: OMP_NUM_THREADS if set, else "
                              "one a core this process may use, fewer when other programs keep "
                              "those cores busy)")

@@ -390,7 +390,8 @@ def save_checkpoint(path: Path, config: "TrainConfig", training: "Training",
                  "ema": training.ema.state_dict() if training.ema is not None else None,
                  "optimizer": training.optimizer.state_dict(),
                  "scheduler": training.scheduler.state_dict(),
-                 "generator": training.generator.get_state(), "torch_rng": torch.get_rng_state()},
+                 "generator": training.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "threads": torch.get_num_threads()},
                 path)
 
 

@@ -32,6 +32,8 @@ SPIN_COUNT = "30000"
 # A server's prediction is one small image, too small to gain from more threads: a thread each,
 # the cores serving requests side by side (the server's workers, or its request threads).
 SERVING_THREADS = 1
+# More threads than any machine these scripts run on has cores: a larger count is a mistake.
+MAX_THREADS = 1024
 # Shorter than this, /proc/stat's clock ticks (1/100 s) say too little about the others' load.
 MIN_SAMPLE_S = 0.2
 

@@ -51,7 +51,7 @@ from lenetkit.negatives import TRAIN_SIZE, VAL_COUNTS, negative_inputs, training
 from lenetkit.optim import Lookahead, batch_norms, ema_update, make_optimizer
 from lenetkit.outputs import run_metadata, write_json
 from lenetkit.plots import plot_history
-from lenetkit.threads import use_threads
+from lenetkit.threads import MAX_THREADS, use_threads
 
 
 @dataclass
@@ -282,8 +282,17 @@ def load_test_split(config: TrainConfig, options: argparse.Namespace) -> tuple[T
 
 def main(argv: list[str] | None = None) -> None:
     config, options = parse_args(argv)
-    use_threads(options.threads)
+    use_threads(options.threads or checkpoint_threads(options))
     train(config, options)
+
+
+def checkpoint_threads(options: argparse.Namespace) -> int | None:
+    """A resumed run's threads: those it started with, since the order of its sums, so its
+    weights, depend on them; None for a new run, or a checkpoint that does not say."""
+    if not options.resume:
+        return None
+    threads = read_checkpoint(output_paths(options.out)["checkpoint"], SETTINGS).get("threads")
+    return threads if type(threads) is int and 0 < threads <= MAX_THREADS else None
 
 
 def train(config: TrainConfig, options: argparse.Namespace, report_test: bool = True) -> dict:
@@ -323,8 +332,10 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = load_splits(config, options, device)
     test_split = load_test_split(config, options) if report_test and rank == 0 else None
+    threads = torch.get_num_threads()
+    on = f"{device} ({threads} thread{'s' * (threads > 1)})" if device.type == "cpu" else device
     log(f"data: {len(x_train):,} training and {len(x_val):,} validation images from "
-        f"{options.data_dir} on {device} in {time.perf_counter() - started:.1f}s")
+        f"{options.data_dir} on {on} in {time.perf_counter() - started:.1f}s")
     steps_per_epoch = -(-(len(x_train) // world) // (config.batch_size // world))
     training = setup_training(config, steps_per_epoch, device, world, options.channels_last,
                               options.compile, images=x_train)
@@ -468,7 +479,8 @@ def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict]
     metrics = {"settings": asdict(config), "history": history,
                "best_epoch": best["metadata"]["best_epoch"],
                "val_accuracy": best["metadata"].get("val_accuracy"),  # None: none held out
-               "train_seconds": sum(row["seconds"] for row in history)}
+               "train_seconds": sum(row["seconds"] for row in history),
+               "threads": torch.get_num_threads()}  # with the seed, what the weights depend on
     if rank != 0:
         return metrics  # rank 0 writes the files
     if options.dry_run:

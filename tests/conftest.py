@@ -24,6 +24,12 @@ from lenetkit.threads import prepare_process  # noqa: E402 -- the suite is an en
 
 prepare_process()  # its threads wait as the scripts' do, here and in those it starts
 
+import torch  # noqa: E402 -- after the policy's wait is set
+
+# The scripts the tests run compute on one thread count, whatever else the machine is doing, so
+# that the runs a test compares (a resumed run and an uninterrupted one) agree bit for bit.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 REAL_DATA_DIR = PROJECT_DIR / "data"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")

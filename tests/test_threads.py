@@ -1,5 +1,7 @@
 """The thread policy (threads.py): how many threads the scripts compute on, and how they wait."""
 
+import argparse
+import json
 import os
 import subprocess
 import sys
@@ -10,8 +12,9 @@ import torch
 import lenetkit.commands
 from lenetkit import threads
 from lenetkit.threads import busy_seconds, prepare_process, thread_count, use_threads
+from lenetkit.training import checkpoint_threads
 
-from conftest import PROJECT_DIR, run_main
+from conftest import PROJECT_DIR, TINY_TRAINING, run_main
 
 DIGIT = PROJECT_DIR / "examples" / "seven.png"
 
@@ -118,3 +121,14 @@ def test_the_crowded_bench_times_each_command_beside_busy_processes_it_then_stop
     assert [(row["workload"], row["policy"]) for row in rows] == [("nothing", "policy"),
                                                                   ("nothing", "one thread")]
     assert all(row["seconds"][1] > 0 and row["ratio"][0] == 1 for row in rows)
+
+
+def test_a_resumed_run_computes_on_the_threads_it_started_with(tiny_data, tmp_path):
+    out = tmp_path / "model.pth"
+    result = run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1",
+                      "--threads", "1", *TINY_TRAINING)
+    assert "on cpu (1 thread) in" in result.stdout
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["threads"] == 1
+    resumed = argparse.Namespace(resume=True, out=out)
+    assert checkpoint_threads(resumed) == 1  # what `train.py --resume` computes on
+    assert checkpoint_threads(argparse.Namespace(resume=False, out=out)) is None
