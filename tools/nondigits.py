@@ -39,12 +39,18 @@ def blank_pages(split: str) -> tuple[Tensor, int]:
                    for condition in photos.PHOTO_CONDITIONS for seed in range(BLANK_PAGES)])
 
 
-def photographed_digits(data_dir: Path, split: str) -> tuple[Tensor, Tensor, int]:
-    """Digits photographed under photos.CONDITIONS: validation digits for val, test for bench."""
+def mnist_split(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
+    """MNIST's validation digits (for val) or test digits (for bench), uint8, and their labels."""
     images, labels = load_dataset(data_dir, train=split == "val", download=False)
     if split == "val":
-        val = split_indices(len(images), DEFAULT_VAL_SIZE)[1][:PHOTO_DIGITS]
+        val = split_indices(len(images), DEFAULT_VAL_SIZE)[1]
         images, labels = images[val], labels[val]
+    return images, labels
+
+
+def photographed_digits(data_dir: Path, split: str) -> tuple[Tensor, Tensor, int]:
+    """Digits photographed under photos.CONDITIONS: validation digits for val, test for bench."""
+    images, labels = mnist_split(data_dir, split)
     pictures, kept = [], []
     for condition in photos.CONDITIONS:
         for index in range(PHOTO_DIGITS):
@@ -56,10 +62,7 @@ def photographed_digits(data_dir: Path, split: str) -> tuple[Tensor, Tensor, int
 
 def mnist_digits(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
     """MNIST's validation digits (for val) or test digits (for bench), in [0, 1]."""
-    images, labels = load_dataset(data_dir, train=split == "val", download=False)
-    if split == "val":
-        val = split_indices(len(images), DEFAULT_VAL_SIZE)[1]
-        images, labels = images[val], labels[val]
+    images, labels = mnist_split(data_dir, split)
     return images.float() / 255, labels
 
 
@@ -77,12 +80,13 @@ def test_sets(data_dir: Path, split: str) -> dict[str, tuple[Tensor, int]]:
     return sets
 
 
-def measure(path: Path, data_dir: Path, split: str, sets: dict, digits: tuple,
-            photographed: tuple, calibration: Tensor) -> list[dict]:
-    """One row for each raw score, and one for the file's own setting when it has one."""
+def measure(path: Path, sets: dict, digits: tuple, photographed: tuple, val_digits: Tensor,
+            calibration: Tensor) -> list[dict]:
+    """One row for each raw score, calibrated on `val_digits` and the `calibration` non-digits,
+    and one for the file's own setting when it has one."""
     record = read_model_file(path)
     model = build_from_record(record)
-    val_logits = model_logits(model, record, mnist_digits(data_dir, "val")[0])
+    val_logits = model_logits(model, record, val_digits)
     settings = {name: calibrate(name, val_logits, model_logits(model, record, calibration))
                 for name in SCORES}
     if "digit_score" in record:
@@ -121,9 +125,10 @@ def main() -> None:
                              (sets if args.split == "val" else test_sets(args.data_dir, "val"))
                              .values()])
     digits = mnist_digits(args.data_dir, args.split)
+    val_digits = digits[0] if args.split == "val" else mnist_digits(args.data_dir, "val")[0]
     photographed = photographed_digits(args.data_dir, args.split)
     rows = [row for path in args.models for row in
-            measure(path, args.data_dir, args.split, sets, digits, photographed, calibration)]
+            measure(path, sets, digits, photographed, val_digits, calibration)]
     columns = [*sets, "digits read", "accuracy", "photos read"]
     print(f"{'model':<28} {'score':<7} {'thresh':>8} " + " ".join(f"{c[:11]:>11}" for c in columns))
     for row in rows:
