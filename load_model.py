@@ -7,6 +7,7 @@ From other programs, with this folder on sys.path (or the package installed, as 
     from load_model import predict
     prediction = predict("digit.jpg")  # or a PIL image, a numpy array, a prepared tensor, a list
     print(prediction.name, prediction.probability, prediction.top)
+    print(read_number("year.jpg").text)  # several digits side by side, left to right: "2026"
 
 The library behind it: lenetkit.prediction; this script re-exports its API.
 """
@@ -16,19 +17,21 @@ from typing import TYPE_CHECKING
 import lenetkit
 from lenetkit.commands import predict as main  # the thread policy, then the script's main
 
-__all__ = ["ImageError", "ModelFileError", "Prediction", "Predictor", "UserError", "load_model",
-           "predict", "read_model_file"]
+__all__ = ["ImageError", "ModelFileError", "Number", "Prediction", "Predictor", "UserError",
+           "load_model", "predict", "read_model_file", "read_number"]
 
 if TYPE_CHECKING:
     from lenetkit import (
         ImageError,
         ModelFileError,
+        Number,
         Prediction,
         Predictor,
         UserError,
         load_model,
         predict,
         read_model_file,
+        read_number,
     )
 
 

@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 __version__ = "1.0.0"
 
 _API = {"predict": "prediction", "Predictor": "prediction", "Prediction": "prediction",
+        "Number": "prediction", "read_number": "prediction",
         "load_model": "prediction", "read_model_file": "modelfile",
         "ModelFileError": "modelfile", "ImageError": "preprocess", "UserError": "errors"}
-__all__ = ["ImageError", "ModelFileError", "Prediction", "Predictor", "UserError", "__version__",
-           "load_model", "predict", "read_model_file"]
+__all__ = ["ImageError", "ModelFileError", "Number", "Prediction", "Predictor", "UserError",
+           "__version__", "load_model", "predict", "read_model_file", "read_number"]
 
 if TYPE_CHECKING:
     from lenetkit.errors import UserError
     from lenetkit.modelfile import ModelFileError, read_model_file
-    from lenetkit.prediction import Prediction, Predictor, load_model, predict
+    from lenetkit.prediction import Number, Prediction, Predictor, load_model, predict, read_number
     from lenetkit.preprocess import ImageError
 
 

@@ -8,6 +8,10 @@
     from lenetkit import load_model
     model = load_model("mnist_model.pth")   # the bare nn.Module in eval mode, returning logits
 
+    number = read_number("year.jpg")   # several digits side by side, read left to right
+    print(number)                       # 2026 (98.7%: 2 99.9%, 0 99.6%, 2 99.5%, 6 99.7%)
+    number.text, number.digits          # "2026", a Prediction for each digit
+
 The defaults are the command line's (`python load_model.py IMAGE...`): the model you trained, else
 the shipped one; the device `auto`; the top class only. Errors are UserError's subclasses
 (ImageError, ModelFileError), each naming the file or list item at fault.
@@ -34,6 +38,7 @@ from lenetkit.inputs import check_input_file
 from lenetkit.model import Classifier
 from lenetkit.modelchoice import model_line
 from lenetkit.modelfile import build_from_record, read_model_file
+from lenetkit.multidigit import preprocess_number
 from lenetkit.onnxfiles import OnnxModel
 from lenetkit.outputs import write_atomic
 from lenetkit.preprocess import (
@@ -94,6 +99,47 @@ class Prediction:
             return (f"no digit (it does not look like one: digit score {self.digit_score:.0%}; "
                     f"the likeliest digit {guesses})")
         return guesses + ("" if self.confident else "  [low confidence: check the input]")
+
+
+@dataclass(frozen=True)
+class Number:
+    """What the model reads in an image of a number: its digits, left to right."""
+    digits: list[Prediction]
+
+    @property
+    def text(self) -> str:
+        """The digits' names in order: "2026"."""
+        return "".join(digit.name for digit in self.digits)
+
+    @property
+    def probability(self) -> float:
+        """How likely every digit is right, as the model sees it: their probabilities' product."""
+        return float(np.prod([digit.probability for digit in self.digits]))
+
+    @property
+    def confident(self) -> bool:
+        """False when any digit is not confident (Prediction.confident)."""
+        return all(digit.confident for digit in self.digits)
+
+    @property
+    def is_digit(self) -> bool:
+        """False when the model's digit score refuses any of the digits (Prediction.is_digit)."""
+        return all(digit.is_digit for digit in self.digits)
+
+    @property
+    def input(self) -> Tensor:
+        """What the model saw: the digits' inputs side by side, (28, 28 x digits)."""
+        return torch.cat([digit.input for digit in self.digits], dim=-1)
+
+    def __str__(self) -> str:
+        """As the command line prints it: `2026 (98.7%: 2 99.9%, 0 99.6%, ...)`, the unsure
+        digits named; a number of one digit as its Prediction prints."""
+        if len(self.digits) == 1:
+            return str(self.digits[0])
+        each = ", ".join(f"{digit.name} {digit.probability:.1%}" for digit in self.digits)
+        unsure = [str(place) for place, digit in enumerate(self.digits, 1) if not digit.confident]
+        note = f"  [low confidence in digit {', '.join(unsure)}: check the input]" if unsure else ""
+        return f"{self.text} ({self.probability:.1%}: {each}){note}"
 
 
 class Predictor:
@@ -159,6 +205,16 @@ class Predictor:
                                           is_digit=not no))
         return predictions if batch else predictions[0]
 
+    def read_number(self, image: "str | Path | Image.Image | np.ndarray") -> Number:
+        """The number in an image (a file path, PIL image or numpy array): its separate digits,
+        found and read left to right (multidigit.py). An image of one digit reads as `self(image)`
+        reads it, as a Number of one digit. Only an MNIST model reads numbers."""
+        if self.preprocess is not preprocess_digit:
+            raise UserError(f"a {self.record['dataset']} model reads no numbers: give an MNIST one")
+        digits = self(preprocess_number(self.image(image)))
+        assert isinstance(digits, list)  # a batch, of one digit or more
+        return Number(digits)
+
     def read(self, file: str | Path | BinaryIO) -> Image.Image:
         """An image file, decoded as the model's preprocessing needs it (gray or colour); a path
         is first checked to be a regular file of at most MAX_IMAGE_FILE_BYTES."""
@@ -177,14 +233,18 @@ class Predictor:
             if not images:
                 raise ImageError("the list of images is empty")
             return torch.cat([self.item_inputs(index, image) for index, image in enumerate(images)])
-        if isinstance(images, (str, Path)):
-            images = self.read(images)
-        elif isinstance(images, np.ndarray):
-            images = array_image(images)
-        if not isinstance(images, Image.Image):
-            raise ImageError(f"can't predict a {type(images).__name__}: give a file path, "
+        return self.preprocess(self.image(images)).unsqueeze(0)
+
+    def image(self, image: "str | Path | Image.Image | np.ndarray") -> Image.Image:
+        """An image file (read), a numpy array or a PIL image, as a PIL image."""
+        if isinstance(image, (str, Path)):
+            image = self.read(image)
+        elif isinstance(image, np.ndarray):
+            image = array_image(image)
+        if not isinstance(image, Image.Image):
+            raise ImageError(f"can't predict a {type(image).__name__}: give a file path, "
                              "a PIL image, a numpy array or a tensor")
-        return self.preprocess(images).unsqueeze(0)
+        return image
 
     def item_inputs(self, index: int, image: "ImageLike") -> Tensor:
         """The inputs of one item of a list, an error naming the item (and its file) at fault."""
@@ -298,16 +358,26 @@ def predict(images: "ImageLike | list[ImageLike]", model: str | Path | None = No
     return cached_predictor(path, str(device), top_k)(images)
 
 
+def read_number(image: "str | Path | Image.Image | np.ndarray", model: str | Path | None = None,
+                device: str = "auto") -> Number:
+    """The number in an image (a file path, PIL image or numpy array), its digits read left to
+    right: see Predictor.read_number. Each model file is read once."""
+    path = Path(model or default_model_path()).resolve()
+    return cached_predictor(path, str(device), 1).read_number(image)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(
         "Predict the class of each image file (PNG, JPEG, ...; any size): the digit, dark ink on "
         "light paper or the reverse, scanned, drawn or photographed on a page, for an MNIST "
-        "model; the garment, photographed on a plain background, for a Fashion-MNIST model; the "
-        "object in a colour photo for a CIFAR-10 model. An image with no digit in it is "
-        "answered `no digit`: blank ones always, and letters or scribbles by a model trained "
-        "with --negatives (its digit score); the exit status is 1 when any image was not read.")
+        "model, and the number, read left to right, when the image holds several digits side "
+        "by side (written apart: touching digits read as one); the garment, photographed on a "
+        "plain background, for a Fashion-MNIST model; the object in a colour photo for a "
+        "CIFAR-10 model. An image with no digit in it is answered `no digit`: blank ones "
+        "always, and letters or scribbles by a model trained with --negatives (its digit "
+        "score); the exit status is 1 when any image was not read.")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files, one digit, garment or object each")
+                        help="image files, one digit (or number), garment or object each")
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument("--top-k", type=positive_int, default=1,
                         help="how many likeliest classes to print")
@@ -324,7 +394,8 @@ def input_image(pixels: Tensor) -> Image.Image:
     return Image.fromarray((pixels.permute(1, 2, 0) if pixels.dim() == 3 else pixels).numpy())
 
 
-def save_input(prediction: Prediction, image_path: str, folder: Path, taken: set[str]) -> Path:
+def save_input(prediction: Prediction | Number, image_path: str, folder: Path,
+               taken: set[str]) -> Path:
     """Writes the model's input as folder/NAME.input.png (NAME-2... if taken); returns
     its path."""
     stem, number = Path(image_path).stem, 1
@@ -342,9 +413,10 @@ def main(argv: list[str] | None = None) -> None:
     print(model_line(predictor.path, predictor.record), file=sys.stderr)
     failures = 0
     taken: set[str] = set()
+    numbers = predictor.preprocess is preprocess_digit
     for path in args.images:
         try:
-            prediction = predictor(path)
+            prediction = predictor.read_number(path) if numbers else predictor(path)
             saved = args.out_dir and save_input(prediction, path, args.out_dir, taken)
         except ImageError as error:
             print(f"{path}: error: {error}", file=sys.stderr)

@@ -149,8 +149,16 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
     Returns float32 (size, size) in [0, 1], before normalization.
     """
     darkness = ink_darkness(to_grayscale(image, WORK_SIDE))
-    strokes, ink, half_width = digit_strokes(darkness)
+    strokes, ink, half_width = stroke_mask(darkness)
+    strokes = digit_pieces(strokes)
     check_digit_ink(darkness, strokes)
+    return frame_strokes(darkness, strokes, ink, half_width, box, size)
+
+
+def frame_strokes(darkness: np.ndarray, strokes: np.ndarray, ink: np.ndarray, half_width: float,
+                  box: int = 20, size: int = 28) -> Tensor:
+    """One digit's `strokes` (a mask of `darkness`, as stroke_mask found them with all the `ink`
+    and the strokes' `half_width`), framed as MNIST framed its digits (mnist_frame)."""
     level = np.percentile(darkness[strokes], 99)
     # The strokes' soft edges, out to half a stroke's width, but not the ink that was dropped.
     near = within(strokes, max(2.0, half_width / 2)) & (strokes | ~ink)
@@ -257,11 +265,10 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(levels[np.nanargmax(np.nan_to_num(between[:-1], nan=-1))] + 0.5 / bins)
 
 
-def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """The digit's ink: the pixels darker than Otsu's threshold, less anything much thinner than
-    the pen's strokes (ruling, grid lines, specks), in the largest connected component and the
-    large ones near it. Returns it, all the ink (over the threshold), and the thickest strokes'
-    half-width."""
+def stroke_mask(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The pen's strokes: the pixels darker than Otsu's threshold, less anything much thinner
+    than the pen's strokes (ruling, grid lines, specks). Returns them, all the ink (over the
+    threshold), and the thickest strokes' half-width."""
     ink = darkness > max(otsu_threshold(darkness), 0.1)
     if not ink.any():  # a blank image: check_digit_ink says so
         return ink, ink, 0.0
@@ -272,9 +279,15 @@ def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         radius = stroke / 3
         thick = ink & within(distance > radius, radius + 0.5)  # an opening: strokes, not lines
         strokes = thick | short_pieces(ink & ~thick) if thick.any() else ink
+    return strokes, ink, stroke
+
+
+def digit_pieces(strokes: np.ndarray) -> np.ndarray:
+    """One digit's strokes among a page's: the largest connected piece and the large ones near
+    it."""
     labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
     if count <= 1:
-        return strokes, ink, stroke
+        return strokes
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
     largest = boxes[int(np.argmax(areas))]
@@ -285,7 +298,7 @@ def digit_strokes(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
             if area >= 0.02 * areas.max() and rows.stop > largest[0].start - margin
             and rows.start < largest[0].stop + margin and cols.stop > largest[1].start - margin
             and cols.start < largest[1].stop + margin]
-    return np.isin(labels, keep), ink, stroke
+    return np.isin(labels, keep)
 
 
 def depth(mask: np.ndarray) -> np.ndarray:

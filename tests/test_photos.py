@@ -147,14 +147,14 @@ def test_one_bad_file_never_stops_the_others(tmp_path):
 
 
 def test_an_unexpected_failure_on_one_file_is_reported_and_the_rest_go_on(monkeypatch, capsys):
-    real = lenetkit.prediction.Predictor.inputs
+    real = lenetkit.prediction.Predictor.image
 
     def failing_once(self, images):
         if str(images).endswith("first.png"):
             raise RuntimeError("something unforeseen")
         return real(self, images)
 
-    monkeypatch.setattr(lenetkit.prediction.Predictor, "inputs", failing_once)
+    monkeypatch.setattr(lenetkit.prediction.Predictor, "image", failing_once)
     monkeypatch.setattr(sys, "argv", ["load_model.py", "--model", str(PRETRAINED_MODEL_PATH),
                                       "first.png", str(SEVEN)])
     with pytest.raises(SystemExit) as exit_status:

@@ -34,6 +34,7 @@ from lenetkit.preprocess import ImageError, read_image
 
 import drawings
 import hostile
+import photos
 from conftest import PROJECT_DIR, REAL_DATA_DIR, needs_real_mnist, run_main
 
 SEVEN = PROJECT_DIR / "examples" / "seven.png"
@@ -170,6 +171,19 @@ def test_a_png_is_read_as_load_model_reads_its_file(server):
     assert seen.shape == (28, 28)
     assert np.array_equal(seen, (expected.input * 255).round().to(torch.uint8).numpy())
     assert answer["confident"] is True and answer["milliseconds"] > 0
+
+
+@needs_real_mnist
+def test_a_photo_of_a_number_is_read_left_to_right_as_load_model_reads_it(server, tmp_path):
+    images, _ = load_dataset(REAL_DATA_DIR, train=False, download=False)
+    path = tmp_path / "number.jpg"
+    path.write_bytes(photos.encode(*photos.render(images[:4].numpy(), "phone photo", seed=3)))
+    status, _, answer = ask(server, "POST", "/predict", path.read_bytes())
+    expected = Predictor(PRETRAINED_MODEL_PATH).read_number(path)
+    assert status == 200 and answer["number"] == expected.text and len(expected.text) == 4
+    assert [digit["name"] for digit in answer["digits"]] == list(expected.text)
+    assert answer["name"] == expected.digits[0].name  # the first digit, as for any image
+    assert data_url_pixels(answer["input"]).shape == (28, 4 * 28)
 
 
 def test_a_jpeg_photo_is_read_whether_sent_as_the_body_or_in_a_multipart_form(server):
@@ -892,6 +906,12 @@ def test_in_a_browser_digits_drawn_with_the_pointer_and_photos_are_read(server, 
     assert reading(browser) == "7"
     drop_file(browser, NINE)
     assert reading(browser) == "9"
+    number = tmp_path / "number.jpg"
+    images, _ = load_dataset(REAL_DATA_DIR, train=False, download=False)
+    number.write_bytes(photos.encode(*photos.render(images[:4].numpy(), "phone photo", seed=3)))
+    drop_file(browser, number)
+    assert reading(browser) == Predictor(PRETRAINED_MODEL_PATH).read_number(number).text
+    assert browser.find_element(By.ID, "seen").get_attribute("width") == str(4 * 84)
 
 
 def drop_file(driver, path: Path) -> None:

@@ -45,6 +45,7 @@ from measurements import (
     matmul_gflops,
     max_difference,
     median_of,
+    number_accuracy,
     our_throughput,
     phone_jpeg,
     photo_accuracy,
@@ -55,15 +56,20 @@ from measurements import (
 )
 
 
-def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int) -> dict:
-    """Accuracy per photo condition, and the latency of one image from its file."""
+def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int,
+                    split: str = "test") -> dict:
+    """Accuracy per photo condition, for digits and numbers, and the latency of one image from
+    its file."""
     with tempfile.TemporaryDirectory() as folder:
-        print(f"\nreading digits as people hand them in: the first {count} MNIST test digits "
-              "rendered under each condition (photos.py), predicted from their files by "
-              f"{model_path} as load_model.py does")
-        accuracy = photo_accuracy(model_path, data_dir, count, Path(folder))
+        print(f"\nreading digits as people hand them in: the first {count} MNIST {split} digits "
+              "rendered under each condition (photos.py), and as many numbers of 2-6 of them "
+              "written apart, read from their files (a number whole: every digit right) by "
+              f"{model_path} as load_model.py reads them")
+        accuracy = photo_accuracy(model_path, data_dir, count, Path(folder), split)
+        numbers = number_accuracy(model_path, data_dir, count, Path(folder), split)
+        print(f"  {'condition':<14} {'digits':>7} {'numbers':>8}")
         for condition, share in accuracy.items():
-            print(f"  {condition:<14} {share:7.1%}")
+            print(f"  {condition:<14} {share:7.1%} {numbers[condition]:8.1%}")
         small = Path(folder) / "mnist.png"
         digit = load_dataset(data_dir, train=False, download=False)[0][0].numpy()
         small.write_bytes(photos.encode(*photos.render(digit, "mnist 28x28", seed=0)))
@@ -76,7 +82,7 @@ def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int) ->
             latency[name] = row = prediction_latency(model_path, path, calls)
             print(f"  {name:<18} {row['file_median_ms']:7.2f} {row['file_p99_ms']:7.2f}"
                   f"   ({path.stat().st_size / 1e6:.2f} MB file)")
-    return {"count": count, "accuracy": accuracy, "latency": latency}
+    return {"count": count, "accuracy": accuracy, "numbers": numbers, "latency": latency}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,7 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(started and stopped here), under the thread policy and libgomp's "
                              "defaults; with --quick, the trainings on a small subset")
     parser.add_argument("--count", type=positive_int, default=300,
-                        help="test digits per condition for --photos")
+                        help="digits (and numbers) per condition for --photos")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="the MNIST digits --photos renders: test (reported), or validation "
+                             "(for choosing the preprocessing)")
     parser.add_argument("--model", type=Path,
                         help=f"{MODEL_HELP}: the one whose photo accuracy and prediction "
                              "latency are measured")
@@ -120,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.photos:
-        results = photo_benchmark(args.model, args.data_dir, args.count, calls=200)
+        results = photo_benchmark(args.model, args.data_dir, args.count, calls=200,
+                                  split=args.split)
         if args.out:
             write_json(args.out, results)
         return

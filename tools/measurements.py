@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from lenetkit.config import TrainConfig
-from lenetkit.datasets import DATASETS, idx_source, load_dataset
+from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE, idx_source, load_dataset, split_indices
 from lenetkit.environment import PROJECT_DIR
 from lenetkit.evaluation import evaluate
 from lenetkit.model import Classifier, build_model
@@ -146,24 +146,56 @@ def prediction_latency(model_path: Path, image_path: Path, calls: int) -> dict:
             "file_p99_ms": percentile(from_file, 99)}
 
 
-def photo_accuracy(model_path: Path, data_dir: Path, count: int, folder: Path) -> dict[str, float]:
-    """The share of the first `count` test digits read right under each of photos.CONDITIONS:
-    each rendered (seeded by its index) into an image file, then predicted from the file as
-    load_model.py does. A file that raises ImageError counts as wrong."""
+def mnist_split(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
+    """MNIST's validation digits (for "val": chosen on) or test digits (otherwise: reported
+    only), uint8, and their labels."""
+    images, labels = load_dataset(data_dir, train=split == "val", download=False)
+    if split == "val":
+        val = split_indices(len(images), DEFAULT_VAL_SIZE)[1]
+        images, labels = images[val], labels[val]
+    return images, labels
+
+
+def photo_accuracy(model_path: Path, data_dir: Path, count: int, folder: Path,
+                   split: str = "test") -> dict[str, float]:
+    """The share of the split's first `count` digits read right under each of photos.CONDITIONS
+    (read_accuracy)."""
+    images, labels = mnist_split(data_dir, split)
+    return read_accuracy(model_path, [(images[index], labels[index:index + 1])
+                                      for index in range(count)], folder)
+
+
+def number_accuracy(model_path: Path, data_dir: Path, count: int, folder: Path,
+                    split: str = "test") -> dict[str, float]:
+    """The share of `count` numbers of 2 to 6 digits (the lengths in turn) read whole under each
+    of photos.CONDITIONS (read_accuracy), each number's digits drawn at random (seeded) from the
+    split's and written apart."""
+    images, labels = mnist_split(data_dir, split)
+    rng = np.random.default_rng(0)
+    picks = [torch.from_numpy(rng.choice(len(images), 2 + index % 5, replace=False))
+             for index in range(count)]
+    return read_accuracy(model_path, [(images[pick], labels[pick]) for pick in picks], folder)
+
+
+def read_accuracy(model_path: Path, items: list[tuple[Tensor, Tensor]],
+                  folder: Path) -> dict[str, float]:
+    """The share of `items` (a digit, 28 x 28, or a number's digits, n x 28 x 28, uint8; and
+    their labels) read whole under each of photos.CONDITIONS: each rendered (seeded by its index)
+    into an image file, then read from the file as load_model.py reads it (a digit read as a
+    number of several is wrong). A file that raises ImageError counts as wrong."""
     predictor = Predictor(model_path)
-    images, labels = load_dataset(data_dir, train=False, download=False)
     accuracy = {}
     for condition in photos.CONDITIONS:
         right = 0
-        for index in range(count):
-            image, quality = photos.render(images[index].numpy(), condition, seed=index)
+        for index, (digits, labels) in enumerate(items):
+            image, quality = photos.render(digits.numpy(), condition, seed=index)
             path = folder / f"{index}.{'png' if quality is None else 'jpg'}"
             path.write_bytes(photos.encode(image, quality))
             try:
-                right += predictor(path).label == labels[index].item()
+                right += predictor.read_number(path).text == "".join(map(str, labels.tolist()))
             except ImageError:
                 pass
-        accuracy[condition] = right / count
+        accuracy[condition] = right / len(items)
     return accuracy
 
 

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from lenetkit.cli import add_data_dir, make_parser, run_cli, writable_file
-from lenetkit.datasets import DEFAULT_VAL_SIZE, load_dataset, split_indices
 from lenetkit.digitscore import SCORES, calibrate, judge
 from lenetkit.modelfile import build_from_record, read_model_file
 from lenetkit.negatives import framed, negative_images
@@ -24,6 +23,7 @@ from lenetkit.outputs import write_json
 from lenetkit.prediction import model_logits
 
 import photos  # tools/, beside this file
+from measurements import mnist_split
 
 # Each kind's count in a split: letters cycle through the characters, then the split's fonts.
 COUNTS = {"letters": 552, "scribbles": 500, "textures": 200, "fashion": 500}
@@ -37,15 +37,6 @@ def blank_pages(split: str) -> tuple[Tensor, int]:
     empty = np.zeros((28, 28), np.uint8)
     return framed([photos.photo(empty, condition, offset + seed)
                    for condition in photos.PHOTO_CONDITIONS for seed in range(BLANK_PAGES)])
-
-
-def mnist_split(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
-    """MNIST's validation digits (for val) or test digits (for bench), uint8, and their labels."""
-    images, labels = load_dataset(data_dir, train=split == "val", download=False)
-    if split == "val":
-        val = split_indices(len(images), DEFAULT_VAL_SIZE)[1]
-        images, labels = images[val], labels[val]
-    return images, labels
 
 
 def photographed_digits(data_dir: Path, split: str) -> tuple[Tensor, Tensor, int]:

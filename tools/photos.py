@@ -21,17 +21,28 @@ RULING, GRID = (0.55, 0.68, 0.88), (0.62, 0.70, 0.80)
 
 
 def redrawn(digit: np.ndarray) -> Image.Image:
-    """The digit blown up 10x as dark ink on white paper, off-centre on a larger page."""
-    page = Image.new("L", (400, 360), 255)
-    page.paste(Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BICUBIC), (10, 70))
+    """The digit (or a number's digits side by side) blown up 10x as dark ink on white paper,
+    off-centre on a larger page."""
+    digit = side_by_side(digit)
+    width = digit.shape[1] * 10
+    page = Image.new("L", (width + 120, 360), 255)
+    glyphs = Image.fromarray(255 - digit).resize((width, 280), Image.Resampling.BICUBIC)
+    page.paste(glyphs, (10, 70))
     return page
 
 
+def side_by_side(digits: np.ndarray) -> np.ndarray:
+    """A number's digits (n, 28, 28) as one image (28, 28n), as MNIST frames them; a lone digit
+    (28, 28) as it is."""
+    return digits if digits.ndim == 2 else np.hstack(list(digits))
+
+
 def render(digit: np.ndarray, condition: str, seed: int) -> tuple[Image.Image, int | None]:
-    """`digit` (28x28 uint8, white on black) as the picture of `condition` (one of CONDITIONS),
-    and the JPEG quality its file is saved at (None: a PNG)."""
+    """`digit` (28x28 uint8, white on black; or a number's digits, n x 28 x 28, written side by
+    side) as the picture of `condition` (one of CONDITIONS), and the JPEG quality its file is
+    saved at (None: a PNG)."""
     if condition == "mnist 28x28":
-        return Image.fromarray(digit), None
+        return Image.fromarray(side_by_side(digit)), None
     if condition == "redrawn":
         return redrawn(digit), None
     rng = np.random.default_rng(seed)
@@ -96,7 +107,9 @@ def lines(page: np.ndarray, colour: tuple, spacing: float, width: int, axis: int
 
 def ink_opacity(digit: np.ndarray, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """The digit's grey levels as ink opacity on the page: scaled to about half the page's height,
-    somewhat off-centre."""
+    somewhat off-centre. A number's digits are written in a row, as wide as the page allows."""
+    if digit.ndim == 3:
+        return number_opacity(digit, rng, width, height)
     side = int(height * rng.uniform(0.45, 0.65))  # MNIST's 28 pixels hold a 20-pixel digit
     glyph = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
     glyph = np.asarray(glyph, np.float32) / 255
@@ -104,6 +117,24 @@ def ink_opacity(digit: np.ndarray, rng: np.random.Generator, width: int, height:
     top = int((height - side) / 2 + rng.uniform(-0.1, 0.1) * height)
     left = int((width - side) / 2 + rng.uniform(-0.15, 0.15) * width)
     canvas[top:top + side, left:left + side] = glyph
+    return canvas.clip(0, 1)
+
+
+def number_opacity(digits: np.ndarray, rng: np.random.Generator, width: int,
+                   height: int) -> np.ndarray:
+    """A number's digits (n, 28, 28) as ink opacity: in a row across the page, each MNIST frame
+    apart from the next by up to a fifth of its side, the row as large as the page allows up to
+    half its height and somewhat off-centre."""
+    gaps = rng.uniform(0, 0.2, len(digits))
+    side = int(min(height * rng.uniform(0.3, 0.5), 0.9 * width / (len(digits) + gaps.sum())))
+    canvas = np.zeros((height, width), np.float32)
+    row_width = int(side * (len(digits) + gaps[1:].sum()))
+    top = int((height - side) / 2 + rng.uniform(-0.1, 0.1) * height)
+    left = int((width - row_width) / 2 + rng.uniform(-0.5, 0.5) * (0.9 * width - row_width))
+    for digit, gap in zip(digits, gaps):
+        glyph = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
+        canvas[top:top + side, left:left + side] += np.asarray(glyph, np.float32) / 255
+        left += int(side * (1 + gap))
     return canvas.clip(0, 1)
 
 

@@ -126,11 +126,33 @@ function show(answer) {
     reset(false);
     return;
   }
+  const digits = answer.digits || [];
+  if (digits.length > 1) { // a number: each digit's probability in the note, no bars
+    showNumber(answer, digits);
+    return;
+  }
   $("digit").textContent = answer.is_digit ? answer.name : "?";
   $("probability").textContent = answer.is_digit ? percent(answer.probability) : "";
   $("note").textContent = !answer.is_digit
     ? `no digit: this does not look like one (digit score ${percent(answer.digit_score)})`
     : answer.confident ? "" : "low confidence: check what the model saw";
+  showBars(answer);
+  showSeen(answer, 1);
+}
+
+function showNumber(answer, digits) {
+  const whole = digits.reduce((product, digit) => product * digit.probability, 1);
+  const unsure = digits.filter((digit) => !digit.confident).length;
+  $("digit").textContent = answer.number;
+  $("probability").textContent = percent(whole);
+  $("note").textContent = `${digits.length} digits: ` +
+    digits.map((digit) => `${digit.name} ${percent(digit.probability)}`).join(", ") +
+    (unsure ? ` (low confidence in ${unsure}: check what the model saw)` : "");
+  showBars({ top: [], name: null });
+  showSeen(answer, digits.length);
+}
+
+function showBars(answer) {
   const probabilities = new Map(answer.top.map((entry) => [entry.name, entry.probability]));
   for (const row of $("bars").children) {
     const p = probabilities.get(row.dataset.name) || 0;
@@ -138,6 +160,10 @@ function show(answer) {
     row.querySelector(".value").textContent = percent(p);
     row.classList.toggle("top", row.dataset.name === answer.name);
   }
+}
+
+function showSeen(answer, digits) {
+  $("seen").width = 84 * digits; // the inputs side by side, each 28x28 shown at 84x84
   $("seen").src = answer.input;
   $("seen").title = `read in ${answer.milliseconds.toFixed(1)} ms on the server`;
 }
@@ -157,6 +183,7 @@ function reset(withError) {
     row.classList.remove("top");
   }
   $("seen").removeAttribute("src");
+  $("seen").width = 84;
 }
 
 function clearAll() {

@@ -1,0 +1,126 @@
+"""Reading a number: an image of several digits written apart (a year, a house number, a code)
+is read left to right, from the API and the command line; an image of one digit reads as before."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from lenetkit.datasets import DATASETS, load_dataset
+from lenetkit.environment import PRETRAINED_MODEL_PATH
+from lenetkit.errors import UserError
+from lenetkit.modelfile import read_model_file, save_model
+from lenetkit.multidigit import number_digits, preprocess_number
+from lenetkit.prediction import Number, Predictor, read_number
+from lenetkit.preprocess import ImageError, preprocess_digit
+
+import photos
+from conftest import PROJECT_DIR, needs_real_mnist, run_main
+
+SEVEN = PROJECT_DIR / "examples" / "seven.png"
+# Strokes of digits drawn in a 20x20 box (x, y), as a person writes them: a 5's bar is a stroke
+# of its own, apart from the rest.
+STROKES = {
+    "1": [[(10, 0), (10, 20)]],
+    "4": [[(13, 0), (2, 13), (19, 13)], [(13, 4), (13, 20)]],
+    "5": [[(4, 0), (4, 9), (14, 9), (16, 15), (12, 20), (2, 19)], [(7, 0), (18, 0)]],
+    "7": [[(1, 0), (19, 0), (7, 20)]],
+}
+
+
+def page(text: str, size: int = 40, gap: float = 0.6, marks: tuple = ()) -> Image.Image:
+    """`text` handwritten from STROKES in dark ink on white paper, each digit `size` pixels tall
+    and `gap` of that apart from the next, with other `marks` (pen lines) on the page."""
+    scale = size / 20
+    width = int(len(text) * size * (1 + gap) + 2 * size)
+    image = Image.new("L", (width, 3 * size), 240)
+    draw = ImageDraw.Draw(image)
+    for place, digit in enumerate(text):
+        left, top = size + place * size * (1 + gap), size
+        for stroke in STROKES[digit]:
+            draw.line([(left + x * scale, top + y * scale) for x, y in stroke], fill=30,
+                      width=max(3, size // 8), joint="curve")
+    for mark in marks:
+        draw.line(mark, fill=30, width=max(3, size // 8))
+    return image
+
+
+def test_digits_written_apart_are_found_left_to_right():
+    digits = preprocess_number(page("1457"))
+    assert digits.shape == (4, 28, 28)
+    # each framed alone as MNIST frames a digit: a 1 is a thin upright stroke in mid-frame
+    one = digits[0] > 0.5
+    assert one.any(dim=0).sum() <= 6 and one.any(dim=1).sum() >= 18
+
+
+def test_pieces_that_share_columns_are_one_digit():
+    """A 5's loose bar, or a 4 written in two strokes, is part of its digit, not a digit."""
+    assert len(preprocess_number(page("55"))) == 2
+    assert len(preprocess_number(page("4"))) == 1
+
+
+def test_an_image_of_one_digit_reads_as_preprocess_digit_reads_it():
+    for image in (Image.open(SEVEN), page("5"), page("4", marks=[(150, 10), (152, 12)])):
+        assert torch.equal(preprocess_number(image)[0], preprocess_digit(image))
+        assert len(preprocess_number(image)) == 1
+
+
+def test_dots_dashes_and_lines_across_the_page_are_not_digits():
+    # a dash between two digits, a dot after them, and a margin line down the whole page
+    marks = [(82, 60), (94, 60)], [(150, 78), (152, 80)], [(4, 0), (4, 119)]
+    image = page("17", marks=marks)
+    digits = number_digits(np.asarray(image) < 128)
+    assert len(digits) == 2
+
+
+def test_only_the_line_of_the_number_is_read():
+    """A digit far off to the side, or one written above the line, is another mark on the
+    page."""
+    far = page("14", gap=3.0)  # 3 heights apart: two marks, the larger one read
+    assert len(preprocess_number(far)) == 1
+    above = Image.new("L", (400, 200), 240)
+    above.paste(page("174"), (0, 80))
+    above.paste(page("5", size=30).crop((20, 20, 70, 70)), (110, 0))  # a 5 above the 1 and 7
+    assert len(preprocess_number(above)) == 3
+
+
+def test_a_blank_page_is_no_number():
+    with pytest.raises(ImageError, match="no digit found"):
+        preprocess_number(Image.new("L", (200, 100), 240))
+
+
+def test_read_number_gives_the_digits_and_their_string():
+    number = read_number(page("17"), model=PRETRAINED_MODEL_PATH)
+    assert isinstance(number, Number) and len(number.digits) == 2
+    assert number.text == "".join(digit.name for digit in number.digits)
+    assert number.probability == pytest.approx(
+        number.digits[0].probability * number.digits[1].probability)
+    assert number.input.shape == (28, 56)
+    assert str(number).startswith(f"{number.text} (")
+
+
+def test_a_number_of_one_digit_prints_as_its_prediction():
+    number = read_number(SEVEN, model=PRETRAINED_MODEL_PATH)
+    assert str(number) == str(number.digits[0]) and number.text == "7"
+
+
+def test_only_an_mnist_model_reads_numbers(tmp_path):
+    record = read_model_file(PRETRAINED_MODEL_PATH)
+    record.update(dataset="fashion-mnist", classes=list(DATASETS["fashion-mnist"].classes))
+    save_model(record, tmp_path / "fashion.pth")
+    with pytest.raises(UserError, match="a fashion-mnist model reads no numbers"):
+        Predictor(tmp_path / "fashion.pth").read_number(SEVEN)
+
+
+@needs_real_mnist
+def test_a_photographed_number_is_read_whole(tmp_path):
+    images, labels = load_dataset(PROJECT_DIR / "data", train=False, download=False)
+    image, quality = photos.render(images[:4].numpy(), "phone photo", seed=3)
+    path = tmp_path / "number.jpg"
+    path.write_bytes(photos.encode(image, quality))
+    expected = "".join(str(int(label)) for label in labels[:4])
+    assert read_number(path, model=PRETRAINED_MODEL_PATH).text == expected
+    result = run_main("load_model.py", "--model", str(PRETRAINED_MODEL_PATH), str(path),
+                      "--out-dir", str(tmp_path))
+    assert result.stdout.startswith(f"{path}: {expected} (")
+    assert Image.open(tmp_path / "number.input.png").size == (4 * 28, 28)
