@@ -13,15 +13,7 @@ from PIL import Image
 from scipy import ndimage
 from torch import Tensor
 
-from lenetkit.preprocess import (
-    WORK_SIDE,
-    check_digit_ink,
-    digit_pieces,
-    frame_strokes,
-    ink_darkness,
-    stroke_mask,
-    to_grayscale,
-)
+from lenetkit.preprocess import check_digit_ink, digit_pieces, frame_strokes, page_strokes
 
 # Pieces that share more than this share of the narrower one's columns, one at most this share
 # of the taller one's height above the other, are one digit.
@@ -48,14 +40,19 @@ def preprocess_number(image: Image.Image, box: int = 20, size: int = 28) -> Tens
 
     Returns float32 (digits, size, size) in [0, 1], before normalization.
     """
-    darkness = ink_darkness(to_grayscale(image, WORK_SIDE))
-    strokes, ink, half_width = stroke_mask(darkness)
-    digits = number_digits(strokes)
-    if len(digits) <= 1:  # one digit: its pieces as preprocess_digit chooses them
-        digits = [digit_pieces(strokes)]
+    darkness, strokes, ink, half_width = page_strokes(
+        image, lambda strokes, darkness: np.logical_or.reduce(read_digits(strokes, darkness)))
+    digits = read_digits(strokes, darkness)
     check_digit_ink(darkness, np.logical_or.reduce(digits))
     return torch.stack([frame_strokes(darkness, digit, ink, half_width, box, size)
                         for digit in digits])
+
+
+def read_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
+    """The masks of the digits to read: the number's, or for one digit, its pieces as
+    preprocess_digit chooses them."""
+    digits = number_digits(strokes)
+    return digits if len(digits) > 1 else [digit_pieces(strokes, darkness)]
 
 
 def number_digits(strokes: np.ndarray) -> list[np.ndarray]:

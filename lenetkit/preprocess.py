@@ -37,6 +37,12 @@ JPEG_START_OF_SCAN = b"\xff\xda"
 # The digit is found at this resolution (the longer side, at most): fine enough for a digit
 # that fills a tenth of the photo's height, small enough to take a few milliseconds.
 WORK_SIDE = 320
+# A digit (with the marks beside it) smaller than this there, in a larger image, is looked at
+# again in a crop around it at a finer scale. JPEG files are decoded at this many times
+# WORK_SIDE at least, which costs little more than decoding at WORK_SIDE: the entropy-coded data
+# is most of the work at any scale.
+SMALL_DIGIT_SIDE = 32
+JPEG_DETAIL = 2
 GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F")
 # Ink is darker than the paper by this much at least (0: paper, 1: black).
 MIN_INK_DARKNESS = 0.2
@@ -44,6 +50,9 @@ MIN_INK_DARKNESS = 0.2
 # seven-segment digit needs can't tell one digit from another, and a speck of dust, a stray dot
 # or a lone extreme pixel value fits under it.
 MIN_DIGIT_SIDE = 5
+# The digit is the largest mark whose darkest pixel is at least this share of the darkest
+# mark's: a pen's stroke, not a shadow's edge.
+PEN_SHARE = 0.6
 
 
 class ImageError(UserError):
@@ -52,9 +61,9 @@ class ImageError(UserError):
 
 def read_image(path: str | Path | BinaryIO, colour: bool = False) -> Image.Image:
     """The first frame of an image file, upright as its EXIF orientation says. JPEG files are
-    decoded at a reduced scale near WORK_SIDE, colour ones straight to luminance (all the
-    digit's and garment's preprocessing uses) unless `colour` is asked for; images over the pixel
-    limits are refused unread."""
+    decoded at a reduced scale near JPEG_DETAIL times WORK_SIDE, colour ones straight to
+    luminance (all the digit's and garment's preprocessing uses) unless `colour` is asked for;
+    images over the pixel limits are refused unread."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limits apply
@@ -70,7 +79,8 @@ def read_image(path: str | Path | BinaryIO, colour: bool = False) -> Image.Image
                     # Draft mode skips the fine detail, and "L" the colour conversion; decoding
                     # the file's entropy-coded data, which neither skips, is most of what's left.
                     gray = image.mode == "RGB" and not colour
-                    image.draft("L" if gray else image.mode, (WORK_SIDE, WORK_SIDE))
+                    fine = JPEG_DETAIL * WORK_SIDE
+                    image.draft("L" if gray else image.mode, (fine, fine))
                 image.load()
                 return ImageOps.exif_transpose(image)
     except FileNotFoundError:
@@ -112,9 +122,11 @@ def jpeg_scan_count(file: IO[bytes], chunk: int = 2**20) -> int:
     return count
 
 
-def to_grayscale(image: Image.Image, side: int | None = None) -> np.ndarray:
+def to_grayscale(image: Image.Image, side: int | None = None, black: bool = False) -> np.ndarray:
     """Float32 gray levels stretched to [0, 1]; transparent areas count as white paper. With
-    `side`, an image larger than that is first shrunk to fit it."""
+    `side`, an image larger than that is first shrunk to fit it. With `black`, the levels keep
+    their black (0 stays 0) and only the brightest pixel is stretched to 1: a page's faint marks
+    and its shadows stay as faint as the camera saw them."""
     image = on_white(image)
     if image.mode not in GRAY_MODES:
         image = image.convert("L")
@@ -129,7 +141,14 @@ def to_grayscale(image: Image.Image, side: int | None = None) -> np.ndarray:
     gray = np.asarray(image, dtype=np.float32)
     if not np.isfinite(gray).all():
         raise ImageError("the image holds NaN or infinite pixel values")
+    return stretched(gray, black)
+
+
+def stretched(gray: np.ndarray, black: bool = False) -> np.ndarray:
+    """The levels stretched to [0, 1], from the darkest (or with `black`, from 0) to the
+    brightest."""
     low, high = float(gray.min()), float(gray.max())
+    low = min(low, 0.0) if black else low
     return (gray - low) / (high - low) if high > low else np.zeros_like(gray)
 
 
@@ -148,11 +167,37 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
 
     Returns float32 (size, size) in [0, 1], before normalization.
     """
-    darkness = ink_darkness(to_grayscale(image, WORK_SIDE))
-    strokes, ink, half_width = stroke_mask(darkness)
-    strokes = digit_pieces(strokes)
+    darkness, strokes, ink, half_width = page_strokes(image)
+    strokes = digit_pieces(strokes, darkness)
     check_digit_ink(darkness, strokes)
     return frame_strokes(darkness, strokes, ink, half_width, box, size)
+
+
+def page_strokes(image: Image.Image,
+                 find: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The page's darkness at WORK_SIDE (ink_darkness) and the pen's strokes on it (stroke_mask:
+    the strokes, all the ink, their half-width). Where what is read (`find`: from the strokes and
+    the darkness, by default the digit's pieces) is smaller than SMALL_DIGIT_SIDE there and the
+    image holds more detail, they are a crop's around it at a finer scale, as a person steps
+    closer to read a small digit."""
+    darkness = ink_darkness(to_grayscale(image, WORK_SIDE, black=True))
+    strokes, ink, half_width = stroke_mask(darkness)
+    scale = max(image.size) / max(darkness.shape)
+    found = bounding_box((find or digit_pieces)(strokes, darkness), margin=0)
+    if found is None or scale <= 1:
+        return darkness, strokes, ink, half_width
+    rows, cols = found
+    side = max(rows.stop - rows.start, cols.stop - cols.start)
+    if side >= SMALL_DIGIT_SIDE:
+        return darkness, strokes, ink, half_width
+    # A margin of the digit's size, and at least half the small side, keeps the neighbours of a
+    # number's digit, and the paper that the page's light is judged on.
+    margin = max(side, SMALL_DIGIT_SIDE // 2)
+    crop = (max(0, cols.start - margin) * scale, max(0, rows.start - margin) * scale,
+            min(image.width, (cols.stop + margin) * scale),
+            min(image.height, (rows.stop + margin) * scale))
+    return page_strokes(image.crop(tuple(round(edge) for edge in crop)), find)
 
 
 def frame_strokes(darkness: np.ndarray, strokes: np.ndarray, ink: np.ndarray, half_width: float,
@@ -197,7 +242,7 @@ def ink_darkness(gray: np.ndarray) -> np.ndarray:
     ink on dark paper is inverted first."""
     if gray.size == 0 or gray.max() == gray.min():
         return np.zeros_like(gray)
-    inverted = light_ink(gray)
+    inverted = light_ink(stretched(gray))
     darkness = paper_darkness(1 - gray if inverted else gray)
     if (darkness > max(otsu_threshold(darkness), 0.1)).mean() > 0.5:
         # Ink can't cover most of a page: thick strokes outvoted the paper.
@@ -213,8 +258,8 @@ def paper_darkness(gray: np.ndarray) -> np.ndarray:
 def light_ink(gray: np.ndarray) -> bool:
     """Whether the ink is lighter than the paper. In most blocks wider than a stroke the paper is
     the majority, so the ink is the side on which the block's rare pixels stray far from its
-    median: blocks vote (the image's border, or its overall median, mislead under a gradient
-    or a shadow)."""
+    median: blocks vote, light ink needing twice the votes of dark (the image's border, or its
+    overall median, mislead under a gradient or a shadow)."""
     block = max(9, round(0.12 * max(gray.shape)))
     tiles = in_blocks(gray, block)
     blocks = tiles.transpose(0, 2, 1, 3).reshape(tiles.shape[0] * tiles.shape[2], -1)
@@ -223,7 +268,9 @@ def light_ink(gray: np.ndarray) -> bool:
     ranked = np.sort(blocks, axis=1)
     low, middle, high = ranked[:, [round(q * (ranked.shape[1] - 1)) for q in (0.02, 0.5, 0.98)]].T
     lean = (high - middle) - (middle - low)
-    return int((lean > 0.1).sum()) > int((lean < -0.1).sum())
+    # A shadow's edge leans a block either way, and most pages are dark ink on light paper: light
+    # ink needs a clear majority.
+    return int((lean > 0.1).sum()) > 2 * int((lean < -0.1).sum())
 
 
 def paper_brightness(gray: np.ndarray) -> np.ndarray:
@@ -282,20 +329,24 @@ def stroke_mask(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return strokes, ink, stroke
 
 
-def digit_pieces(strokes: np.ndarray) -> np.ndarray:
-    """One digit's strokes among a page's: the largest connected piece and the large ones near
-    it."""
+def digit_pieces(strokes: np.ndarray, darkness: np.ndarray) -> np.ndarray:
+    """One digit's strokes among a page's: the largest connected piece of pen's ink (PEN_SHARE)
+    and the large ones near it."""
     labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
     if count <= 1:
         return strokes
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
-    largest = boxes[int(np.argmax(areas))]
+    # The pen's ink is among the darkest on the page; a shadow's edge or a smudge of light that
+    # passed for ink is much fainter, however large.
+    peaks = np.asarray(ndimage.maximum(darkness, labels, np.arange(1, count + 1)))
+    inked = np.where(peaks >= PEN_SHARE * peaks.max(), areas, 0)
+    largest = boxes[int(np.argmax(inked))]
     # Pieces within half the digit's size of it (at least 14 pixels, half MNIST's frame, for a
     # digit drawn that small) are the digit's; farther ones are other marks on the page.
     margin = max(largest[0].stop - largest[0].start, largest[1].stop - largest[1].start, 28) // 2
     keep = [index + 1 for index, (area, (rows, cols)) in enumerate(zip(areas, boxes))
-            if area >= 0.02 * areas.max() and rows.stop > largest[0].start - margin
+            if area >= 0.02 * inked.max() and rows.stop > largest[0].start - margin
             and rows.start < largest[0].stop + margin and cols.stop > largest[1].start - margin
             and cols.start < largest[1].stop + margin]
     return np.isin(labels, keep)

@@ -50,6 +50,13 @@ needs_real_cifar10 = pytest.mark.skipif(
     "with ../shared/data/CIFAR10/get.py, see its SOURCE.md)")
 
 
+def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The share of two prepared inputs' ink (pixels over 0.5) within a pixel of the other's."""
+    a, b = (a > 0.5).float()[None], (b > 0.5).float()[None]
+    near_a, near_b = (torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1) for x in (a, b))
+    return ((a * near_b).sum() + (b * near_a).sum()).item() / (a.sum() + b.sum()).item()
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """An IDX file as MNIST's: big-endian header (magic 0x0000080N for uint8, N dimensions), then
     the bytes."""

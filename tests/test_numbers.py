@@ -15,7 +15,7 @@ from lenetkit.prediction import Number, Predictor, read_number
 from lenetkit.preprocess import ImageError, preprocess_digit
 
 import photos
-from conftest import PROJECT_DIR, needs_real_mnist, run_main
+from conftest import PROJECT_DIR, needs_real_mnist, overlap, run_main
 
 SEVEN = PROJECT_DIR / "examples" / "seven.png"
 # Strokes of digits drawn in a 20x20 box (x, y), as a person writes them: a 5's bar is a stroke
@@ -124,3 +124,18 @@ def test_a_photographed_number_is_read_whole(tmp_path):
                       "--out-dir", str(tmp_path))
     assert result.stdout.startswith(f"{path}: {expected} (")
     assert Image.open(tmp_path / "number.input.png").size == (4 * 28, 28)
+
+
+@needs_real_mnist
+def test_a_small_digit_on_a_12_megapixel_photo_reads_as_its_crop_does(tmp_path):
+    """A digit 40 pixels tall on a 4000x3000 phone photo is a few pixels where the page is first
+    looked at: it is looked at again, closer, and framed as its crop is."""
+    images, _ = load_dataset(PROJECT_DIR / "data", train=False, download=False)
+    predictor = Predictor(PRETRAINED_MODEL_PATH)
+    for index in (0, 1):
+        image, quality, around = photos.small_digit_photo(images[index].numpy(), seed=index)
+        image.save(tmp_path / "photo.jpg", quality=quality)
+        image.crop(around).save(tmp_path / "crop.jpg", quality=quality)
+        whole, crop = (predictor.read_number(tmp_path / name) for name in ("photo.jpg", "crop.jpg"))
+        assert whole.text == crop.text
+        assert overlap(whole.digits[0].input, crop.digits[0].input) >= 0.8

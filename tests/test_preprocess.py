@@ -145,8 +145,9 @@ def test_a_tiny_uniform_image_is_blank(size):
 def test_a_speck_on_a_blank_page_is_no_digit(page, speck):
     image = Image.new("L", page, 255)
     ImageDraw.Draw(image).rectangle((4, 4, 3 + speck, 3 + speck), fill=0)
-    with pytest.raises(ImageError, match=r"no digit found \(its ink is a mark \d pixels? across, "
-                                         "too small to be a digit"):
+    # On a large page the speck is too faint to see where the digit is looked for: blank.
+    with pytest.raises(ImageError, match=r"no digit found \((its ink is a mark \d pixels? across, "
+                                         r"too small to be a digit|the image is blank)"):
         preprocess_digit(image)
 
 
@@ -199,8 +200,8 @@ def test_distances_on_the_ink_s_bounding_box_equal_those_on_the_whole_image(mask
 
 
 def test_a_colour_jpeg_is_read_as_its_luminance_at_a_reduced_scale(tmp_path):
-    large = drawn_digit().resize((2400, 1800), Image.Resampling.BICUBIC)
+    large = drawn_digit().resize((5200, 3900), Image.Resampling.BICUBIC)
     large.convert("RGB").save(tmp_path / "big.jpg", quality=90)
     image = read_image(tmp_path / "big.jpg")
-    assert image.mode == "L" and max(image.size) <= 2400 / 4  # decoded at a quarter of its side
+    assert image.mode == "L" and image.size == (1300, 975)  # decoded at a quarter of its side
     assert torch.allclose(preprocess_digit(image), preprocess_digit(drawn_digit()), atol=0.2)

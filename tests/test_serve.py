@@ -306,8 +306,8 @@ def test_a_jpeg_of_very_many_scans_is_refused_before_it_is_decoded():
         read_image(io.BytesIO(jpeg))
     assert time.monotonic() - started < 1
     ordinary = io.BytesIO()
-    Image.radial_gradient("L").resize((2000, 1500)).save(ordinary, "JPEG", progressive=True)
-    assert read_image(ordinary).size == (500, 375)  # decoded at a reduced scale
+    Image.radial_gradient("L").resize((4000, 3000)).save(ordinary, "JPEG", progressive=True)
+    assert read_image(ordinary).size == (1000, 750)  # decoded at a reduced scale
 
 
 def test_uploads_of_very_many_scans_are_refused_while_health_answers(server):

@@ -50,6 +50,7 @@ from measurements import (
     phone_jpeg,
     photo_accuracy,
     prediction_latency,
+    small_digit_accuracy,
     time_to_accuracy,
     training_flops_per_image,
     training_run,
@@ -58,8 +59,8 @@ from measurements import (
 
 def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int,
                     split: str = "test") -> dict:
-    """Accuracy per photo condition, for digits and numbers, and the latency of one image from
-    its file."""
+    """Accuracy per photo condition, for digits and numbers; a small digit on a 12 MP photo;
+    and the latency of one image from its file."""
     with tempfile.TemporaryDirectory() as folder:
         print(f"\nreading digits as people hand them in: the first {count} MNIST {split} digits "
               "rendered under each condition (photos.py), and as many numbers of 2-6 of them "
@@ -70,19 +71,32 @@ def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int,
         print(f"  {'condition':<14} {'digits':>7} {'numbers':>8}")
         for condition, share in accuracy.items():
             print(f"  {condition:<14} {share:7.1%} {numbers[condition]:8.1%}")
-        small = Path(folder) / "mnist.png"
-        digit = load_dataset(data_dir, train=False, download=False)[0][0].numpy()
-        small.write_bytes(photos.encode(*photos.render(digit, "mnist 28x28", seed=0)))
-        files = {"12 MP phone JPEG": phone_jpeg(Path(folder) / "phone.jpg", data_dir),
-                 "drawn PNG 240x320": PROJECT_DIR / "examples" / "seven.png",
-                 "MNIST PNG 28x28": small}
-        print(f"\none image from its file to its prediction ({calls} calls; median and p99 ms)")
-        latency = {}
-        for name, path in files.items():
-            latency[name] = row = prediction_latency(model_path, path, calls)
-            print(f"  {name:<18} {row['file_median_ms']:7.2f} {row['file_p99_ms']:7.2f}"
-                  f"   ({path.stat().st_size / 1e6:.2f} MB file)")
-    return {"count": count, "accuracy": accuracy, "numbers": numbers, "latency": latency}
+        small_count = max(1, count // 10)
+        small = small_digit_accuracy(model_path, data_dir, small_count, Path(folder), split)
+        print(f"a digit 40 pixels tall on a 12 MP photo ({small_count} digits): "
+              f"{small['in the photo']:.1%}; the photo cropped to it: {small['cropped']:.1%}")
+        latency = latency_benchmark(model_path, data_dir, calls, Path(folder))
+    return {"count": count, "accuracy": accuracy, "numbers": numbers, "small_digit": small,
+            "latency": latency}
+
+
+def latency_benchmark(model_path: Path, data_dir: Path, calls: int, folder: Path) -> dict:
+    """The latency of one image from its file to its prediction, for files of several sizes."""
+    digit = load_dataset(data_dir, train=False, download=False)[0][0].numpy()
+    (folder / "mnist.png").write_bytes(photos.encode(*photos.render(digit, "mnist 28x28", 0)))
+    small_photo, quality, _ = photos.small_digit_photo(digit, seed=0)
+    small_photo.save(folder / "small-digit.jpg", quality=quality)
+    files = {"12 MP phone JPEG": phone_jpeg(folder / "phone.jpg", data_dir),
+             "12 MP, small digit": folder / "small-digit.jpg",
+             "drawn PNG 240x320": PROJECT_DIR / "examples" / "seven.png",
+             "MNIST PNG 28x28": folder / "mnist.png"}
+    print(f"\none image from its file to its prediction ({calls} calls; median and p99 ms)")
+    latency = {}
+    for name, path in files.items():
+        latency[name] = row = prediction_latency(model_path, path, calls)
+        print(f"  {name:<18} {row['file_median_ms']:7.2f} {row['file_p99_ms']:7.2f}"
+              f"   ({path.stat().st_size / 1e6:.2f} MB file)")
+    return latency
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

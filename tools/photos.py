@@ -80,6 +80,30 @@ def photo(digit: np.ndarray, condition: str, seed: int) -> Image.Image:
     return Image.open(io.BytesIO(encode(*render(digit, condition, seed))))
 
 
+def small_digit_photo(digit: np.ndarray, seed: int, size: tuple[int, int] = (4000, 3000),
+                      height: int = 40) -> tuple[Image.Image, int, tuple[int, int, int, int]]:
+    """A phone photo (12 MP) of a plain page under uneven light and a shadow, its digit written
+    `height` pixels tall somewhere on it (MNIST's 20-pixel box to `height`); the JPEG quality its
+    file is saved at; and the digit's surroundings, three times its frame's size (left, top,
+    right, bottom): a small digit on a large page, as a photo of a form shows one."""
+    rng = np.random.default_rng(seed)
+    effects = {"gradient", "shadow"}
+    width, page_height = PAGE
+    light = paper(rng, effects, width, page_height) \
+        * illumination(rng, effects, width, page_height)[..., None]
+    page = Image.fromarray((235 * light + 8).clip(0, 255).astype(np.uint8))
+    pixels = np.asarray(page.resize(size, Image.Resampling.BICUBIC), np.float32)
+    side = round(height * 28 / 20)
+    glyph = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC),
+                       np.float32)[..., None] / 255
+    top, left = (int(rng.uniform(0.1, 0.9) * (full - side)) for full in size[::-1])
+    window = pixels[top:top + side, left:left + side]
+    window *= 1 - 0.85 * glyph  # dark ink, under the page's light
+    pixels += rng.normal(0, 4, pixels.shape).astype(np.float32)  # a camera's noise, at full size
+    around = (max(0, left - side), max(0, top - side), left + 2 * side, top + 2 * side)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8)), 90, around
+
+
 def paper(rng: np.random.Generator, effects: set, width: int, height: int) -> np.ndarray:
     """Off-white paper, ruled (with a margin line) or squared: reflectance (height, width, 3)."""
     page = np.ones((height, width, 3), np.float32) * rng.uniform(0.9, 1.0, 3).astype(np.float32)
