@@ -50,6 +50,9 @@ MIN_INK_DARKNESS = 0.2
 # seven-segment digit needs can't tell one digit from another, and a speck of dust, a stray dot
 # or a lone extreme pixel value fits under it.
 MIN_DIGIT_SIDE = 5
+# A piece of ink from one edge of the image to the other, on average thinner than this share of
+# the other side, is a line across the page, not a digit.
+LINE_SHARE = 0.05
 # The digit is the largest mark whose darkest pixel is at least this share of the darkest
 # mark's: a pen's stroke, not a shadow's edge.
 PEN_SHARE = 0.6
@@ -239,12 +242,13 @@ def check_digit_ink(darkness: np.ndarray, strokes: np.ndarray | None = None) -> 
 def ink_darkness(gray: np.ndarray) -> np.ndarray:
     """How much darker than the paper around it each pixel is, in [0, 1] (0: paper, 1: black):
     the image divided by an estimate of the paper's brightness under the page's light. Light
-    ink on dark paper is inverted first."""
-    if gray.size == 0 or gray.max() == gray.min():
+    ink on dark paper is inverted first. An image whose levels (from black, 0) span less than
+    MIN_INK_DARKNESS of its brightest, a blank page's grain and noise, holds no ink."""
+    if gray.size == 0 or gray.max() - gray.min() < MIN_INK_DARKNESS * gray.max():
         return np.zeros_like(gray)
     inverted = light_ink(stretched(gray))
     darkness = paper_darkness(1 - gray if inverted else gray)
-    if (darkness > max(otsu_threshold(darkness), 0.1)).mean() > 0.5:
+    if (darkness > ink_threshold(darkness)).mean() > 0.5:
         # Ink can't cover most of a page: thick strokes outvoted the paper.
         darkness = paper_darkness(gray if inverted else 1 - gray)
     return darkness
@@ -299,6 +303,12 @@ def in_blocks(gray: np.ndarray, block: int) -> np.ndarray:
     return np.pad(gray, padding, mode="edge").reshape(rows, block, cols, block)
 
 
+def ink_threshold(darkness: np.ndarray) -> float:
+    """The darkness over which a pixel is ink: Otsu's split of the image's darkness, but at
+    least a tenth, so that the paper's own grain is never ink."""
+    return max(otsu_threshold(darkness), 0.1)
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """The level that best splits `values` (in [0, 1]) into two classes (Otsu's method)."""
     indices = np.minimum((values * bins).astype(np.int64), bins - 1).ravel()
@@ -316,7 +326,7 @@ def stroke_mask(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The pen's strokes: the pixels darker than Otsu's threshold, less anything much thinner
     than the pen's strokes (ruling, grid lines, specks). Returns them, all the ink (over the
     threshold), and the thickest strokes' half-width."""
-    ink = darkness > max(otsu_threshold(darkness), 0.1)
+    ink = darkness > ink_threshold(darkness)
     if not ink.any():  # a blank image: check_digit_ink says so
         return ink, ink, 0.0
     distance = depth(ink)
@@ -333,14 +343,20 @@ def digit_pieces(strokes: np.ndarray, darkness: np.ndarray) -> np.ndarray:
     """One digit's strokes among a page's: the largest connected piece of pen's ink (PEN_SHARE)
     and the large ones near it."""
     labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
-    if count <= 1:
+    if count == 0:
         return strokes
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
+    lines = np.array([across(rows, cols, area, strokes.shape) for (rows, cols), area
+                      in zip(boxes, areas)])
+    if lines.all():
+        raise no_digit("only lines across the whole image: ruling, a margin or a grid")
+    if count == 1:
+        return strokes
     # The pen's ink is among the darkest on the page; a shadow's edge or a smudge of light that
     # passed for ink is much fainter, however large.
     peaks = np.asarray(ndimage.maximum(darkness, labels, np.arange(1, count + 1)))
-    inked = np.where(peaks >= PEN_SHARE * peaks.max(), areas, 0)
+    inked = np.where((peaks >= PEN_SHARE * peaks.max()) & ~lines, areas, 0)
     largest = boxes[int(np.argmax(inked))]
     # Pieces within half the digit's size of it (at least 14 pixels, half MNIST's frame, for a
     # digit drawn that small) are the digit's; farther ones are other marks on the page.
@@ -350,6 +366,16 @@ def digit_pieces(strokes: np.ndarray, darkness: np.ndarray) -> np.ndarray:
             and rows.start < largest[0].stop + margin and cols.stop > largest[1].start - margin
             and cols.start < largest[1].stop + margin]
     return np.isin(labels, keep)
+
+
+def across(rows: slice, cols: slice, area: int, shape: tuple[int, ...]) -> bool:
+    """Whether a piece of ink is a line across the whole image (a ruling, a margin, a page's
+    edge): from one edge to the opposite one, and on average thinner than LINE_SHARE of the
+    image's other side. A digit cropped tight is as long, but wider."""
+    height, width = shape
+    if rows.start == 0 and rows.stop == height and area / height < LINE_SHARE * width:
+        return True
+    return cols.start == 0 and cols.stop == width and area / width < LINE_SHARE * height
 
 
 def depth(mask: np.ndarray) -> np.ndarray:

@@ -278,3 +278,31 @@ def test_most_real_digits_are_read_right_from_phone_photos():
         file = photos.encode(*photos.render(images[index].numpy(), "phone photo", seed=index))
         right += predictor(Image.open(io.BytesIO(file))).label == labels[index].item()
     assert right / 60 >= 0.9
+
+
+@pytest.mark.parametrize("condition", ["gradient", "ruled", "blue ink", "tilt", "noise+jpeg"])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_photographed_blank_page_is_no_digit(condition, seed):
+    """The page's light, its grain, the camera's noise and JPEG's blocks are not ink; nor is the
+    ruling of a page with nothing written on it."""
+    blank = photos.photo(np.zeros((28, 28), np.uint8), condition, seed)
+    with pytest.raises(ImageError, match="no digit found"):
+        predict(blank, model=PRETRAINED_MODEL_PATH)
+
+
+def test_lines_across_a_blank_page_are_no_digit_but_a_digit_cropped_tight_is_read():
+    ruled = Image.new("L", (320, 240), 235)
+    for row in range(20, 240, 40):
+        ImageDraw.Draw(ruled).line([(0, row), (319, row + 3)], fill=120, width=2)
+    with pytest.raises(ImageError, match="only lines across the whole image"):
+        preprocess_digit(ruled)
+    one = Image.new("L", (24, 80), 255)
+    ImageDraw.Draw(one).rectangle((9, 0, 15, 79), fill=0)  # a 1 from the top edge to the bottom
+    assert preprocess_digit(one).shape == (28, 28)
+
+
+def test_a_faint_pencil_digit_is_read_as_a_dark_one():
+    dark = Image.fromarray(255 - four()).resize((112, 112), Image.Resampling.BICUBIC)
+    faint = Image.fromarray((200 - (200 - np.asarray(dark, np.float32)) * 60 / 255).astype(
+        np.uint8))  # grey 140 strokes on grey 200 paper
+    assert overlap(preprocess_digit(faint), preprocess_digit(dark)) >= 0.9

@@ -45,6 +45,7 @@ from measurements import (
     matmul_gflops,
     max_difference,
     median_of,
+    nondigit_refusals,
     number_accuracy,
     our_throughput,
     phone_jpeg,
@@ -75,9 +76,13 @@ def photo_benchmark(model_path: Path, data_dir: Path, count: int, calls: int,
         small = small_digit_accuracy(model_path, data_dir, small_count, Path(folder), split)
         print(f"a digit 40 pixels tall on a 12 MP photo ({small_count} digits): "
               f"{small['in the photo']:.1%}; the photo cropped to it: {small['cropped']:.1%}")
+        refused = nondigit_refusals(model_path, data_dir, count, split)
+        print(f"non-digits answered `no digit` ({count} of each kind, "
+              f"{'validation' if split == 'val' else 'held-out'} fonts and seeds): "
+              + ", ".join(f"{kind} {share:.1%}" for kind, share in refused.items()))
         latency = latency_benchmark(model_path, data_dir, calls, Path(folder))
     return {"count": count, "accuracy": accuracy, "numbers": numbers, "small_digit": small,
-            "latency": latency}
+            "nondigits": refused, "latency": latency}
 
 
 def latency_benchmark(model_path: Path, data_dir: Path, calls: int, folder: Path) -> dict:

@@ -26,6 +26,7 @@ from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE, idx_source, load_datas
 from lenetkit.environment import PROJECT_DIR
 from lenetkit.evaluation import evaluate
 from lenetkit.model import Classifier, build_model
+from lenetkit.negatives import KINDS, has_garments, negative_images
 from lenetkit.prediction import Predictor, predict_images
 from lenetkit.preprocess import ImageError
 from lenetkit.training import setup_training, train_epoch
@@ -146,6 +147,11 @@ def prediction_latency(model_path: Path, image_path: Path, calls: int) -> dict:
             "file_p99_ms": percentile(from_file, 99)}
 
 
+# Blank photographed pages' seeds: apart from the digits' photos' (their index), one range
+# for choosing, one for reporting.
+BLANK_PAGE_SEEDS = {"val": 0, "bench": 10_000}
+
+
 def mnist_split(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
     """MNIST's validation digits (for "val": chosen on) or test digits (otherwise: reported
     only), uint8, and their labels."""
@@ -195,6 +201,33 @@ def small_digit_accuracy(model_path: Path, data_dir: Path, count: int, folder: P
             except ImageError:
                 pass
     return {name: share / count for name, share in right.items()}
+
+
+def nondigit_refusals(model_path: Path, data_dir: Path, count: int,
+                      split: str = "test") -> dict[str, float]:
+    """The share of each kind of non-digit answered "no digit" (refused by the preprocessing, or
+    by the model's digit score when it has one), read as load_model.py reads an image: `count`
+    of each kind from negatives.py's held-out fonts and seeds (for test) or validation ones, and
+    blank photographed pages under each of photos.PHOTO_CONDITIONS; and their mean."""
+    predictor = Predictor(model_path)
+    held_out = "val" if split == "val" else "bench"
+    empty = np.zeros((28, 28), np.uint8)
+    pages = max(1, count // len(photos.PHOTO_CONDITIONS))
+    kinds = {"blank pages": [photos.photo(empty, condition, BLANK_PAGE_SEEDS[held_out] + seed)
+                             for condition in photos.PHOTO_CONDITIONS for seed in range(pages)]}
+    for kind in KINDS if has_garments(data_dir) else KINDS[:-1]:
+        kinds[kind] = negative_images(kind, held_out, count, data_dir)
+    refused = {}
+    for kind, images in kinds.items():
+        answered = 0
+        for image in images:
+            try:
+                answered += not predictor.read_number(image).is_digit
+            except ImageError:
+                answered += 1
+        refused[kind] = answered / len(images)
+    refused["mean"] = sum(refused.values()) / len(refused)
+    return refused
 
 
 def read_accuracy(model_path: Path, items: list[tuple[Tensor, Tensor]],

@@ -23,7 +23,7 @@ from lenetkit.outputs import write_json
 from lenetkit.prediction import model_logits
 
 import photos  # tools/, beside this file
-from measurements import mnist_split
+from measurements import BLANK_PAGE_SEEDS, mnist_split
 
 # Each kind's count in a split: letters cycle through the characters, then the split's fonts.
 COUNTS = {"letters": 552, "scribbles": 500, "textures": 200, "fashion": 500}
@@ -33,7 +33,7 @@ PHOTO_DIGITS = 100  # the first test digits, under each photo condition
 
 def blank_pages(split: str) -> tuple[Tensor, int]:
     """Photos of pages with no digit (photos.py's paper and light): inputs and refusals."""
-    offset = 0 if split == "val" else 10_000
+    offset = BLANK_PAGE_SEEDS["val" if split == "val" else "bench"]
     empty = np.zeros((28, 28), np.uint8)
     return framed([photos.photo(empty, condition, offset + seed)
                    for condition in photos.PHOTO_CONDITIONS for seed in range(BLANK_PAGES)])
