@@ -13,7 +13,13 @@ from PIL import Image
 from scipy import ndimage
 from torch import Tensor
 
-from lenetkit.preprocess import check_digit_ink, digit_pieces, frame_strokes, page_strokes
+from lenetkit.preprocess import (
+    PEN_SHARE,
+    check_digit_ink,
+    digit_pieces,
+    frame_strokes,
+    page_strokes,
+)
 
 # Pieces that share more than this share of the narrower one's columns, one at most this share
 # of the taller one's height above the other, are one digit.
@@ -51,24 +57,27 @@ def preprocess_number(image: Image.Image, box: int = 20, size: int = 28) -> Tens
 def read_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
     """The masks of the digits to read: the number's, or for one digit, its pieces as
     preprocess_digit chooses them."""
-    digits = number_digits(strokes)
+    digits = number_digits(strokes, darkness)
     return digits if len(digits) > 1 else [digit_pieces(strokes, darkness)]
 
 
-def number_digits(strokes: np.ndarray) -> list[np.ndarray]:
+def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
     """The masks of the number's digits among the `strokes`, left to right: the line of digits
-    through the largest one (none for a blank mask)."""
+    through the largest one (none for a blank mask). Its pieces are the pen's (PEN_SHARE), as
+    preprocess_digit's are, and none runs across the whole image."""
     labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
     if count == 0:
         return []
     areas = np.bincount(labels.ravel())[1:]
+    peaks = np.asarray(ndimage.maximum(darkness, labels, np.arange(1, count + 1)))
     largest = np.argsort(areas)[::-1][:MAX_PIECES]  # a noisy page's specks are not looked at
     boxes = ndimage.find_objects(labels)
-    height, width = strokes.shape
     pieces = [Box.of(rows, cols, [int(index) + 1], areas[index]) for index in largest
-              if areas[index] >= 0.02 * areas.max() for rows, cols in [boxes[index]]
-              # a line across the page (ruling, a margin, a grid) is not a digit of a number
-              if rows.stop - rows.start < height and cols.stop - cols.start < width]
+              if areas[index] >= 0.02 * areas.max() and peaks[index] >= PEN_SHARE * peaks.max()
+              for rows, cols in [boxes[index]]
+              # a line across the page (a ruling, a margin, a grid) is no digit of a number
+              if rows.stop - rows.start < strokes.shape[0]
+              and cols.stop - cols.start < strokes.shape[1]]
     if not pieces:
         return []
     digits = merged_columns(pieces)

@@ -211,6 +211,9 @@ class Predictor:
         reads it, as a Number of one digit. Only an MNIST model reads numbers."""
         if self.preprocess is not preprocess_digit:
             raise UserError(f"a {self.record['dataset']} model reads no numbers: give an MNIST one")
+        if isinstance(image, Tensor):
+            raise ImageError("a number is read from an image (a file path, PIL image or numpy "
+                             "array), not from prepared tensors: predict those one by one")
         digits = self(preprocess_number(self.image(image)))
         assert isinstance(digits, list)  # a batch, of one digit or more
         return Number(digits)

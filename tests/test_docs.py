@@ -77,7 +77,21 @@ def test_the_documented_predictions_run_as_written(doc, line, monkeypatch):
     monkeypatch.chdir(PROJECT_DIR)
     script, argv = script_argv(line)
     result = run_main(script, *argv)
-    assert result.stdout.count(": ") == sum(word.endswith((".png", ".jpg")) for word in argv)
+    assert len(result.stdout.splitlines()) == sum(word.endswith((".png", ".jpg")) for word in argv)
+
+
+def test_the_readme_sample_of_load_model_prints_what_it_shows(monkeypatch):
+    """The README's `$ python load_model.py ...` block: its command's output, line for line
+    (the `model:` line is stderr's)."""
+    monkeypatch.chdir(PROJECT_DIR)
+    block = re.search(r"```\n\$ (python load_model\.py .*?)\n(.*?)```",
+                      (PROJECT_DIR / "README.md").read_text(), re.S)
+    assert block is not None
+    script, argv = script_argv(block.group(1))
+    result = run_main(script, *argv)
+    shown = block.group(2).splitlines()
+    assert result.stderr.strip() == shown[0]
+    assert result.stdout.splitlines() == shown[1:]
 
 
 def test_every_command_in_the_readme_says_how_long_it_takes():

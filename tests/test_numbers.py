@@ -69,7 +69,8 @@ def test_dots_dashes_and_lines_across_the_page_are_not_digits():
     # a dash between two digits, a dot after them, and a margin line down the whole page
     marks = [(82, 60), (94, 60)], [(150, 78), (152, 80)], [(4, 0), (4, 119)]
     image = page("17", marks=marks)
-    digits = number_digits(np.asarray(image) < 128)
+    dark = 1 - np.asarray(image, np.float32) / 255
+    digits = number_digits(dark > 0.5, dark)
     assert len(digits) == 2
 
 
@@ -97,6 +98,11 @@ def test_read_number_gives_the_digits_and_their_string():
         number.digits[0].probability * number.digits[1].probability)
     assert number.input.shape == (28, 56)
     assert str(number).startswith(f"{number.text} (")
+
+
+def test_a_prepared_tensor_is_no_image_to_read_a_number_from():
+    with pytest.raises(ImageError, match="not from prepared tensors"):
+        read_number(torch.zeros(28, 28), model=PRETRAINED_MODEL_PATH)
 
 
 def test_a_number_of_one_digit_prints_as_its_prediction():
