@@ -10,8 +10,11 @@ model's answer: the class, its probability, a bar for each class and the image i
     GET  /health        {"status": "ok", "model": ..., "dataset": ..., "classes": [...]}
     POST /predict       body: an image file's bytes (PNG, JPEG, anything Pillow reads), or a
                         multipart form holding one file; answers {"label", "name", "probability",
-                        "confident", "top" (every class, likeliest first), "input" (the model's
-                        image as a PNG data URL), "milliseconds" (the server's time)}
+                        "confident", "is_digit", "digit_score", "top" (every class, likeliest
+                        first), "input" (the model's image as a PNG data URL), "milliseconds"
+                        (the server's time)}; for an MNIST model, also "number" (its digits left
+                        to right) and "digits" (each one's name and probability), the first
+                        digit's answer at the top level
     GET  /openapi.json  the API's OpenAPI description
 
     curl --data-binary @examples/seven.png http://127.0.0.1:8000/predict
