@@ -190,6 +190,11 @@ def page_strokes(image: Image.Image,
     found = bounding_box((find or digit_pieces)(strokes, darkness), margin=0)
     if found is None or scale <= 1:
         return darkness, strokes, ink, half_width
+    if found[0].start == 0 or found[1].start == 0 or found[0].stop == darkness.shape[0] \
+            or found[1].stop == darkness.shape[1]:
+        # Ink that the image's edge cuts is as often a shadow's edge as a digit: a small mark
+        # within the image, as dark, is looked at closer instead.
+        found = small_mark(strokes, darkness, found) or found
     rows, cols = found
     side = max(rows.stop - rows.start, cols.stop - cols.start)
     if side >= SMALL_DIGIT_SIDE:
@@ -201,6 +206,24 @@ def page_strokes(image: Image.Image,
             min(image.width, (cols.stop + margin) * scale),
             min(image.height, (rows.stop + margin) * scale))
     return page_strokes(image.crop(tuple(round(edge) for edge in crop)), find)
+
+
+def small_mark(strokes: np.ndarray, darkness: np.ndarray,
+               found: tuple[slice, slice]) -> tuple[slice, slice] | None:
+    """The box of the largest piece of the `strokes` that the image's edges do not cut, when it
+    is under SMALL_DIGIT_SIDE and at least as dark as the ink `found`; else None."""
+    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
+    height, width = strokes.shape
+    best, best_area = None, 0
+    darkest = float(darkness[found][strokes[found]].max()) if strokes[found].any() else 1.0
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
+        inside = rows.start > 0 and cols.start > 0 and rows.stop < height and cols.stop < width
+        small = max(rows.stop - rows.start, cols.stop - cols.start) < SMALL_DIGIT_SIDE
+        piece = labels[rows, cols] == index
+        if inside and small and piece.sum() > best_area \
+                and darkness[rows, cols][piece].max() >= darkest:
+            best, best_area = (rows, cols), int(piece.sum())
+    return best
 
 
 def frame_strokes(darkness: np.ndarray, strokes: np.ndarray, ink: np.ndarray, half_width: float,

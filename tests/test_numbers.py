@@ -145,3 +145,14 @@ def test_a_small_digit_on_a_12_megapixel_photo_reads_as_its_crop_does(tmp_path):
         whole, crop = (predictor.read_number(tmp_path / name) for name in ("photo.jpg", "crop.jpg"))
         assert whole.text == crop.text
         assert overlap(whole.digits[0].input, crop.digits[0].input) >= 0.8
+
+
+def test_a_shadow_cut_by_the_photos_edge_does_not_hide_a_small_digit():
+    """A wide grey band along the photo's edge (a shadow) outweighs a small digit where the page
+    is first looked at; the digit, as dark as it and within the image, is looked at closer."""
+    photo = Image.new("L", (3000, 2000), 235)
+    ImageDraw.Draw(photo).rectangle((0, 0, 160, 2000), fill=150)  # the shadow, cut by the edge
+    digit = page("7", size=40)
+    photo.paste(digit, (1500, 900))
+    crop = photo.crop((1420, 820, 1500 + digit.width + 80, 900 + digit.height + 80))
+    assert overlap(preprocess_digit(photo), preprocess_digit(crop)) >= 0.8
