@@ -46,9 +46,7 @@ def preprocess_number(image: Image.Image, box: int = 20, size: int = 28) -> Tens
 
     Returns float32 (digits, size, size) in [0, 1], before normalization.
     """
-    darkness, strokes, ink, half_width = page_strokes(
-        image, lambda strokes, darkness: np.logical_or.reduce(read_digits(strokes, darkness)))
-    digits = read_digits(strokes, darkness)
+    darkness, digits, ink, half_width = page_strokes(image, read_digits)
     check_digit_ink(darkness, np.logical_or.reduce(digits))
     return torch.stack([frame_strokes(darkness, digit, ink, half_width, box, size)
                         for digit in digits])

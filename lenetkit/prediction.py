@@ -205,11 +205,16 @@ class Predictor:
                                           is_digit=not no))
         return predictions if batch else predictions[0]
 
+    @property
+    def reads_numbers(self) -> bool:
+        """Whether the model reads digits, and so numbers (read_number): an MNIST model."""
+        return self.preprocess is preprocess_digit
+
     def read_number(self, image: "str | Path | Image.Image | np.ndarray") -> Number:
         """The number in an image (a file path, PIL image or numpy array): its separate digits,
         found and read left to right (multidigit.py). An image of one digit reads as `self(image)`
         reads it, as a Number of one digit. Only an MNIST model reads numbers."""
-        if self.preprocess is not preprocess_digit:
+        if not self.reads_numbers:
             raise UserError(f"a {self.record['dataset']} model reads no numbers: give an MNIST one")
         if isinstance(image, Tensor):
             raise ImageError("a number is read from an image (a file path, PIL image or numpy "
@@ -416,10 +421,10 @@ def main(argv: list[str] | None = None) -> None:
     print(model_line(predictor.path, predictor.record), file=sys.stderr)
     failures = 0
     taken: set[str] = set()
-    numbers = predictor.preprocess is preprocess_digit
     for path in args.images:
         try:
-            prediction = predictor.read_number(path) if numbers else predictor(path)
+            prediction = predictor.read_number(path) if predictor.reads_numbers \
+                else predictor(path)
             saved = args.out_dir and save_input(prediction, path, args.out_dir, taken)
         except ImageError as error:
             print(f"{path}: error: {error}", file=sys.stderr)

@@ -170,26 +170,31 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
 
     Returns float32 (size, size) in [0, 1], before normalization.
     """
-    darkness, strokes, ink, half_width = page_strokes(image)
-    strokes = digit_pieces(strokes, darkness)
+    darkness, (strokes,), ink, half_width = page_strokes(image, one_digit)
     check_digit_ink(darkness, strokes)
     return frame_strokes(darkness, strokes, ink, half_width, box, size)
 
 
+def one_digit(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
+    """The digit to read among a page's strokes, as page_strokes' `find` gives it: its pieces."""
+    return [digit_pieces(strokes, darkness)]
+
+
 def page_strokes(image: Image.Image,
-                 find: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The page's darkness at WORK_SIDE (ink_darkness) and the pen's strokes on it (stroke_mask:
-    the strokes, all the ink, their half-width). Where what is read (`find`: from the strokes and
-    the darkness, by default the digit's pieces) is smaller than SMALL_DIGIT_SIDE there and the
-    image holds more detail, they are a crop's around it at a finer scale, as a person steps
+                 find: Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
+                 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, float]:
+    """The page's darkness at WORK_SIDE (ink_darkness), the masks of the digits to read on it
+    (`find`, from the pen's strokes, stroke_mask's, and the darkness), all the ink and the
+    strokes' half-width. Where those digits are smaller than SMALL_DIGIT_SIDE there and the image
+    holds more detail, all of these are a crop's around them at a finer scale, as a person steps
     closer to read a small digit."""
     darkness = ink_darkness(to_grayscale(image, WORK_SIDE, black=True))
     strokes, ink, half_width = stroke_mask(darkness)
+    digits = find(strokes, darkness)
     scale = max(image.size) / max(darkness.shape)
-    found = bounding_box((find or digit_pieces)(strokes, darkness), margin=0)
+    found = bounding_box(np.logical_or.reduce(digits), margin=0)
     if found is None or scale <= 1:
-        return darkness, strokes, ink, half_width
+        return darkness, digits, ink, half_width
     if found[0].start == 0 or found[1].start == 0 or found[0].stop == darkness.shape[0] \
             or found[1].stop == darkness.shape[1]:
         # Ink that the image's edge cuts is as often a shadow's edge as a digit: a small mark
@@ -198,7 +203,7 @@ def page_strokes(image: Image.Image,
     rows, cols = found
     side = max(rows.stop - rows.start, cols.stop - cols.start)
     if side >= SMALL_DIGIT_SIDE:
-        return darkness, strokes, ink, half_width
+        return darkness, digits, ink, half_width
     # A margin of the digit's size, and at least half the small side, keeps the neighbours of a
     # number's digit, and the paper that the page's light is judged on.
     margin = max(side, SMALL_DIGIT_SIDE // 2)

@@ -21,7 +21,7 @@ from lenetkit.environment import PROJECT_DIR, default_model_path
 from lenetkit.errors import UserError
 from lenetkit.multidigit import preprocess_number
 from lenetkit.prediction import Number, Predictor, input_image
-from lenetkit.preprocess import ImageError, preprocess_digit
+from lenetkit.preprocess import ImageError
 from lenetkit.threads import SERVING_THREADS, use_threads
 
 # A drawing takes milliseconds and the largest image the decoder accepts about a second: a
@@ -123,20 +123,20 @@ class Model:
         reads the number (Predictor.read_number): its digits under "digits" and their string
         under "number", the first digit's prediction at the top level, as any model's is."""
         image = self.predictor.read(Body(image_file))
-        numbers = self.predictor.preprocess is preprocess_digit
+        numbers = self.predictor.reads_numbers
         inputs = preprocess_number(image) if numbers else self.predictor.inputs(image)
         with self.lock:
             predictions = self.predictor(inputs)
         assert isinstance(predictions, list)  # a batch: of one input, or of a number's digits
-        prediction, png = predictions[0], io.BytesIO()
-        input_image(Number(predictions).input).save(png, "PNG")
+        prediction, number, png = predictions[0], Number(predictions), io.BytesIO()
+        input_image(number.input).save(png, "PNG")
         answer = {"label": prediction.label, "name": prediction.name,
                   "probability": prediction.probability, "confident": prediction.confident,
                   "is_digit": prediction.is_digit, "digit_score": prediction.digit_score,
                   "top": [{"name": name, "probability": p} for name, p in prediction.top],
                   "input": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}
         if numbers:
-            answer["number"] = Number(predictions).text
+            answer["number"] = number.text
             answer["digits"] = [{"name": digit.name, "probability": digit.probability,
                                  "confident": digit.confident, "is_digit": digit.is_digit}
                                 for digit in predictions]

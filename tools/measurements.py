@@ -211,10 +211,8 @@ def nondigit_refusals(model_path: Path, data_dir: Path, count: int,
     blank photographed pages under each of photos.PHOTO_CONDITIONS; and their mean."""
     predictor = Predictor(model_path)
     held_out = "val" if split == "val" else "bench"
-    empty = np.zeros((28, 28), np.uint8)
     pages = max(1, count // len(photos.PHOTO_CONDITIONS))
-    kinds = {"blank pages": [photos.photo(empty, condition, BLANK_PAGE_SEEDS[held_out] + seed)
-                             for condition in photos.PHOTO_CONDITIONS for seed in range(pages)]}
+    kinds = {"blank pages": photos.blank_pages(pages, BLANK_PAGE_SEEDS[held_out])}
     for kind in KINDS if has_garments(data_dir) else KINDS[:-1]:
         kinds[kind] = negative_images(kind, held_out, count, data_dir)
     refused = {}

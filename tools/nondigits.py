@@ -11,7 +11,6 @@ and of MNIST's digits (validation, or test) and photographed digits (photos.py) 
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,9 +33,7 @@ PHOTO_DIGITS = 100  # the first test digits, under each photo condition
 def blank_pages(split: str) -> tuple[Tensor, int]:
     """Photos of pages with no digit (photos.py's paper and light): inputs and refusals."""
     offset = BLANK_PAGE_SEEDS["val" if split == "val" else "bench"]
-    empty = np.zeros((28, 28), np.uint8)
-    return framed([photos.photo(empty, condition, offset + seed)
-                   for condition in photos.PHOTO_CONDITIONS for seed in range(BLANK_PAGES)])
+    return framed(photos.blank_pages(BLANK_PAGES, offset))
 
 
 def photographed_digits(data_dir: Path, split: str) -> tuple[Tensor, Tensor, int]:

@@ -80,6 +80,14 @@ def photo(digit: np.ndarray, condition: str, seed: int) -> Image.Image:
     return Image.open(io.BytesIO(encode(*render(digit, condition, seed))))
 
 
+def blank_pages(count: int, first_seed: int) -> list[Image.Image]:
+    """Photos of pages with nothing written on them: `count` under each of PHOTO_CONDITIONS,
+    seeded from `first_seed` on."""
+    empty = np.zeros((28, 28), np.uint8)
+    return [photo(empty, condition, first_seed + seed) for condition in PHOTO_CONDITIONS
+            for seed in range(count)]
+
+
 def small_digit_photo(digit: np.ndarray, seed: int, size: tuple[int, int] = (4000, 3000),
                       height: int = 40) -> tuple[Image.Image, int, tuple[int, int, int, int]]:
     """A phone photo (12 MP) of a plain page under uneven light and a shadow, its digit written
