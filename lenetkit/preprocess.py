@@ -216,19 +216,35 @@ def page_strokes(image: Image.Image,
 def small_mark(strokes: np.ndarray, darkness: np.ndarray,
                found: tuple[slice, slice]) -> tuple[slice, slice] | None:
     """The box of the largest piece of the `strokes` that the image's edges do not cut, when it
-    is under SMALL_DIGIT_SIDE and at least as dark as the ink `found`; else None."""
-    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
-    height, width = strokes.shape
-    best, best_area = None, 0
+    is under SMALL_DIGIT_SIDE and nearly as dark as the ink `found` (PEN_SHARE); else, the same
+    among the ink of the darkness left once the cut pieces are taken out (a small digit's ink,
+    blurred at the work scale, can fall under the threshold that a shadow's edge sets); else None.
+    """
+    labels, _ = ndimage.label(strokes, structure=np.ones((3, 3)))
     darkest = float(darkness[found][strokes[found]].max()) if strokes[found].any() else 1.0
+    best, cut = inside_mark(labels, darkness, PEN_SHARE * darkest)
+    if best is not None or not cut.any():
+        return best
+    rest = np.where(within(cut, 2.0), 0, darkness)
+    marks, _ = ndimage.label(rest > ink_threshold(rest), structure=np.ones((3, 3)))
+    return inside_mark(marks, rest, PEN_SHARE * float(rest.max()))[0]
+
+
+def inside_mark(labels: np.ndarray, darkness: np.ndarray,
+                level: float) -> tuple[tuple[slice, slice] | None, np.ndarray]:
+    """The box of the largest labelled piece that the image's edges do not cut, under
+    SMALL_DIGIT_SIDE and with its darkest pixel at `level` at least (None if there is none), and
+    the mask of the pieces that the edges cut."""
+    height, width = labels.shape
+    best, best_area, cut = None, 0, np.zeros(labels.shape, bool)
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
-        inside = rows.start > 0 and cols.start > 0 and rows.stop < height and cols.stop < width
-        small = max(rows.stop - rows.start, cols.stop - cols.start) < SMALL_DIGIT_SIDE
         piece = labels[rows, cols] == index
-        if inside and small and piece.sum() > best_area \
-                and darkness[rows, cols][piece].max() >= darkest:
+        if not (rows.start > 0 and cols.start > 0 and rows.stop < height and cols.stop < width):
+            cut[rows, cols] |= piece
+        elif max(rows.stop - rows.start, cols.stop - cols.start) < SMALL_DIGIT_SIDE \
+                and piece.sum() > best_area and darkness[rows, cols][piece].max() >= level:
             best, best_area = (rows, cols), int(piece.sum())
-    return best
+    return best, cut
 
 
 def frame_strokes(darkness: np.ndarray, strokes: np.ndarray, ink: np.ndarray, half_width: float,

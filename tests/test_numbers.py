@@ -156,3 +156,16 @@ def test_a_shadow_cut_by_the_photos_edge_does_not_hide_a_small_digit():
     photo.paste(digit, (1500, 900))
     crop = photo.crop((1420, 820, 1500 + digit.width + 80, 900 + digit.height + 80))
     assert overlap(preprocess_digit(photo), preprocess_digit(crop)) >= 0.8
+
+
+@pytest.mark.parametrize("shadow, ink", [(130, 0.6), (60, 0.4), (160, 0.4)])
+def test_a_small_digit_lighter_than_a_shadow_on_the_photos_edge_is_still_found(shadow, ink):
+    """Pencil, or a digit in the page's shade, can be lighter than a shadow's edge: a small mark
+    within the image is looked at closer when it is nearly as dark as the shadow, and otherwise
+    when it stands out once the shadow is set aside."""
+    photo = Image.new("L", (4000, 3000), 235)
+    ImageDraw.Draw(photo).rectangle((0, 0, 220, 3000), fill=shadow)
+    digit = Image.eval(page("7", size=30), lambda level: round(240 - (240 - level) * ink))
+    photo.paste(digit, (2000, 1400))
+    crop = photo.crop((1920, 1320, 2000 + digit.width + 80, 1400 + digit.height + 80))
+    assert overlap(preprocess_digit(photo), preprocess_digit(crop)) >= 0.8
