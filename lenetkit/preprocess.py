@@ -53,6 +53,8 @@ MIN_DIGIT_SIDE = 5
 # A piece of ink from one edge of the image to the other, on average thinner than this share of
 # the other side, is a line across the page, not a digit.
 LINE_SHARE = 0.05
+# Ink from edge to edge of the image that encloses more holes than this is a grid, not a digit.
+GRID_CELLS = 4
 # The digit is the largest mark whose darkest pixel is at least this share of the darkest
 # mark's: a pen's stroke, not a shadow's edge.
 PEN_SHARE = 0.6
@@ -391,8 +393,9 @@ def digit_pieces(strokes: np.ndarray, darkness: np.ndarray) -> np.ndarray:
         return strokes
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
-    lines = np.array([across(rows, cols, area, strokes.shape) for (rows, cols), area
-                      in zip(boxes, areas)])
+    lines = np.array([across(rows, cols, area, strokes.shape)
+                      or grid(labels[rows, cols] == index, strokes.shape)
+                      for index, ((rows, cols), area) in enumerate(zip(boxes, areas), 1)])
     if lines.all():
         raise no_digit("only lines across the whole image: ruling, a margin or a grid")
     if count == 1:
@@ -420,6 +423,19 @@ def across(rows: slice, cols: slice, area: int, shape: tuple[int, ...]) -> bool:
     if rows.start == 0 and rows.stop == height and area / height < LINE_SHARE * width:
         return True
     return cols.start == 0 and cols.stop == width and area / width < LINE_SHARE * height
+
+
+def grid(piece: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether a piece of ink (its mask, in its bounding box) is a squared page's grid: it
+    reaches all four edges of the image, and encloses more than GRID_CELLS holes of a digit's
+    size at least (an 8 encloses two)."""
+    if piece.shape != shape:
+        return False
+    holes, count = ndimage.label(~piece)
+    sizes = np.bincount(holes.ravel(), minlength=count + 1)
+    sizes[np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])] = 0  # open to an edge
+    sizes[0] = 0
+    return int((sizes >= MIN_DIGIT_SIDE ** 2).sum()) > GRID_CELLS
 
 
 def depth(mask: np.ndarray) -> np.ndarray:

@@ -301,6 +301,26 @@ def test_lines_across_a_blank_page_are_no_digit_but_a_digit_cropped_tight_is_rea
     assert preprocess_digit(one).shape == (28, 28)
 
 
+def test_a_blank_squared_page_is_no_digit_but_a_digit_on_one_is_read():
+    """A grid reaches every edge and encloses many cells; a digit encloses two holes at most."""
+    squared = Image.new("L", (320, 240), 235)
+    draw = ImageDraw.Draw(squared)
+    for step in range(10, 320, 25):
+        draw.line([(step, 0), (step, 239)], fill=140, width=2)
+        draw.line([(0, step), (319, step)], fill=140, width=2)
+    with pytest.raises(ImageError, match="only lines across the whole image"):
+        preprocess_digit(squared)
+    written = squared.copy()
+    ImageDraw.Draw(written).ellipse((120, 60, 190, 180), outline=20, width=10)  # a 0
+    zero = Image.new("L", (120, 170), 235)
+    ImageDraw.Draw(zero).ellipse((25, 25, 95, 145), outline=20, width=10)
+    assert overlap(preprocess_digit(written), preprocess_digit(zero)) >= 0.8
+    eight = Image.new("L", (60, 100), 255)  # cropped tight: its ink reaches every edge
+    ImageDraw.Draw(eight).ellipse((0, 0, 59, 49), outline=0, width=8)
+    ImageDraw.Draw(eight).ellipse((0, 45, 59, 99), outline=0, width=8)
+    assert preprocess_digit(eight).shape == (28, 28)
+
+
 def test_a_faint_pencil_digit_is_read_as_a_dark_one():
     dark = Image.fromarray(255 - four()).resize((112, 112), Image.Resampling.BICUBIC)
     faint = Image.fromarray((200 - (200 - np.asarray(dark, np.float32)) * 60 / 255).astype(
