@@ -197,8 +197,7 @@ def page_strokes(image: Image.Image,
     found = bounding_box(np.logical_or.reduce(digits), margin=0)
     if found is None or scale <= 1:
         return darkness, digits, ink, half_width
-    if found[0].start == 0 or found[1].start == 0 or found[0].stop == darkness.shape[0] \
-            or found[1].stop == darkness.shape[1]:
+    if edges_reached(*found, darkness.shape):
         # Ink that the image's edge cuts is as often a shadow's edge as a digit: a small mark
         # within the image, as dark, is looked at closer instead.
         found = small_mark(strokes, darkness, found) or found
@@ -237,11 +236,10 @@ def inside_mark(labels: np.ndarray, darkness: np.ndarray,
     """The box of the largest labelled piece that the image's edges do not cut, under
     SMALL_DIGIT_SIDE and with its darkest pixel at `level` at least (None if there is none), and
     the mask of the pieces that the edges cut."""
-    height, width = labels.shape
     best, best_area, cut = None, 0, np.zeros(labels.shape, bool)
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
         piece = labels[rows, cols] == index
-        if not (rows.start > 0 and cols.start > 0 and rows.stop < height and cols.stop < width):
+        if edges_reached(rows, cols, labels.shape):
             cut[rows, cols] |= piece
         elif max(rows.stop - rows.start, cols.stop - cols.start) < SMALL_DIGIT_SIDE \
                 and piece.sum() > best_area and darkness[rows, cols][piece].max() >= level:
@@ -394,7 +392,7 @@ def digit_pieces(strokes: np.ndarray, darkness: np.ndarray) -> np.ndarray:
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
     lines = np.array([across(rows, cols, area, strokes.shape)
-                      or grid(labels[rows, cols] == index, strokes.shape)
+                      or edges_reached(rows, cols, strokes.shape) == 4 and grid(labels == index)
                       for index, ((rows, cols), area) in enumerate(zip(boxes, areas), 1)])
     if lines.all():
         raise no_digit("only lines across the whole image: ruling, a margin or a grid")
@@ -425,12 +423,16 @@ def across(rows: slice, cols: slice, area: int, shape: tuple[int, ...]) -> bool:
     return cols.start == 0 and cols.stop == width and area / width < LINE_SHARE * height
 
 
-def grid(piece: np.ndarray, shape: tuple[int, ...]) -> bool:
-    """Whether a piece of ink (its mask, in its bounding box) is a squared page's grid: it
-    reaches all four edges of the image, and encloses more than GRID_CELLS holes of a digit's
-    size at least (an 8 encloses two)."""
-    if piece.shape != shape:
-        return False
+def edges_reached(rows: slice, cols: slice, shape: tuple[int, ...]) -> int:
+    """How many of the image's four edges a piece's bounding box reaches (0: within the image)."""
+    return (rows.start == 0) + (cols.start == 0) + (rows.stop == shape[0]) \
+        + (cols.stop == shape[1])
+
+
+def grid(piece: np.ndarray) -> bool:
+    """Whether a piece of ink that reaches all four edges of the image (its mask) is a squared
+    page's grid: it encloses more than GRID_CELLS holes of a digit's size at least (an 8
+    encloses two)."""
     holes, count = ndimage.label(~piece)
     sizes = np.bincount(holes.ravel(), minlength=count + 1)
     sizes[np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])] = 0  # open to an edge
