@@ -26,7 +26,7 @@ from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE
 from lenetkit.environment import DEFAULT_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.inputs import parse_json, read_input_bytes
-from lenetkit.model import ARCHITECTURES, MAX_WIDTH, MIN_WIDTH
+from lenetkit.model import ARCHITECTURES, MAX_WIDTH, MIN_WIDTH, TRAINABLE
 from lenetkit.modelfile import MODEL_SUFFIXES, read_checkpoint, shape_mismatch
 from lenetkit.outputs import check_output_file
 
@@ -62,7 +62,7 @@ class TrainConfig:
     dataset: str = setting("mnist", "data", choices=sorted(DATASETS),
                            help="the images to learn: handwritten digits, Zalando's clothing, or "
                                 "colour photos of ten kinds of object")
-    arch: str = setting("lenet", "model", choices=sorted(ARCHITECTURES),
+    arch: str = setting("lenet", "model", choices=sorted(TRAINABLE),
                         help="network (model.py); default: the dataset's own, lenet (cifarnet for "
                              "cifar10)")
     width: int | None = setting(
@@ -139,6 +139,10 @@ class TrainConfig:
                                     "answers on non-digits (letters, scribbles, textures, "
                                     "garments: negatives.py) toward uniform, so that the digit "
                                     "score refuses them; 0: off")
+    detector_epochs: int = setting(0, "optimisation", type=non_negative_int,
+                                   help="mnist lenet: after training, passes of a second LeNet "
+                                        "that learns digits from non-digits (detector.py); its "
+                                        "probability of a digit becomes the digit score; 0: none")
 
 
 SETTINGS = tuple(entry.name for entry in fields(TrainConfig))
@@ -305,6 +309,9 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if config.negatives and config.dataset != "mnist":
         parser.error(f"argument --negatives: its non-digits are for mnist models, not "
                      f"{config.dataset}")
+    if config.detector_epochs and (config.dataset, config.arch) != ("mnist", "lenet"):
+        parser.error(f"argument --detector-epochs: the detector is for mnist's lenet, not "
+                     f"{config.dataset}'s {config.arch}")
     if config.augment == "default":
         config.augment = DATASETS[config.dataset].augmentation
     if not options.download and not options.data_dir.is_dir():

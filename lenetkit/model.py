@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 # The widths train.py accepts. A step's cost grows with the width's square, and a step's backward
 # pass is one call that Ctrl-C can't interrupt: the widest ResNet a batch of 256 can take on a
@@ -31,6 +32,7 @@ class LeNet(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
+        self.num_classes = num_classes
         self.features = nn.Sequential(
             nn.Conv2d(1, 6, kernel_size=5, padding=2),  # 6 x 28 x 28
             nn.ReLU(),
@@ -50,6 +52,27 @@ class LeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+DETECTED = "lenet+detector"  # DetectedLeNet's name in model files
+
+
+class DetectedLeNet(nn.Module):
+    """A LeNet that reads the digit and a second LeNet that judges whether there is one at all,
+    as one network of 10 outputs: log p(class | a digit) + log p(a digit). Their softmax is the
+    reader's own probabilities, since adding one number to every output changes none, and their
+    logsumexp (the energy score, digitscore.py) is log p(a digit): everything that takes logits
+    takes these. The reader trains first, then the detector (detector.py)."""
+
+    input_shape = LeNet.input_shape
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.reader = LeNet(num_classes)
+        self.detector = LeNet(1)  # one logit: a digit or not
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.log_softmax(self.reader(x), dim=1) + F.logsigmoid(self.detector(x))
 
 
 def conv_bn(inputs: int, outputs: int, stride: int = 1) -> list[nn.Module]:
@@ -285,7 +308,10 @@ class Classifier(Protocol):
 
 ARCHITECTURES: dict[str, Architecture] = {"lenet": LeNet, "convnet": ConvNet, "resnet": ResNet,
                                           "widenet": WideNet, "twoconv": TwoConvNet,
-                                          "fastnet": FastNet, "cifarnet": CifarNet}
+                                          "fastnet": FastNet, "cifarnet": CifarNet,
+                                          DETECTED: DetectedLeNet}
+# What a training run's --arch may name: a detected LeNet is a trained LeNet given a detector.
+TRAINABLE = [name for name in ARCHITECTURES if name != DETECTED]
 
 
 def build_model(arch: str, **model_args: Any) -> nn.Module:

@@ -34,11 +34,12 @@ from tqdm import tqdm
 from lenetkit.augmentation import augment
 from lenetkit.config import MODEL_SETTINGS, SETTINGS, TrainConfig, output_paths, parse_args
 from lenetkit.datasets import DATASETS, black, load_dataset, normalize, split_indices, standardize
+from lenetkit.detector import detected, train_detector
 from lenetkit.digitscore import DEFAULT_SCORE, calibrate
 from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
-from lenetkit.model import CifarNet, build_model, count_parameters
+from lenetkit.model import DETECTED, CifarNet, LeNet, build_model, count_parameters
 from lenetkit.modelchoice import check_replacement, replacement_conflict, run_path, shown_path
 from lenetkit.modelfile import (
     build_from_record,
@@ -181,24 +182,44 @@ def uniform_loss(logits: Tensor) -> Tensor:
 
 
 def load_negatives(config: TrainConfig, options: argparse.Namespace,
-                  device: torch.device) -> Tensor | None:
-    """The non-digits of outlier exposure (negatives.py), normalized as the digits, on `device`;
-    None when it is off."""
-    if not config.negatives:
-        return None
+                   device: torch.device) -> Tensor:
+    """The training split's non-digits (negatives.py), normalized as the digits, on `device`."""
     inputs = training_negatives(options.data_dir)
     x = normalize(inputs, **DATASETS[config.dataset].normalization).to(device)
     return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
 
 
+def scored(best: dict, config: TrainConfig, training: Training, x_train: Tensor, x_val: Tensor,
+           options: argparse.Namespace, device: torch.device, log: Callable) -> dict:
+    """The record `best` given its digit score: first its detector (detector.py), for a run with
+    one that has none yet (a resumed run may), then the score's calibrated setting."""
+    if config.detector_epochs and best["arch"] != DETECTED:
+        started = time.perf_counter()
+        detector = train_detector(x_train, load_negatives(config, options, device),
+                                  config.detector_epochs, config.batch_size, training.generator,
+                                  training.distort)
+        reader = build_from_record(best, device)
+        assert isinstance(reader, LeNet), "config.check_settings: a detector is a LeNet's"
+        model = detected(reader, detector)
+        best = {**best, **model_record(model, DETECTED, best["model_args"], best["dataset"],
+                                       best["normalization"], best["classes"], best["metadata"])}
+        log(f"detector: {config.detector_epochs} epochs in {time.perf_counter() - started:.1f}s")
+    best["digit_score"] = calibrated_score(best, x_val, options.data_dir, device)
+    log("digit score: {score}, refusing below {threshold:.4g} (spread {scale:.3g})".format(
+        **best["digit_score"]))
+    return best
+
+
 @torch.no_grad()
 def calibrated_score(record: dict, x_val: Tensor, data_dir: Path, device: torch.device) -> dict:
     """The digit score's setting for the model of `record` (digitscore.py), calibrated on the
-    validation digits `x_val` (normalized) and the validation split's non-digits."""
+    validation digits `x_val` (normalized) and the validation split's non-digits: a detected
+    LeNet's outputs give log p(a digit) as their energy, the others' their largest probability."""
     model = build_from_record(record, device)
     others = negative_inputs(VAL_COUNTS, "val", data_dir, TRAIN_SIZE).unsqueeze(1)
     others = standardize(others, **record["normalization"]).to(device)
-    return calibrate(DEFAULT_SCORE, model(x_val).cpu(), model(others).cpu())
+    name = "energy" if record["arch"] == DETECTED else DEFAULT_SCORE
+    return calibrate(name, model(x_val).cpu(), model(others).cpu())
 
 
 def evaluate_shards(model: nn.Module, images: Tensor, labels: Tensor, rank: int, world: int,
@@ -340,7 +361,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     training = setup_training(config, steps_per_epoch, device, world, options.channels_last,
                               options.compile, images=x_train)
     drop_emulated_bf16(training, device, log)
-    training.negatives = load_negatives(config, options, device)
+    training.negatives = load_negatives(config, options, device) if config.negatives else None
     checkpoint = output_paths(options.out)["checkpoint"]
     history: list[dict] = []
     best: dict | None = None
@@ -371,10 +392,9 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     assert best is not None, "a run ends with an epoch kept: its first is an improvement"
     # Only a model that learned non-digits tells them apart; the others' low scores are doubt,
     # which the low-confidence mark already says
-    if config.negatives and len(x_val) and rank == 0 and not options.dry_run:
-        best["digit_score"] = calibrated_score(best, x_val, options.data_dir, device)
-        log("digit score: {score}, refusing below {threshold:.4g} (spread {scale:.3g})".format(
-            **best["digit_score"]))
+    if (config.negatives or config.detector_epochs) and len(x_val) and rank == 0 \
+            and not options.dry_run:
+        best = scored(best, config, training, x_train, x_val, options, device, log)
         save_checkpoint(checkpoint, config, training, history, best)  # the kept model's, too
     # room for the test set's normalized copy (its bytes were read before training): peak memory
     # stays training's

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lenetkit.model import ARCHITECTURES, LeNet, build_model, count_parameters
+from lenetkit.model import ARCHITECTURES, DetectedLeNet, LeNet, build_model, count_parameters
 
 
 def test_lenet_maps_a_batch_of_28x28_images_to_10_logits():
@@ -29,6 +29,16 @@ def test_build_model_rebuilds_a_registered_architecture_from_its_name_and_argume
     assert "lenet" in ARCHITECTURES
     model = build_model("lenet", num_classes=10)
     assert isinstance(model, LeNet)
+
+
+def test_a_detected_lenet_gives_its_readers_probabilities_and_its_chance_of_a_digit():
+    torch.manual_seed(0)
+    model, images = DetectedLeNet(), torch.randn(5, 1, 28, 28)
+    outputs = model(images)
+    assert outputs.shape == (5, 10)
+    torch.testing.assert_close(torch.softmax(outputs, 1), torch.softmax(model.reader(images), 1))
+    torch.testing.assert_close(torch.logsumexp(outputs, 1),
+                               torch.sigmoid(model.detector(images)).log().squeeze(1))
 
 
 def test_build_model_rejects_an_unknown_architecture_by_name():

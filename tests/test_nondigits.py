@@ -172,6 +172,35 @@ def test_training_with_negatives_writes_a_calibrated_digit_score(tiny_data, tmp_
     assert read_model_file(tmp_path / "again.pth")["digit_score"] == record["digit_score"]
 
 
+def test_a_detector_adds_a_digit_score_and_leaves_the_reader_as_trained(tiny_data, tmp_path,
+                                                                       monkeypatch):
+    few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
+    monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
+    plain, detected = tmp_path / "plain.pth", tmp_path / "detected.pth"
+    for out, extra in ((plain, ()), (detected, ("--detector-epochs", "1"))):
+        result = run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1",
+                          "--seed", "3", *extra, *TINY_TRAINING)
+    record, reader = read_model_file(detected), read_model_file(plain)
+    assert record["arch"] == "lenet+detector" and "digit_score" not in reader
+    assert "detector: 1 epochs" in result.stdout and "digit score: energy" in result.stdout
+    assert check_digit_score(record["digit_score"], 10) is None
+    assert all(torch.equal(record["state_dict"][f"reader.{name}"], weights)
+               for name, weights in reader["state_dict"].items())
+    assert record["metadata"]["val_accuracy"] == reader["metadata"]["val_accuracy"]
+    # resumed once finished, the run keeps its detector rather than training one on top of it
+    again = run_main("train.py", "--resume", "--data-dir", tiny_data, "--out", detected,
+                     *TINY_TRAINING)
+    assert "detector:" not in again.stdout and "digit score: energy" in again.stdout
+    assert all(torch.equal(read_model_file(detected)["state_dict"][name], weights)
+               for name, weights in record["state_dict"].items())
+
+
+def test_a_detector_is_for_the_digits_lenet_only(tiny_data, tmp_path):
+    result = run_main("train.py", "--data-dir", tiny_data, "--arch", "twoconv",
+                      "--detector-epochs", "1", "--out", tmp_path / "model.pth", check=False)
+    assert result.returncode == 2 and "the detector is for mnist's lenet" in result.stderr
+
+
 def test_negatives_are_for_digit_models_only(tiny_data, tmp_path):
     result = run_main("train.py", "--data-dir", tiny_data, "--dataset", "fashion-mnist",
                       "--negatives", "0.5", "--out", tmp_path / "model.pth", check=False)
@@ -194,7 +223,10 @@ def test_a_prediction_the_digit_score_refuses_says_no_digit_and_is_not_confident
                                    "the likeliest digit 7 (")
     kept = Predictor(model_with_score(tmp_path, -1e6))(SEVEN)
     assert kept.is_digit and kept.confident and kept.digit_score > 0.5 and str(kept)[0] == "7"
-    unscored = Predictor(default_model_path())(SEVEN)
+    unscored_file = tmp_path / "unscored.pth"
+    save_model({key: value for key, value in read_model_file(default_model_path()).items()
+                if key != "digit_score"}, unscored_file)
+    unscored = Predictor(unscored_file)(SEVEN)
     assert unscored.digit_score is None and unscored.is_digit  # a model that can't tell
 
 

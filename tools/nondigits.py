@@ -5,10 +5,12 @@
 For each model and each raw score (digitscore.SCORES), the threshold is calibrated on the
 validation digits (the highest that keeps digitscore.KEEP_DIGITS of them), as training does;
 then, on `--split` (val: for choosing; bench: the held-out sets, reported only), the share of
-each kind of non-digit refused (by the preprocessing, as blank or a speck, or by the score),
-and of MNIST's digits (validation, or test) and photographed digits (photos.py) still read.
+each kind of non-digit refused (by the preprocessing, as blank or a speck, or by the score) and
+of their MIXED set, and of MNIST's digits (validation, or test) and photographed digits
+(photos.py) still read.
 """
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -28,6 +30,8 @@ from measurements import BLANK_PAGE_SEEDS, mnist_split
 COUNTS = {"letters": 552, "scribbles": 500, "textures": 200, "fashion": 500}
 BLANK_PAGES = 30  # of each photo condition
 PHOTO_DIGITS = 100  # the first test digits, under each photo condition
+# The mixed set: what a person may hand in instead of a digit, each image counted once.
+MIXED = ("blank pages", "letters", "scribbles", "fashion")
 
 
 def blank_pages(split: str) -> tuple[Tensor, int]:
@@ -86,9 +90,11 @@ def measure(path: Path, sets: dict, digits: tuple, photographed: tuple, val_digi
     for name, setting in settings.items():
         scored = {**record, "digit_score": setting}
         row: dict = {"model": str(path), "score": name, **setting}
-        for kind, (inputs, refused) in sets.items():
-            count = len(inputs) + refused
-            row[kind] = (refused + int(refusals(scored, logits[kind]).sum())) / count
+        counts = {kind: (refused + int(refusals(scored, logits[kind]).sum()), len(inputs) + refused)
+                  for kind, (inputs, refused) in sets.items()}
+        row |= {kind: no / count for kind, (no, count) in counts.items()}
+        row["mixed"] = (sum(counts[kind][0] for kind in MIXED)
+                        / sum(counts[kind][1] for kind in MIXED))
         read = ~refusals(scored, digit_logits)
         right = digit_logits.argmax(1) == digits[1]
         row["digits read"] = float(read.float().mean())
@@ -100,14 +106,18 @@ def measure(path: Path, sets: dict, digits: tuple, photographed: tuple, val_digi
     return rows
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="model files")
     parser.add_argument("--split", choices=["val", "bench"], default="val",
                         help="val: to choose on; bench: the held-out sets, to report")
     add_data_dir(parser)
     parser.add_argument("--json", type=writable_file, help="also write the rows as JSON here")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     sets = test_sets(args.data_dir, args.split)
     calibration = torch.cat([inputs for inputs, _ in
                              (sets if args.split == "val" else test_sets(args.data_dir, "val"))
@@ -117,7 +127,7 @@ def main() -> None:
     photographed = photographed_digits(args.data_dir, args.split)
     rows = [row for path in args.models for row in
             measure(path, sets, digits, photographed, val_digits, calibration)]
-    columns = [*sets, "digits read", "accuracy", "photos read"]
+    columns = [*sets, "mixed", "digits read", "accuracy", "photos read"]
     print(f"{'model':<28} {'score':<7} {'thresh':>8} " + " ".join(f"{c[:11]:>11}" for c in columns))
     for row in rows:
         print(f"{Path(row['model']).name[-28:]:<28} {row['score']:<7} {row['threshold']:8.4g} "

@@ -1,0 +1,62 @@
+"""The digit detector of a trained MNIST LeNet (model.DetectedLeNet): a second LeNet, of one
+logit, that learns the training digits from the training split's non-digits (negatives.py).
+
+It sees both through the reader's own augmentation, so that no distortion tells the two apart,
+half as many non-digits as digits in each batch. The reader's weights are left exactly as trained:
+unlike outlier exposure (TrainConfig.negatives), a detector costs no accuracy. Its probability
+of a digit is the digit score that training then calibrates (digitscore.py).
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from lenetkit.model import DetectedLeNet, LeNet
+
+HYP = {
+    "lr": 3e-3,  # AdamW's peak rate in a one-cycle schedule, as first tried: not tuned
+    "weight_decay": 1e-4,  # a light hold on the weights; the augmentation does most regularizing
+    "negative_share": 0.5,  # non-digits in a batch per digit, as outlier exposure has them
+}
+
+
+def train_detector(digits: Tensor, negatives: Tensor, epochs: int, batch_size: int,
+                   generator: torch.Generator,
+                   distort: Callable[[Tensor], Tensor] | None = None) -> nn.Module:
+    """A LeNet of one logit (a digit: positive), trained for `epochs` passes over `digits`
+    (normalized, N x 1 x 28 x 28) against `negatives` (normalized likewise), each batch through
+    `distort`; its batches and negatives are drawn by `generator`."""
+    detector = LeNet(num_classes=1).to(digits.device)
+    starts = range(0, max(len(digits) - batch_size, 0) + 1, batch_size)  # whole batches only
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=HYP["lr"],
+                                  weight_decay=HYP["weight_decay"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, HYP["lr"],
+                                                   total_steps=epochs * len(starts))
+    others = max(int(batch_size * HYP["negative_share"]), 1)
+    detector.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(digits), generator=generator).to(digits.device)
+        for start in tqdm(starts, desc=f"detector {epoch + 1}/{epochs}", leave=False,
+                          disable=None):
+            picked = torch.randint(len(negatives), (others,), generator=generator)
+            shown = digits[order[start:start + batch_size]]
+            batch = torch.cat([shown, negatives[picked.to(negatives.device)]])
+            batch = distort(batch) if distort is not None else batch
+            is_digit = (torch.arange(len(batch), device=batch.device) < len(shown)).float()
+            loss = F.binary_cross_entropy_with_logits(detector(batch).squeeze(1), is_digit)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return detector.eval()
+
+
+def detected(reader: LeNet, detector: nn.Module) -> DetectedLeNet:
+    """The one network of a trained LeNet `reader` and its trained `detector`."""
+    model = DetectedLeNet(num_classes=reader.num_classes)
+    model.reader.load_state_dict(reader.state_dict())
+    model.detector.load_state_dict(detector.state_dict())
+    return model.to(next(reader.parameters()).device).eval()
