@@ -12,7 +12,7 @@ from test_model_file import lenet_record
 
 import lenetkit.training
 from lenetkit.digitscore import KEEP_DIGITS, calibrate, check_digit_score, judge
-from lenetkit.environment import default_model_path
+from lenetkit.environment import PRETRAINED_MODEL_PATH, default_model_path
 from lenetkit.modelfile import ModelFileError, read_model_file, save_model
 from lenetkit.negatives import (
     BENCH_SEED_OFFSET,
@@ -236,3 +236,17 @@ def test_the_command_line_answers_no_digit_and_exits_1(tmp_path):
     assert result.returncode == 1 and result.stdout.startswith(f"{SEVEN}: no digit (")
     result = run_main("load_model.py", "--model", model_with_score(tmp_path, -1e6), SEVEN)
     assert result.stdout.startswith(f"{SEVEN}: 7 (")
+
+
+def test_the_shipped_model_answers_no_digit_for_a_letter_and_a_scribble_and_reads_a_digit(
+        tmp_path):
+    letter, scribble = tmp_path / "A.png", tmp_path / "spiral.png"
+    letter_image("A", HELD_OUT_FONTS[0]).save(letter)
+    scribble_image(np.random.default_rng(7), kind="spiral").save(scribble)
+    result = run_main("load_model.py", "--model", PRETRAINED_MODEL_PATH, letter, scribble, SEVEN,
+                      check=False)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1
+    assert lines[0].startswith(f"{letter}: no digit (")
+    assert lines[1].startswith(f"{scribble}: no digit (")
+    assert lines[2].startswith(f"{SEVEN}: 7 (")

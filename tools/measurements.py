@@ -195,12 +195,19 @@ def small_digit_accuracy(model_path: Path, data_dir: Path, count: int, folder: P
         image, quality, around = photos.small_digit_photo(images[index].numpy(), seed=index)
         for name, shown in (("in the photo", image), ("cropped", image.crop(around))):
             shown.save(folder / "small.jpg", quality=quality)
-            try:
-                right[name] += predictor.read_number(folder / "small.jpg").text \
-                    == str(int(labels[index]))
-            except ImageError:
-                pass
+            right[name] += read_right(predictor, folder / "small.jpg", str(int(labels[index])))
     return {name: share / count for name, share in right.items()}
+
+
+def read_right(predictor: Predictor, path: Path, text: str) -> bool:
+    """Whether the image file at `path` reads as the number `text`, every digit read as one (a
+    digit that the model's digit score refuses is not read); a file that raises ImageError is
+    not read right."""
+    try:
+        number = predictor.read_number(path)
+    except ImageError:
+        return False
+    return number.is_digit and number.text == text
 
 
 def nondigit_refusals(model_path: Path, data_dir: Path, count: int,
@@ -233,7 +240,7 @@ def read_accuracy(model_path: Path, items: list[tuple[Tensor, Tensor]],
     """The share of `items` (a digit, 28 x 28, or a number's digits, n x 28 x 28, uint8; and
     their labels) read whole under each of photos.CONDITIONS: each rendered (seeded by its index)
     into an image file, then read from the file as load_model.py reads it (a digit read as a
-    number of several is wrong). A file that raises ImageError counts as wrong."""
+    number of several is wrong; read_right)."""
     predictor = Predictor(model_path)
     accuracy = {}
     for condition in photos.CONDITIONS:
@@ -242,10 +249,7 @@ def read_accuracy(model_path: Path, items: list[tuple[Tensor, Tensor]],
             image, quality = photos.render(digits.numpy(), condition, seed=index)
             path = folder / f"{index}.{'png' if quality is None else 'jpg'}"
             path.write_bytes(photos.encode(image, quality))
-            try:
-                right += predictor.read_number(path).text == "".join(map(str, labels.tolist()))
-            except ImageError:
-                pass
+            right += read_right(predictor, path, "".join(map(str, labels.tolist())))
         accuracy[condition] = right / len(items)
     return accuracy
 
