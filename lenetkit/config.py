@@ -312,6 +312,9 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if config.detector_epochs and (config.dataset, config.arch) != ("mnist", "lenet"):
         parser.error(f"argument --detector-epochs: the detector is for mnist's lenet, not "
                      f"{config.dataset}'s {config.arch}")
+    if config.detector_epochs and not config.val_size:
+        parser.error("argument --detector-epochs: its digit score is calibrated on the validation "
+                     "split: --val-size 0 leaves none")
     if config.augment == "default":
         config.augment = DATASETS[config.dataset].augmentation
     if not options.download and not options.data_dir.is_dir():

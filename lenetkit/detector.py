@@ -35,14 +35,14 @@ def train_detector(digits: Tensor, negatives: Tensor, epochs: int, batch_size: i
                                   weight_decay=HYP["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, HYP["lr"],
                                                    total_steps=epochs * len(starts))
-    others = max(int(batch_size * HYP["negative_share"]), 1)
     detector.train()
     for epoch in range(epochs):
         order = torch.randperm(len(digits), generator=generator).to(digits.device)
         for start in tqdm(starts, desc=f"detector {epoch + 1}/{epochs}", leave=False,
                           disable=None):
-            picked = torch.randint(len(negatives), (others,), generator=generator)
             shown = digits[order[start:start + batch_size]]
+            others = max(int(len(shown) * HYP["negative_share"]), 1)
+            picked = torch.randint(len(negatives), (others,), generator=generator)
             batch = torch.cat([shown, negatives[picked.to(negatives.device)]])
             batch = distort(batch) if distort is not None else batch
             is_digit = (torch.arange(len(batch), device=batch.device) < len(shown)).float()

@@ -29,7 +29,7 @@ from lenetkit.datasets import DATASETS, standardize
 from lenetkit.digitscore import check_digit_score
 from lenetkit.errors import UserError
 from lenetkit.inputs import check_input_file
-from lenetkit.model import ARCHITECTURES, Classifier, build_model
+from lenetkit.model import ARCHITECTURES, TRAINABLE, Classifier, build_model
 from lenetkit.outputs import write_atomic
 
 if TYPE_CHECKING:  # for the annotations only: they import this module
@@ -178,7 +178,7 @@ def shape_mismatch(arch: str, dataset: str) -> str | None:
     takes, given = ARCHITECTURES[arch].input_shape, DATASETS[dataset].shape
     if takes == given:
         return None
-    fitting = [name for name, network in ARCHITECTURES.items() if network.input_shape == given]
+    fitting = [name for name in TRAINABLE if ARCHITECTURES[name].input_shape == given]
     return (f"the {arch} takes images of {size(takes)}, {dataset}'s are {size(given)}; networks "
             f"for them: {', '.join(fitting)}")
 

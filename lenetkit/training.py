@@ -67,7 +67,7 @@ class Training:
     distort: Callable[[Tensor], Tensor] | None  # the augmentation of a batch
     amp: bool = False  # bf16 autocast in training and validation
     lookahead: Lookahead | None = None  # airbench's lookahead, when asked for
-    negatives: Tensor | None = None  # normalized non-digits, for outlier exposure
+    negatives: Tensor | None = None  # normalized non-digits: outlier exposure's, the detector's
 
     @property
     def kept(self) -> nn.Module:
@@ -139,7 +139,7 @@ def train_epoch(training: Training, images: Tensor, labels: Tensor, config: Trai
     for step, start in enumerate(progress):
         batch = order[start:start + batch_size]
         inputs = images[batch] if training.distort is None else training.distort(images[batch])
-        if training.negatives is not None:  # half as many non-digits, in the same pass
+        if config.negatives:  # half as many non-digits, in the same pass
             inputs = torch.cat([inputs, negative_batch(training, len(batch) // 2)])
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=training.amp):
             logits = training.stepped(inputs)
@@ -195,15 +195,18 @@ def scored(best: dict, config: TrainConfig, training: Training, x_train: Tensor,
     one that has none yet (a resumed run may), then the score's calibrated setting."""
     if config.detector_epochs and best["arch"] != DETECTED:
         started = time.perf_counter()
-        detector = train_detector(x_train, load_negatives(config, options, device),
-                                  config.detector_epochs, config.batch_size, training.generator,
-                                  training.distort)
+        assert training.negatives is not None, "run loads them for a detector"
+        detector = train_detector(x_train, training.negatives, config.detector_epochs,
+                                  config.batch_size, training.generator, training.distort)
         reader = build_from_record(best, device)
         assert isinstance(reader, LeNet), "config.check_settings: a detector is a LeNet's"
         model = detected(reader, detector)
         best = {**best, **model_record(model, DETECTED, best["model_args"], best["dataset"],
                                        best["normalization"], best["classes"], best["metadata"])}
-        log(f"detector: {config.detector_epochs} epochs in {time.perf_counter() - started:.1f}s")
+        seconds = time.perf_counter() - started
+        best["metadata"] = {**best["metadata"], "detector_seconds": seconds}
+        log(f"detector: {config.detector_epochs} epoch{'s' * (config.detector_epochs > 1)} in "
+            f"{seconds:.1f}s")
     best["digit_score"] = calibrated_score(best, x_val, options.data_dir, device)
     log("digit score: {score}, refusing below {threshold:.4g} (spread {scale:.3g})".format(
         **best["digit_score"]))
@@ -361,7 +364,8 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
     training = setup_training(config, steps_per_epoch, device, world, options.channels_last,
                               options.compile, images=x_train)
     drop_emulated_bf16(training, device, log)
-    training.negatives = load_negatives(config, options, device) if config.negatives else None
+    if config.negatives or config.detector_epochs:  # before training: a problem shows at once
+        training.negatives = load_negatives(config, options, device)
     checkpoint = output_paths(options.out)["checkpoint"]
     history: list[dict] = []
     best: dict | None = None
@@ -385,17 +389,17 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
             if rank == 0 and not options.dry_run:
                 written = True
                 save_checkpoint(checkpoint, config, training, history, best)
+        assert best is not None, "a run ends with an epoch kept: its first is an improvement"
+        # Only a model that learned non-digits tells them apart; the others' low scores are
+        # doubt, which the low-confidence mark already says
+        if (config.negatives or config.detector_epochs) and len(x_val) and rank == 0 \
+                and not options.dry_run:
+            best = scored(best, config, training, x_train, x_val, options, device, log)
+            save_checkpoint(checkpoint, config, training, history, best)  # the kept model's too
     except KeyboardInterrupt:
         state, resumable = checkpoint_state(checkpoint, written)
         resume = f"; continue with: python train.py --resume --out {options.out}"
         raise KeyboardInterrupt(state + (resume if resumable else "")) from None
-    assert best is not None, "a run ends with an epoch kept: its first is an improvement"
-    # Only a model that learned non-digits tells them apart; the others' low scores are doubt,
-    # which the low-confidence mark already says
-    if (config.negatives or config.detector_epochs) and len(x_val) and rank == 0 \
-            and not options.dry_run:
-        best = scored(best, config, training, x_train, x_val, options, device, log)
-        save_checkpoint(checkpoint, config, training, history, best)  # the kept model's, too
     # room for the test set's normalized copy (its bytes were read before training): peak memory
     # stays training's
     del x_train, y_train, x_val, y_val

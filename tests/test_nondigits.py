@@ -182,7 +182,7 @@ def test_a_detector_adds_a_digit_score_and_leaves_the_reader_as_trained(tiny_dat
                           "--seed", "3", *extra, *TINY_TRAINING)
     record, reader = read_model_file(detected), read_model_file(plain)
     assert record["arch"] == "lenet+detector" and "digit_score" not in reader
-    assert "detector: 1 epochs" in result.stdout and "digit score: energy" in result.stdout
+    assert "detector: 1 epoch in" in result.stdout and "digit score: energy" in result.stdout
     assert check_digit_score(record["digit_score"], 10) is None
     assert all(torch.equal(record["state_dict"][f"reader.{name}"], weights)
                for name, weights in reader["state_dict"].items())
@@ -195,10 +195,33 @@ def test_a_detector_adds_a_digit_score_and_leaves_the_reader_as_trained(tiny_dat
                for name, weights in record["state_dict"].items())
 
 
-def test_a_detector_is_for_the_digits_lenet_only(tiny_data, tmp_path):
+def test_a_run_stopped_while_its_detector_trains_says_how_to_resume_and_resumes_to_one(
+        tiny_data, tmp_path, monkeypatch):
+    few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
+    monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
+    train_detector = lenetkit.training.train_detector
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lenetkit.training, "train_detector", ctrl_c)
+    out = tmp_path / "model.pth"
+    flags = ("--data-dir", tiny_data, "--out", out, "--epochs", "1", "--detector-epochs", "1",
+             *TINY_TRAINING)
+    stopped = run_main("train.py", *flags, check=False)
+    assert stopped.returncode == 130 and "continue with: python train.py --resume" in stopped.stderr
+    monkeypatch.setattr(lenetkit.training, "train_detector", train_detector)
+    run_main("train.py", "--resume", *flags)
+    assert read_model_file(out)["arch"] == "lenet+detector"
+
+
+def test_a_detector_is_for_the_digits_lenet_and_needs_a_validation_split(tiny_data, tmp_path):
     result = run_main("train.py", "--data-dir", tiny_data, "--arch", "twoconv",
                       "--detector-epochs", "1", "--out", tmp_path / "model.pth", check=False)
     assert result.returncode == 2 and "the detector is for mnist's lenet" in result.stderr
+    result = run_main("train.py", "--data-dir", tiny_data, "--val-size", "0",
+                      "--detector-epochs", "1", "--out", tmp_path / "model.pth", check=False)
+    assert result.returncode == 2 and "--val-size 0 leaves none" in result.stderr
 
 
 def test_negatives_are_for_digit_models_only(tiny_data, tmp_path):
