@@ -259,11 +259,16 @@ VAL_COUNTS = {"letters": 120, "scribbles": 120, "textures": 40, "fashion": 120}
 VERSION = 1
 
 
+def negatives_cache(data_dir: str | Path) -> Path:
+    """Where training_negatives keeps the training split's non-digits once framed."""
+    return Path(data_dir) / "nondigits" / f"train-v{VERSION}.pt"
+
+
 def training_negatives(data_dir: str | Path) -> Tensor:
     """The training split's non-digits as model inputs (N, 28, 28) uint8 (255: ink). Framing them
     takes a minute, so they are kept in `data_dir`/nondigits/ after the first time (where that can
     be written) and read from there after."""
-    cache = Path(data_dir) / "nondigits" / f"train-v{VERSION}.pt"
+    cache = negatives_cache(data_dir)
     try:
         cached = torch.load(cache, weights_only=True)
         if isinstance(cached, Tensor) and cached.dtype == torch.uint8 and cached.dim() == 3 \

@@ -48,7 +48,13 @@ from lenetkit.modelfile import (
     save_checkpoint,
     save_model,
 )
-from lenetkit.negatives import TRAIN_SIZE, VAL_COUNTS, negative_inputs, training_negatives
+from lenetkit.negatives import (
+    TRAIN_SIZE,
+    VAL_COUNTS,
+    negative_inputs,
+    negatives_cache,
+    training_negatives,
+)
 from lenetkit.optim import Lookahead, batch_norms, ema_update, make_optimizer
 from lenetkit.outputs import run_metadata, write_json
 from lenetkit.plots import plot_history
@@ -181,9 +187,12 @@ def uniform_loss(logits: Tensor) -> Tensor:
     return (torch.logsumexp(logits, dim=1) - logits.mean(dim=1)).mean()
 
 
-def load_negatives(config: TrainConfig, options: argparse.Namespace,
-                   device: torch.device) -> Tensor:
+def load_negatives(config: TrainConfig, options: argparse.Namespace, device: torch.device,
+                   log: Callable = print) -> Tensor:
     """The training split's non-digits (negatives.py), normalized as the digits, on `device`."""
+    if not negatives_cache(options.data_dir).is_file():  # minutes of silence otherwise
+        log(f"non-digits: drawing and framing the training split's, once (a few minutes; kept in "
+            f"{negatives_cache(options.data_dir).parent})")
     inputs = training_negatives(options.data_dir)
     x = normalize(inputs, **DATASETS[config.dataset].normalization).to(device)
     return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
@@ -365,7 +374,7 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
                               options.compile, images=x_train)
     drop_emulated_bf16(training, device, log)
     if config.negatives or config.detector_epochs:  # before training: a problem shows at once
-        training.negatives = load_negatives(config, options, device)
+        training.negatives = load_negatives(config, options, device, log)
     checkpoint = output_paths(options.out)["checkpoint"]
     history: list[dict] = []
     best: dict | None = None
