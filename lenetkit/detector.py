@@ -54,9 +54,11 @@ def train_detector(digits: Tensor, negatives: Tensor, epochs: int, batch_size: i
     return detector.eval()
 
 
-def detected(reader: LeNet, detector: nn.Module) -> DetectedLeNet:
-    """The one network of a trained LeNet `reader` and its trained `detector`."""
-    model = DetectedLeNet(num_classes=reader.num_classes)
-    model.reader.load_state_dict(reader.state_dict())
+def detected(reader_state: dict[str, Tensor], model_args: dict,
+             detector: nn.Module) -> DetectedLeNet:
+    """The one network of a trained LeNet (its `reader_state` and `model_args`, as a model record
+    holds them) and its trained `detector`."""
+    model = DetectedLeNet(**model_args)
+    model.reader.load_state_dict(reader_state)
     model.detector.load_state_dict(detector.state_dict())
-    return model.to(next(reader.parameters()).device).eval()
+    return model.eval()

@@ -32,7 +32,6 @@ class LeNet(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.features = nn.Sequential(
             nn.Conv2d(1, 6, kernel_size=5, padding=2),  # 6 x 28 x 28
             nn.ReLU(),

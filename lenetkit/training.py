@@ -39,7 +39,7 @@ from lenetkit.digitscore import DEFAULT_SCORE, calibrate
 from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
-from lenetkit.model import DETECTED, CifarNet, LeNet, build_model, count_parameters
+from lenetkit.model import DETECTED, CifarNet, build_model, count_parameters
 from lenetkit.modelchoice import check_replacement, replacement_conflict, run_path, shown_path
 from lenetkit.modelfile import (
     build_from_record,
@@ -190,9 +190,10 @@ def uniform_loss(logits: Tensor) -> Tensor:
 def load_negatives(config: TrainConfig, options: argparse.Namespace, device: torch.device,
                    log: Callable = print) -> Tensor:
     """The training split's non-digits (negatives.py), normalized as the digits, on `device`."""
-    if not negatives_cache(options.data_dir).is_file():  # minutes of silence otherwise
+    cache = negatives_cache(options.data_dir)
+    if not cache.is_file():  # minutes of silence otherwise
         log(f"non-digits: drawing and framing the training split's, once (a few minutes; kept in "
-            f"{negatives_cache(options.data_dir).parent})")
+            f"{cache.parent})")
     inputs = training_negatives(options.data_dir)
     x = normalize(inputs, **DATASETS[config.dataset].normalization).to(device)
     return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
@@ -207,9 +208,7 @@ def scored(best: dict, config: TrainConfig, training: Training, x_train: Tensor,
         assert training.negatives is not None, "run loads them for a detector"
         detector = train_detector(x_train, training.negatives, config.detector_epochs,
                                   config.batch_size, training.generator, training.distort)
-        reader = build_from_record(best, device)
-        assert isinstance(reader, LeNet), "config.check_settings: a detector is a LeNet's"
-        model = detected(reader, detector)
+        model = detected(best["state_dict"], best["model_args"], detector)
         best = {**best, **model_record(model, DETECTED, best["model_args"], best["dataset"],
                                        best["normalization"], best["classes"], best["metadata"])}
         seconds = time.perf_counter() - started
