@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import lenetkit.environment
 from lenetkit.commands import MODULES
 
 from conftest import PROJECT_DIR, run_main
@@ -80,10 +81,12 @@ def test_the_documented_predictions_run_as_written(doc, line, monkeypatch):
     assert len(result.stdout.splitlines()) == sum(word.endswith((".png", ".jpg")) for word in argv)
 
 
-def test_the_readme_sample_of_load_model_prints_what_it_shows(monkeypatch):
+def test_the_readme_sample_of_load_model_prints_what_it_shows(monkeypatch, tmp_path):
     """The README's `$ python load_model.py ...` block: its command's output, line for line
-    (the `model:` line is stderr's)."""
+    (the `model:` line is stderr's), as on a fresh clone: by the shipped model, even where a
+    model of your own has been trained since."""
     monkeypatch.chdir(PROJECT_DIR)
+    monkeypatch.setattr(lenetkit.environment, "DEFAULT_MODEL_PATH", tmp_path / "mnist_model.pth")
     block = re.search(r"```\n\$ (python load_model\.py .*?)\n(.*?)```",
                       (PROJECT_DIR / "README.md").read_text(), re.S)
     assert block is not None
