@@ -19,6 +19,7 @@ from lenetkit.preprocess import (
     digit_pieces,
     frame_strokes,
     page_strokes,
+    without_lines,
 )
 
 # Pieces that share more than this share of the narrower one's columns, one at most this share
@@ -62,8 +63,9 @@ def read_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
 def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
     """The masks of the number's digits among the `strokes`, left to right: the line of digits
     through the largest one (none for a blank mask). Its pieces are the pen's (PEN_SHARE), as
-    preprocess_digit's are, and none runs across the whole image."""
-    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
+    preprocess_digit's are, once the lines across the image are taken out (a digit that a
+    margin line touches or crosses stays), and none runs across the whole image."""
+    labels, count = ndimage.label(without_lines(strokes), structure=np.ones((3, 3)))
     if count == 0:
         return []
     areas = np.bincount(labels.ravel())[1:]

@@ -423,6 +423,39 @@ def across(rows: slice, cols: slice, area: int, shape: tuple[int, ...]) -> bool:
     return cols.start == 0 and cols.stop == width and area / width < LINE_SHARE * height
 
 
+def without_lines(strokes: np.ndarray) -> np.ndarray:
+    """The `strokes` less the lines across the image (across), straight or tilted, that they
+    hold: a margin line that a digit touches leaves the digit, cut where the line ran."""
+    labels, _ = ndimage.label(strokes, structure=np.ones((3, 3)))
+    areas = np.bincount(labels.ravel())
+    kept = strokes.copy()
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
+        if across(rows, cols, int(areas[index]), strokes.shape):
+            piece = labels == index
+            tall = rows.stop - rows.start == strokes.shape[0]
+            kept &= ~(line_band(piece) if tall else line_band(piece.T).T)
+    return kept
+
+
+def line_band(piece: np.ndarray) -> np.ndarray:
+    """The pixels of a piece running from the top of the image to its bottom that belong to
+    its line: the straight line through the rows that hold nothing else (no wider than most),
+    as wide as the line is there."""
+    counts = piece.sum(axis=1)
+    thin = np.flatnonzero((counts > 0) & (counts <= 1.5 * np.median(counts[counts > 0])))
+    centres = (piece[thin] * np.arange(piece.shape[1])).sum(axis=1) / counts[thin]
+    slope, offset = np.polyfit(thin, centres, 1) if len(thin) > 1 else (0.0, centres.mean())
+    rows = np.arange(piece.shape[0])
+    centre = slope * rows + offset
+    half = np.median(counts[thin]) / 2 + 1
+    band = np.abs(np.arange(piece.shape[1]) - centre[:, None]) <= half
+    # Where a stroke crosses the line, with ink on both sides of it, the stroke keeps its pixels.
+    left, right = (np.clip(np.round(centre + side), 0, piece.shape[1] - 1).astype(int)
+                   for side in (-half - 1, half + 1))
+    crossed = piece[rows, left] & piece[rows, right]
+    return piece & band & ~crossed[:, None]
+
+
 def edges_reached(rows: slice, cols: slice, shape: tuple[int, ...]) -> int:
     """How many of the image's four edges a piece's bounding box reaches (0: within the image)."""
     return (rows.start == 0) + (cols.start == 0) + (rows.stop == shape[0]) \

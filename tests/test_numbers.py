@@ -74,6 +74,17 @@ def test_dots_dashes_and_lines_across_the_page_are_not_digits():
     assert len(digits) == 2
 
 
+@pytest.mark.parametrize("tilt", [0, 12])
+def test_a_margin_line_through_a_digit_leaves_the_digit_whole(tilt):
+    """A line down the page that crosses one digit and touches another is taken out: the number
+    keeps every digit, the crossed one in one piece."""
+    # page("1457"): digits 40 pixels tall at x = 40, 104, 168, 232; one line crosses the 4's bar,
+    # the other touches the 5's left edge
+    image = page("1457", marks=[[(136, 0), (136 + tilt, 119)], [(172 - tilt, 0), (172, 119)]])
+    assert len(preprocess_number(image)) == 4
+    assert read_number(image, model=PRETRAINED_MODEL_PATH).text == "1457"
+
+
 def test_only_the_line_of_the_number_is_read():
     """A digit far off to the side, or one written above the line, is another mark on the
     page."""
