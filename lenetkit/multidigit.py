@@ -19,6 +19,7 @@ from lenetkit.preprocess import (
     digit_pieces,
     frame_strokes,
     page_strokes,
+    piece_peaks,
     without_lines,
 )
 
@@ -69,7 +70,7 @@ def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]
     if count == 0:
         return []
     areas = np.bincount(labels.ravel())[1:]
-    peaks = np.asarray(ndimage.maximum(darkness, labels, np.arange(1, count + 1)))
+    peaks = piece_peaks(darkness, labels, count)
     largest = np.argsort(areas)[::-1][:MAX_PIECES]  # a noisy page's specks are not looked at
     boxes = ndimage.find_objects(labels)
     pieces = [Box.of(rows, cols, [int(index) + 1], areas[index]) for index in largest

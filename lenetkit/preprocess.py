@@ -400,7 +400,7 @@ def digit_pieces(strokes: np.ndarray, darkness: np.ndarray) -> np.ndarray:
         return strokes
     # The pen's ink is among the darkest on the page; a shadow's edge or a smudge of light that
     # passed for ink is much fainter, however large.
-    peaks = np.asarray(ndimage.maximum(darkness, labels, np.arange(1, count + 1)))
+    peaks = piece_peaks(darkness, labels, count)
     inked = np.where((peaks >= PEN_SHARE * peaks.max()) & ~lines, areas, 0)
     largest = boxes[int(np.argmax(inked))]
     # Pieces within half the digit's size of it (at least 14 pixels, half MNIST's frame, for a
@@ -411,6 +411,16 @@ def digit_pieces(strokes: np.ndarray, darkness: np.ndarray) -> np.ndarray:
             and rows.start < largest[0].stop + margin and cols.stop > largest[1].start - margin
             and cols.start < largest[1].stop + margin]
     return np.isin(labels, keep)
+
+
+def piece_peaks(darkness: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """The darkest value of each of the `count` labelled pieces (labels 1 to count), as
+    ndimage.maximum gives them, in one pass over the pieces' pixels (ndimage sorts the labels: on
+    a noisy photo's specks, many times slower)."""
+    inside = labels > 0
+    peaks = np.zeros(count + 1, dtype=darkness.dtype)
+    np.maximum.at(peaks, labels[inside], darkness[inside])
+    return peaks[1:]
 
 
 def across(rows: slice, cols: slice, area: int, shape: tuple[int, ...]) -> bool:
