@@ -414,9 +414,9 @@ def digit_pieces(strokes: np.ndarray, darkness: np.ndarray) -> np.ndarray:
 
 
 def piece_peaks(darkness: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
-    """The darkest value of each of the `count` labelled pieces (labels 1 to count), as
-    ndimage.maximum gives them, in one pass over the pieces' pixels (ndimage sorts the labels: on
-    a noisy photo's specks, many times slower)."""
+    """The darkest value of each of the `count` labelled pieces (labels 1 to count) of a
+    `darkness` in [0, 1], as ndimage.maximum gives them, in one pass over the pieces' pixels
+    (ndimage sorts the labels: on a noisy photo's specks, many times slower)."""
     inside = labels > 0
     peaks = np.zeros(count + 1, dtype=darkness.dtype)
     np.maximum.at(peaks, labels[inside], darkness[inside])
@@ -434,14 +434,17 @@ def across(rows: slice, cols: slice, area: int, shape: tuple[int, ...]) -> bool:
 
 
 def without_lines(strokes: np.ndarray) -> np.ndarray:
-    """The `strokes` less the lines across the image (across), straight or tilted, that they
-    hold: a margin line that a digit touches leaves the digit, cut where the line ran."""
+    """The `strokes` less the lines across the image (across), straight, tilted or bent, that
+    they hold: a margin line that a digit touches leaves the digit; one that crosses a digit
+    leaves the stroke's pixels where it crossed, or parts that join again as a digit's pieces do
+    (multidigit.merged_columns)."""
     labels, _ = ndimage.label(strokes, structure=np.ones((3, 3)))
     areas = np.bincount(labels.ravel())
     kept = strokes.copy()
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
         if across(rows, cols, int(areas[index]), strokes.shape):
             piece = labels == index
+            # A piece from edge to edge both ways is taken down the image, as across() tests.
             tall = rows.stop - rows.start == strokes.shape[0]
             kept &= ~(line_band(piece) if tall else line_band(piece.T).T)
     return kept
@@ -449,19 +452,18 @@ def without_lines(strokes: np.ndarray) -> np.ndarray:
 
 def line_band(piece: np.ndarray) -> np.ndarray:
     """The pixels of a piece running from the top of the image to its bottom that belong to
-    its line: the straight line through the rows that hold nothing else (no wider than most),
-    as wide as the line is there."""
+    its line: the rows that hold only the line (no more ink than half again the usual row's)
+    trace its centre, followed in between where something else joins it, as wide as it is."""
     counts = piece.sum(axis=1)
-    thin = np.flatnonzero((counts > 0) & (counts <= 1.5 * np.median(counts[counts > 0])))
-    centres = (piece[thin] * np.arange(piece.shape[1])).sum(axis=1) / counts[thin]
-    slope, offset = np.polyfit(thin, centres, 1) if len(thin) > 1 else (0.0, centres.mean())
+    alone = np.flatnonzero((counts > 0) & (counts <= 1.5 * np.median(counts[counts > 0])))
+    centres = (piece[alone] * np.arange(piece.shape[1])).sum(axis=1) / counts[alone]
     rows = np.arange(piece.shape[0])
-    centre = slope * rows + offset
-    half = np.median(counts[thin]) / 2 + 1
+    centre = np.interp(rows, alone, centres)  # follows a bent or bowed line too
+    half = np.median(counts[alone]) / 2 + 1  # and a pixel of its soft edge
     band = np.abs(np.arange(piece.shape[1]) - centre[:, None]) <= half
     # Where a stroke crosses the line, with ink on both sides of it, the stroke keeps its pixels.
-    left, right = (np.clip(np.round(centre + side), 0, piece.shape[1] - 1).astype(int)
-                   for side in (-half - 1, half + 1))
+    left = np.clip(np.round(centre - half - 1), 0, piece.shape[1] - 1).astype(int)
+    right = np.clip(np.round(centre + half + 1), 0, piece.shape[1] - 1).astype(int)
     crossed = piece[rows, left] & piece[rows, right]
     return piece & band & ~crossed[:, None]
 

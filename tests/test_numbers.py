@@ -77,12 +77,19 @@ def test_dots_dashes_and_lines_across_the_page_are_not_digits():
 @pytest.mark.parametrize("tilt", [0, 12])
 def test_a_margin_line_through_a_digit_leaves_the_digit_whole(tilt):
     """A line down the page that crosses one digit and touches another is taken out: the number
-    keeps every digit, the crossed one in one piece."""
+    keeps every digit, the crossed one whole."""
     # page("1457"): digits 40 pixels tall at x = 40, 104, 168, 232; one line crosses the 4's bar,
     # the other touches the 5's left edge
     image = page("1457", marks=[[(136, 0), (136 + tilt, 119)], [(172 - tilt, 0), (172, 119)]])
     assert len(preprocess_number(image)) == 4
     assert read_number(image, model=PRETRAINED_MODEL_PATH).text == "1457"
+
+
+@pytest.mark.parametrize("bend", [[(20, 0), (32, 60), (20, 119)],
+                                  [(190, 0), (178, 60), (190, 119)]])
+def test_a_bent_margin_line_leaves_no_stroke_behind(bend):
+    """A hand-drawn margin bends: all of it is taken out, none of it left to read as a 1."""
+    assert read_number(page("47", marks=[bend]), model=PRETRAINED_MODEL_PATH).text == "47"
 
 
 def test_only_the_line_of_the_number_is_read():
