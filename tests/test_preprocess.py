@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from lenetkit.preprocess import ImageError, preprocess_digit, read_image
@@ -205,3 +206,16 @@ def test_a_colour_jpeg_is_read_as_its_luminance_at_a_reduced_scale(tmp_path):
     image = read_image(tmp_path / "big.jpg")
     assert image.mode == "L" and image.size == (1300, 975)  # decoded at a quarter of its side
     assert torch.allclose(preprocess_digit(image), preprocess_digit(drawn_digit()), atol=0.2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=64).map(lambda data: data.replace(b"\x00", b"\xff\xda")),
+       st.integers(1, 9))
+def test_start_of_scan_markers_are_counted_wherever_the_reads_split_them(data, chunk):
+    import io
+
+    from lenetkit.preprocess import jpeg_scan_count
+    file = io.BytesIO(b"\xff" + data)
+    file.seek(3)
+    assert jpeg_scan_count(file, chunk) == (b"\xff" + data).count(b"\xff\xda")
+    assert file.tell() == 3  # the file is left where it was
