@@ -16,8 +16,8 @@ from torch import Tensor
 from lenetkit.preprocess import (
     PEN_SHARE,
     check_digit_ink,
-    digit_pieces,
     frame_strokes,
+    one_digit,
     page_strokes,
     piece_peaks,
     without_lines,
@@ -58,7 +58,7 @@ def read_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
     """The masks of the digits to read: the number's, or for one digit, its pieces as
     preprocess_digit chooses them."""
     digits = number_digits(strokes, darkness)
-    return digits if len(digits) > 1 else [digit_pieces(strokes, darkness)]
+    return digits if len(digits) > 1 else one_digit(strokes, darkness)
 
 
 def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:

@@ -182,8 +182,11 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
 
 
 def one_digit(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
-    """The digit to read among a page's strokes, as page_strokes' `find` gives it: its pieces."""
-    return [digit_pieces(strokes, darkness)]
+    """The digit to read among a page's strokes, as page_strokes' `find` gives it: its pieces,
+    once the lines across the image are taken out (without_lines: a digit that a margin line
+    touches or crosses stays). A page of nothing but such lines is refused as one."""
+    kept = without_lines(strokes)
+    return [digit_pieces(kept if kept.any() else strokes, darkness)]
 
 
 def page_strokes(image: Image.Image,

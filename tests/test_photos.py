@@ -326,3 +326,15 @@ def test_a_faint_pencil_digit_is_read_as_a_dark_one():
     faint = Image.fromarray((200 - (200 - np.asarray(dark, np.float32)) * 60 / 255).astype(
         np.uint8))  # grey 140 strokes on grey 200 paper
     assert overlap(preprocess_digit(faint), preprocess_digit(dark)) >= 0.9
+
+
+def test_a_lone_digit_that_a_margin_line_touches_is_read_without_the_line():
+    """The line is taken out as it is for a number (preprocess.without_lines), not the digit
+    with it."""
+    four = Image.new("L", (320, 240), 240)
+    draw = ImageDraw.Draw(four)
+    draw.line([(170, 60), (110, 150), (200, 150)], fill=30, width=9)
+    draw.line([(170, 90), (170, 190)], fill=30, width=9)
+    draw.line([(178, 0), (178, 239)], fill=30, width=5)  # touching the stem's right side
+    read = predict(four, model=PRETRAINED_MODEL_PATH)
+    assert read.is_digit and read.name == "4"
