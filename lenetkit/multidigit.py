@@ -32,6 +32,9 @@ MAX_PIECE_GAP = 0.5
 # a dash, a row of specks or a stroke's loose end is not one, nor a line down the page.
 MIN_HEIGHT = 0.5
 MIN_AREA = 0.15
+# Digits at least this share of the image's height mean a crop tight around the number: one of
+# them that runs from the top edge to the bottom is a digit, not a page's edge beside it.
+TIGHT_CROP = 0.7
 # Two neighbouring digits of a number share at least this share of the shorter one's rows (one
 # line, allowing for a slant), and stand at most this many heights (the taller's) apart.
 SHARED_ROWS = 0.5
@@ -77,8 +80,9 @@ def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]
               if areas[index] >= 0.02 * areas.max() and peaks[index] >= PEN_SHARE * peaks.max()
               for rows, cols in [boxes[index]]
               # a line across the page (a ruling, a margin, a grid) is no digit of a number
-              if rows.stop - rows.start < strokes.shape[0]
-              and cols.stop - cols.start < strokes.shape[1]]
+              if cols.stop - cols.start < strokes.shape[1]]
+    if not tight_crop(pieces, strokes.shape[0]):  # nor is a page's edge from top to bottom
+        pieces = [piece for piece in pieces if piece.height < strokes.shape[0]]
     if not pieces:
         return []
     digits = merged_columns(pieces)
@@ -88,6 +92,17 @@ def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]
                     key=lambda digit: digit.left)
     line = number_line(digits, anchor)
     return [np.isin(labels, digit.labels) for digit in line[:MAX_DIGITS]]
+
+
+def tight_crop(pieces: list["Box"], height: int) -> bool:
+    """Whether the image is a crop tight around a number, whose digits run from its top edge to
+    its bottom as a page's edge or a line down the page does: the digits (the pieces joined,
+    merged_columns) that do not, if any, are nearly as tall as the image."""
+    digits = merged_columns(pieces)
+    largest = max((digit.area for digit in digits), default=0)
+    shorter = [digit.height for digit in digits
+               if digit.height < height and digit.area >= MIN_AREA * largest]
+    return not shorter or max(shorter) >= TIGHT_CROP * height
 
 
 class Box:

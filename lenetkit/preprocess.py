@@ -53,6 +53,9 @@ MIN_DIGIT_SIDE = 5
 # A piece of ink from one edge of the image to the other, on average thinner than this share of
 # the other side, is a line across the page, not a digit.
 LINE_SHARE = 0.05
+# The pen's width is measured on the ink that the image's edges do not cut when that holds at
+# least this share of the ink.
+UNCUT_SHARE = 0.1
 # Ink from edge to edge of the image that encloses more holes than this is a grid, not a digit.
 GRID_CELLS = 4
 # The digit is the largest mark whose darkest pixel is at least this share of the darkest
@@ -381,7 +384,13 @@ def stroke_mask(darkness: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     if not ink.any():  # a blank image: check_digit_ink says so
         return ink, ink, 0.0
     distance = depth(ink)
-    stroke = float(np.percentile(distance[ink], 97))  # half the width of the thickest strokes
+    # The pen is measured on the ink within the image where it holds enough of the ink: a page's
+    # edge or a shadow that the image's edge cuts can be wider than any pen, and the pen's
+    # strokes would then be taken for lines. (Too little: a digit joined to a grid that the
+    # edges cut, and a few specks.)
+    inside = uncut(ink)
+    measured = inside if inside.sum() >= UNCUT_SHARE * ink.sum() else ink
+    stroke = float(np.percentile(distance[measured], 97))  # half the thickest strokes' width
     strokes = ink
     if stroke >= 3.5:  # strokes thick enough to tell from lines a third as wide
         radius = stroke / 3
@@ -473,6 +482,13 @@ def line_band(piece: np.ndarray) -> np.ndarray:
     right = np.clip(np.round(centre + half + 1), 0, piece.shape[1] - 1).astype(int)
     crossed = piece[rows, left] & piece[rows, right]
     return piece & band & ~crossed[:, None]
+
+
+def uncut(mask: np.ndarray) -> np.ndarray:
+    """The pieces of `mask` that the image's edges do not cut."""
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+    cut = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    return mask & ~np.isin(labels, cut[cut > 0])
 
 
 def edges_reached(rows: slice, cols: slice, shape: tuple[int, ...]) -> int:

@@ -4,7 +4,7 @@ is read left to right, from the API and the command line; an image of one digit 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from lenetkit.datasets import DATASETS, load_dataset
 from lenetkit.environment import PRETRAINED_MODEL_PATH
@@ -90,6 +90,28 @@ def test_a_margin_line_through_a_digit_leaves_the_digit_whole(tilt):
 def test_a_bent_margin_line_leaves_no_stroke_behind(bend):
     """A hand-drawn margin bends: all of it is taken out, none of it left to read as a 1."""
     assert read_number(page("47", marks=[bend]), model=PRETRAINED_MODEL_PATH).text == "47"
+
+
+@pytest.mark.parametrize("text", ["71", "741"])
+def test_a_number_cropped_to_its_ink_keeps_the_digits_at_the_crops_edges(text):
+    """Each digit then runs from the image's top edge to its bottom, as a page's edge does: the
+    1 at the right edge is a digit all the same."""
+    image = page(text)
+    ink = np.asarray(image) < 128
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    tight = image.crop((cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
+    assert read_number(tight, model=PRETRAINED_MODEL_PATH).text == text
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_dark_strip_of_table_beside_the_page_leaves_the_numbers_strokes_alone(side):
+    """The strip, wider than any pen, is not the measure of the pen's width (which would make the
+    digits' strokes lines), nor a digit beside the number."""
+    page_and_table = np.asarray(page("1457")).copy()  # 120 x 336 pixels
+    strip = slice(0, 20) if side == "left" else slice(-20, None)
+    page_and_table[:, strip] = 60
+    image = Image.fromarray(page_and_table).filter(ImageFilter.GaussianBlur(1))
+    assert read_number(image, model=PRETRAINED_MODEL_PATH).text == "1457"
 
 
 def test_only_the_line_of_the_number_is_read():
