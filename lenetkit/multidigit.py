@@ -68,7 +68,8 @@ def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]
     """The masks of the number's digits among the `strokes`, left to right: the line of digits
     through the largest one (none for a blank mask). Its pieces are the pen's (PEN_SHARE), as
     preprocess_digit's are, once the lines across the image are taken out (a digit that a
-    margin line touches or crosses stays), and none runs across the whole image."""
+    margin line touches or crosses stays); none runs from side to side, nor from top to bottom
+    unless the image is a crop tight around the number (tight_crop)."""
     labels, count = ndimage.label(without_lines(strokes), structure=np.ones((3, 3)))
     if count == 0:
         return []
@@ -76,8 +77,13 @@ def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]
     peaks = piece_peaks(darkness, labels, count)
     largest = np.argsort(areas)[::-1][:MAX_PIECES]  # a noisy page's specks are not looked at
     boxes = ndimage.find_objects(labels)
+    # A speck is small beside the largest piece that does not span the image: a page's edge
+    # holds more ink than a small number's 1.
+    spans = np.array([rows.stop - rows.start == strokes.shape[0]
+                      or cols.stop - cols.start == strokes.shape[1] for rows, cols in boxes])
+    speck = 0.02 * (areas[~spans].max() if not spans.all() else areas.max())
     pieces = [Box.of(rows, cols, [int(index) + 1], areas[index]) for index in largest
-              if areas[index] >= 0.02 * areas.max() and peaks[index] >= PEN_SHARE * peaks.max()
+              if areas[index] >= speck and peaks[index] >= PEN_SHARE * peaks.max()
               for rows, cols in [boxes[index]]
               # a line across the page (a ruling, a margin, a grid) is no digit of a number
               if cols.stop - cols.start < strokes.shape[1]]
@@ -97,12 +103,14 @@ def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]
 def tight_crop(pieces: list["Box"], height: int) -> bool:
     """Whether the image is a crop tight around a number, whose digits run from its top edge to
     its bottom as a page's edge or a line down the page does: the digits (the pieces joined,
-    merged_columns) that do not, if any, are nearly as tall as the image."""
-    digits = merged_columns(pieces)
-    largest = max((digit.area for digit in digits), default=0)
-    shorter = [digit.height for digit in digits
-               if digit.height < height and digit.area >= MIN_AREA * largest]
-    return not shorter or max(shorter) >= TIGHT_CROP * height
+    merged_columns) that do not, if any, are nearly as tall as the image (those holding at least
+    MIN_AREA of the largest one's ink: not a dot or a speck)."""
+    # The largest is among those shorter too: beside a page's edge, a small number's digits each
+    # hold less ink than the edge does.
+    shorter = [digit for digit in merged_columns(pieces) if digit.height < height]
+    largest = max((digit.area for digit in shorter), default=0)
+    return not shorter or max(digit.height for digit in shorter
+                              if digit.area >= MIN_AREA * largest) >= TIGHT_CROP * height
 
 
 class Box:

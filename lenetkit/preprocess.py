@@ -187,7 +187,8 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
 def one_digit(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
     """The digit to read among a page's strokes, as page_strokes' `find` gives it: its pieces,
     once the lines across the image are taken out (without_lines: a digit that a margin line
-    touches or crosses stays). A page of nothing but such lines is refused as one."""
+    touches or crosses stays). A page of nothing but such lines, nothing left where they are
+    taken out, is refused as one; what is left (a blot on a line) is the detector's to judge."""
     kept = without_lines(strokes)
     return [digit_pieces(kept if kept.any() else strokes, darkness)]
 
@@ -484,10 +485,15 @@ def line_band(piece: np.ndarray) -> np.ndarray:
     return piece & band & ~crossed[:, None]
 
 
+def border(array: np.ndarray) -> np.ndarray:
+    """The values on the image's four edges (the corners twice)."""
+    return np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
+
+
 def uncut(mask: np.ndarray) -> np.ndarray:
     """The pieces of `mask` that the image's edges do not cut."""
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
-    cut = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    cut = border(labels)
     return mask & ~np.isin(labels, cut[cut > 0])
 
 
@@ -503,7 +509,7 @@ def grid(piece: np.ndarray) -> bool:
     encloses two)."""
     holes, count = ndimage.label(~piece)
     sizes = np.bincount(holes.ravel(), minlength=count + 1)
-    sizes[np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])] = 0  # open to an edge
+    sizes[border(holes)] = 0  # open to an edge
     sizes[0] = 0
     return int((sizes >= MIN_DIGIT_SIDE ** 2).sum()) > GRID_CELLS
 
@@ -583,10 +589,10 @@ def preprocess_garment(image: Image.Image, size: int = 28) -> Tensor:
     Returns float32 (size, size) in [0, 1], before normalization.
     """
     gray = to_grayscale(image, WORK_SIDE)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 0.5:  # a light background: Fashion-MNIST's is black
-        gray, border = 1 - gray, 1 - border
-    rows, cols = np.nonzero(gray > np.median(border) + 0.1)
+    edge = border(gray)
+    if np.median(edge) > 0.5:  # a light background: Fashion-MNIST's is black
+        gray, edge = 1 - gray, 1 - edge
+    rows, cols = np.nonzero(gray > np.median(edge) + 0.1)
     if len(rows) == 0:
         raise ImageError("no garment found (the image is blank or nearly uniform)")
     gray = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]

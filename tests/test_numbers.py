@@ -114,6 +114,17 @@ def test_a_dark_strip_of_table_beside_the_page_leaves_the_numbers_strokes_alone(
     assert read_number(image, model=PRETRAINED_MODEL_PATH).text == "1457"
 
 
+def test_a_small_number_beside_the_pages_edge_is_read_whole():
+    """Its digits are short beside the strip and each holds less ink than it: the strip is
+    neither a digit nor the measure of a speck (its 1 stays)."""
+    photo = Image.new("L", (320, 240), 240)
+    photo.paste(page("1457", size=24), (30, 60))
+    pixels = np.asarray(photo).copy()
+    pixels[:, :20] = 60
+    image = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(1))
+    assert read_number(image, model=PRETRAINED_MODEL_PATH).text == "1457"
+
+
 def test_only_the_line_of_the_number_is_read():
     """A digit far off to the side, or one written above the line, is another mark on the
     page."""
