@@ -60,17 +60,18 @@ def preprocess_number(image: Image.Image, box: int = 20, size: int = 28) -> Tens
 def read_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
     """The masks of the digits to read: the number's, or for one digit, its pieces as
     preprocess_digit chooses them."""
-    digits = number_digits(strokes, darkness)
-    return digits if len(digits) > 1 else one_digit(strokes, darkness)
+    kept = without_lines(strokes)  # once, for the number and for one digit
+    digits = number_digits(kept, darkness)
+    return digits if len(digits) > 1 else one_digit(strokes, darkness, kept)
 
 
-def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
-    """The masks of the number's digits among the `strokes`, left to right: the line of digits
-    through the largest one (none for a blank mask). Its pieces are the pen's (PEN_SHARE), as
-    preprocess_digit's are, once the lines across the image are taken out (a digit that a
-    margin line touches or crosses stays); none runs from side to side, nor from top to bottom
-    unless the image is a crop tight around the number (tight_crop)."""
-    labels, count = ndimage.label(without_lines(strokes), structure=np.ones((3, 3)))
+def number_digits(kept: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
+    """The masks of the number's digits among `kept`, a page's strokes less the lines across
+    the image (without_lines: a digit that a margin line touches or crosses stays), left to
+    right: the line of digits through the largest one (none for a blank mask). Its pieces are
+    the pen's (PEN_SHARE), as preprocess_digit's are; none runs from side to side, nor from top
+    to bottom unless the image is a crop tight around the number (tight_crop)."""
+    labels, count = ndimage.label(kept, structure=np.ones((3, 3)))
     if count == 0:
         return []
     areas = np.bincount(labels.ravel())[1:]
@@ -79,16 +80,16 @@ def number_digits(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]
     boxes = ndimage.find_objects(labels)
     # A speck is small beside the largest piece that does not span the image: a page's edge
     # holds more ink than a small number's 1.
-    spans = np.array([rows.stop - rows.start == strokes.shape[0]
-                      or cols.stop - cols.start == strokes.shape[1] for rows, cols in boxes])
+    spans = np.array([rows.stop - rows.start == kept.shape[0]
+                      or cols.stop - cols.start == kept.shape[1] for rows, cols in boxes])
     speck = 0.02 * (areas[~spans].max() if not spans.all() else areas.max())
     pieces = [Box.of(rows, cols, [int(index) + 1], areas[index]) for index in largest
               if areas[index] >= speck and peaks[index] >= PEN_SHARE * peaks.max()
               for rows, cols in [boxes[index]]
               # a line across the page (a ruling, a margin, a grid) is no digit of a number
-              if cols.stop - cols.start < strokes.shape[1]]
-    if not tight_crop(pieces, strokes.shape[0]):  # nor is a page's edge from top to bottom
-        pieces = [piece for piece in pieces if piece.height < strokes.shape[0]]
+              if cols.stop - cols.start < kept.shape[1]]
+    if not tight_crop(pieces, kept.shape[0]):  # nor is a page's edge from top to bottom
+        pieces = [piece for piece in pieces if piece.height < kept.shape[0]]
     if not pieces:
         return []
     digits = merged_columns(pieces)

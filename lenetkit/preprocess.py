@@ -184,12 +184,14 @@ def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tenso
     return frame_strokes(darkness, strokes, ink, half_width, box, size)
 
 
-def one_digit(strokes: np.ndarray, darkness: np.ndarray) -> list[np.ndarray]:
+def one_digit(strokes: np.ndarray, darkness: np.ndarray,
+              kept: np.ndarray | None = None) -> list[np.ndarray]:
     """The digit to read among a page's strokes, as page_strokes' `find` gives it: its pieces,
-    once the lines across the image are taken out (without_lines: a digit that a margin line
-    touches or crosses stays). A page of nothing but such lines, nothing left where they are
-    taken out, is refused as one; what is left (a blot on a line) is the detector's to judge."""
-    kept = without_lines(strokes)
+    once the lines across the image are taken out (`kept`, if the caller has them: without_lines;
+    a digit that a margin line touches or crosses stays). A page of nothing but such lines,
+    nothing left where they are taken out, is refused as one; what is left (a blot on a line)
+    is the detector's to judge."""
+    kept = without_lines(strokes) if kept is None else kept
     return [digit_pieces(kept if kept.any() else strokes, darkness)]
 
 

@@ -12,7 +12,7 @@ from lenetkit.errors import UserError
 from lenetkit.modelfile import read_model_file, save_model
 from lenetkit.multidigit import number_digits, preprocess_number
 from lenetkit.prediction import Number, Predictor, read_number
-from lenetkit.preprocess import ImageError, preprocess_digit
+from lenetkit.preprocess import ImageError, preprocess_digit, without_lines
 
 import photos
 from conftest import PROJECT_DIR, needs_real_mnist, overlap, run_main
@@ -70,7 +70,7 @@ def test_dots_dashes_and_lines_across_the_page_are_not_digits():
     marks = [(82, 60), (94, 60)], [(150, 78), (152, 80)], [(4, 0), (4, 119)]
     image = page("17", marks=marks)
     dark = 1 - np.asarray(image, np.float32) / 255
-    digits = number_digits(dark > 0.5, dark)
+    digits = number_digits(without_lines(dark > 0.5), dark)
     assert len(digits) == 2
 
 
