@@ -338,3 +338,36 @@ def test_a_lone_digit_that_a_margin_line_touches_is_read_without_the_line():
     draw.line([(178, 0), (178, 239)], fill=30, width=5)  # touching the stem's right side
     read = predict(four, model=PRETRAINED_MODEL_PATH)
     assert read.is_digit and read.name == "4"
+
+
+@pytest.mark.parametrize("pen", [2, 4, 8])
+def test_a_digit_written_with_a_fine_pen_is_read_as_one_written_with_a_thick_one(pen):
+    """MNIST's pen drew strokes about a tenth of the digit's height wide; a ballpoint's or a
+    fineliner's are a fraction of that, and are widened to MIN_PEN_SHARE of it (10 pixels
+    here) before the model sees them."""
+    def seven(width: int) -> Image.Image:
+        page = Image.new("L", (300, 300), 250)
+        ImageDraw.Draw(page).line([(90, 60), (210, 60), (130, 250)], fill=20, width=width)
+        return page
+
+    fine, thick = preprocess_digit(seven(pen)), preprocess_digit(seven(10))
+    assert overlap(fine, thick) >= 0.9
+    assert (fine > 0.5).sum() >= 0.8 * (thick > 0.5).sum()  # as wide, not a hairline
+    read = predict(seven(pen), model=PRETRAINED_MODEL_PATH)
+    assert read.is_digit and read.name == "7"
+
+
+def test_strokes_as_wide_as_mnists_are_left_as_they_are():
+    ink = np.zeros((200, 200), np.float32)
+    ink[40:160, 95:115] = 0.8  # a 1, a tenth of its height wide
+    assert lenetkit.preprocess.with_pen(ink, ink > 0) is ink
+
+
+def test_the_fine_pen_condition_thins_a_digits_strokes_to_a_line_as_wide_as_its_pen():
+    mask = np.zeros((60, 60), bool)
+    mask[10:50, 20:32] = True  # a bar 12 pixels wide
+    middle = photos.skeleton(mask)
+    assert middle.sum(axis=1)[15:45].max() == 1  # one pixel wide along its length
+    assert middle[:, 20:32].any(axis=1).sum() >= 28  # and about as long
+    drawn = np.asarray(photos.render(four(), "fine pen", seed=0)[0]) < 128
+    assert 0.01 < drawn.mean() < 0.05  # thin lines on the page, not MNIST's thick strokes

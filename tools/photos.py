@@ -9,26 +9,59 @@ import io
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 # One condition each, then everything at once ("phone photo"); the first rows are clean images.
-CLEAN_CONDITIONS = ("mnist 28x28", "redrawn", "scan")
+CLEAN_CONDITIONS = ("mnist 28x28", "redrawn", "fine pen", "scan")
 PHOTO_CONDITIONS = ("gradient", "shadow", "ruled", "squared", "blue ink", "tilt", "noise+jpeg",
                     "phone photo")
 CONDITIONS = CLEAN_CONDITIONS + PHOTO_CONDITIONS
 PAGE = (640, 480)  # width, height of a rendered photo: a phone photo, scaled down
 BLACK_INK, BLUE_INK = (0.12, 0.12, 0.14), (0.10, 0.18, 0.55)
 RULING, GRID = (0.55, 0.68, 0.88), (0.62, 0.70, 0.80)
+# A fine pen's width in pixels, for a digit about 200 pixels tall: a ballpoint's or a fineliner's
+# line on a digit a centimetre or two tall, photographed close.
+FINE_PEN = (2.0, 12.0)
 
 
-def redrawn(digit: np.ndarray) -> Image.Image:
+def redrawn(digit: np.ndarray, pen: float | None = None) -> Image.Image:
     """The digit (or a number's digits side by side) blown up 10x as dark ink on white paper,
-    off-centre on a larger page."""
+    off-centre on a larger page; with `pen`, its strokes thinned to their middle lines and drawn
+    again with a pen that many pixels wide (the digit is about 200 tall)."""
     digit = side_by_side(digit)
     width = digit.shape[1] * 10
+    glyphs = np.asarray(Image.fromarray(digit).resize((width, 280), Image.Resampling.BICUBIC))
+    if pen is not None:
+        distance = ndimage.distance_transform_edt(~skeleton(glyphs > 127))
+        glyphs = (255 * np.clip(pen / 2 + 0.5 - distance, 0, 1)).astype(np.uint8)
     page = Image.new("L", (width + 120, 360), 255)
-    glyphs = Image.fromarray(255 - digit).resize((width, 280), Image.Resampling.BICUBIC)
-    page.paste(glyphs, (10, 70))
+    page.paste(Image.fromarray(255 - glyphs), (10, 70))
     return page
+
+
+def skeleton(mask: np.ndarray) -> np.ndarray:
+    """The mask thinned to its middle lines, a pixel wide and as connected as it was (Zhang and
+    Suen's thinning, 1984)."""
+    image = np.pad(mask, 1).astype(np.uint8)
+    while True:
+        removed = False
+        for first in (True, False):
+            p = image
+            # The eight neighbours, clockwise from the one above.
+            around = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:], p[2:, 1:-1], p[2:, :-2],
+                      p[1:-1, :-2], p[:-2, :-2]]
+            up, right, down, left = around[0], around[2], around[4], around[6]
+            count = sum(neighbour.astype(np.int8) for neighbour in around)
+            turns = sum(((around[i] == 0) & (around[(i + 1) % 8] == 1)).astype(np.int8)
+                        for i in range(8))
+            side = (up * right * down == 0) & (right * down * left == 0) if first else \
+                (up * right * left == 0) & (up * down * left == 0)
+            drop = (p[1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (turns == 1) & side
+            if drop.any():
+                image[1:-1, 1:-1][drop] = 0
+                removed = True
+        if not removed:
+            return image[1:-1, 1:-1].astype(bool)
 
 
 def side_by_side(digits: np.ndarray) -> np.ndarray:
@@ -46,6 +79,8 @@ def render(digit: np.ndarray, condition: str, seed: int) -> tuple[Image.Image, i
     if condition == "redrawn":
         return redrawn(digit), None
     rng = np.random.default_rng(seed)
+    if condition == "fine pen":
+        return redrawn(digit, pen=rng.uniform(*FINE_PEN)), None
     effects = {condition} if condition != "phone photo" else {
         "gradient", "shadow", "tilt", "noise+jpeg", *rng.choice(["ruled", "squared", "plain"], 1),
         *rng.choice(["blue ink", "black ink"], 1)}
