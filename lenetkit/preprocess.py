@@ -276,13 +276,15 @@ def frame_strokes(darkness: np.ndarray, strokes: np.ndarray, ink: np.ndarray, ha
 
 
 def with_pen(ink: np.ndarray, strokes: np.ndarray) -> np.ndarray:
-    """The digit's `ink`, its `strokes` redrawn MIN_PEN_SHARE of the digit's longer side wide
-    where they are narrower: a fine pen's digit nearer to what MNIST's thick pen wrote."""
+    """The digit's `ink` (float, in [0, 1]) with its `strokes` widened, all by one amount, until
+    the widest are MIN_PEN_SHARE of the digit's longer side, where they are narrower: a fine pen's
+    digit nearer to what MNIST's thick pen wrote. The width is the digit's own, not the page's
+    (stroke_mask's half-width, over every mark)."""
     found = bounding_box(strokes, margin=0)
     if found is None:
         return ink
     side = max(found[0].stop - found[0].start, found[1].stop - found[1].start)
-    # A stroke w pixels wide lies within (w + 1) / 2 of the paper at its middle.
+    # A stroke w pixels wide lies within about (w + 1) / 2 of the paper at its middle.
     width = 2 * float(np.percentile(depth(strokes)[strokes], 97)) - 1
     grow = (MIN_PEN_SHARE * side - width) / 2
     if grow <= 0:

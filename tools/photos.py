@@ -40,8 +40,8 @@ def redrawn(digit: np.ndarray, pen: float | None = None) -> Image.Image:
 
 
 def skeleton(mask: np.ndarray) -> np.ndarray:
-    """The mask thinned to its middle lines, a pixel wide and as connected as it was (Zhang and
-    Suen's thinning, 1984)."""
+    """The mask thinned to its middle lines, a pixel wide (Zhang and Suen's thinning, 1984: a
+    stroke's parts stay joined; a blob two pixels across can vanish)."""
     image = np.pad(mask, 1).astype(np.uint8)
     while True:
         removed = False
