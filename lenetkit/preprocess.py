@@ -289,10 +289,8 @@ def with_pen(ink: np.ndarray, strokes: np.ndarray) -> np.ndarray:
     grow = (MIN_PEN_SHARE * side - width) / 2
     if grow <= 0:
         return ink
-    box = bounding_box(strokes, margin=int(grow) + 2)
-    pen = np.zeros_like(ink)
-    pen[box] = np.clip(grow + 1 - ndimage.distance_transform_edt(~strokes[box]), 0, 1)
-    return np.maximum(ink, pen)
+    pen = np.clip(grow + 1 - distance_from(strokes, grow + 1), 0, 1)  # its edge a pixel soft
+    return np.maximum(ink, pen.astype(ink.dtype))
 
 
 def no_digit(reason: str) -> ImageError:
@@ -552,13 +550,19 @@ def depth(mask: np.ndarray) -> np.ndarray:
 
 
 def within(mask: np.ndarray, radius: float) -> np.ndarray:
-    """The pixels at most `radius` from a True pixel of `mask` (a dilation by a disc), computed on
-    the only part of the image it can reach: the bounding box of `mask` grown by `radius`."""
-    near = np.zeros(mask.shape, dtype=bool)
-    box = bounding_box(mask, margin=int(radius) + 1)
+    """The pixels at most `radius` from a True pixel of `mask` (a dilation by a disc)."""
+    return distance_from(mask, radius) <= radius
+
+
+def distance_from(mask: np.ndarray, reach: float) -> np.ndarray:
+    """Each pixel's distance to the nearest True pixel of `mask`, computed on the only part of
+    the image within `reach` of one: the bounding box of `mask` grown by `reach` (infinite
+    outside it, and everywhere for an empty mask)."""
+    distance = np.full(mask.shape, np.inf)
+    box = bounding_box(mask, margin=int(reach) + 1)
     if box is not None:
-        near[box] = ndimage.distance_transform_edt(~mask[box]) <= radius
-    return near
+        distance[box] = ndimage.distance_transform_edt(~mask[box])
+    return distance
 
 
 def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
