@@ -2,6 +2,7 @@
 mains in this process (conftest.run_main), and as processes where the process is what is tested
 (that each script starts, the benchmarks, what start-up imports)."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -187,7 +188,11 @@ def test_a_dry_run_trains_a_few_batches_and_writes_nothing(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_compiled_model_trains_and_saves_plain_weights(tiny_data, tmp_path):
+def test_a_compiled_model_trains_and_saves_plain_weights(tiny_data, tmp_path, monkeypatch):
+    """torch.compile wraps the model (its names gain `_orig_mod.`), whichever backend compiles it;
+    aot_eager traces forward and backward as inductor does, without building C++ kernels, which
+    would make this the suite's slowest test."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     out = tmp_path / "model.pth"
     run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1", "--compile",
              *TINY_TRAINING)
