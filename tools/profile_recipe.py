@@ -10,6 +10,7 @@ machine: check `uptime` before trusting them.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -117,6 +118,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig,
 
 def main() -> None:
     own, config, options = parse_args(sys.argv[1:])
+    # Kineto, read when the first profile starts, logs a GPU it can't find as an ERROR line.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     images, labels = load_dataset(options.data_dir, train=True, download=options.download,
                                   dataset=config.dataset)
     count = (own.steps + 2) * config.batch_size
