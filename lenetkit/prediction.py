@@ -137,8 +137,19 @@ class Number:
         if len(self.digits) == 1:
             return str(self.digits[0])
         each = ", ".join(f"{digit.name} {digit.probability:.1%}" for digit in self.digits)
-        unsure = [str(place) for place, digit in enumerate(self.digits, 1) if not digit.confident]
-        note = f"  [low confidence in digit {', '.join(unsure)}: check the input]" if unsure else ""
+        places = list(enumerate(self.digits, 1))
+        # Two reasons apart: a digit can be sure which of the ten it is most like, and still not
+        # look like a digit at all.
+        refused = [(str(place), f"{digit.digit_score:.0%}") for place, digit in places
+                   if not digit.is_digit]
+        unsure = [str(place) for place, digit in places if digit.is_digit and not digit.confident]
+        notes = [f"low confidence in digit {', '.join(unsure)}"] if unsure else []
+        if refused:
+            which, scores = (", ".join(column) for column in zip(*refused))
+            notes.insert(0, f"digit {which} does not look like a digit (digit score {scores})"
+                         if len(refused) == 1 else
+                         f"digits {which} do not look like digits (digit scores {scores})")
+        note = f"  [{'; '.join(notes)}: check the input]" if notes else ""
         return f"{self.text} ({self.probability:.1%}: {each}){note}"
 
 
@@ -252,6 +263,8 @@ class Predictor:
         if not isinstance(image, Image.Image):
             raise ImageError(f"can't predict a {type(image).__name__}: give a file path, "
                              "a PIL image, a numpy array or a tensor")
+        if not image.width or not image.height:
+            raise ImageError(f"the image is empty ({image.width}x{image.height} pixels)")
         return image
 
     def item_inputs(self, index: int, image: "ImageLike") -> Tensor:
@@ -426,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
             prediction = predictor.read_number(path) if predictor.reads_numbers \
                 else predictor(path)
             saved = args.out_dir and save_input(prediction, path, args.out_dir, taken)
-        except ImageError as error:
+        except UserError as error:  # the image's fault, or a folder that can't be written
             print(f"{path}: error: {error}", file=sys.stderr)
             failures += 1
             continue

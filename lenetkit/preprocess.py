@@ -98,8 +98,9 @@ def read_image(path: str | Path | BinaryIO, colour: bool = False) -> Image.Image
                 return image
     except FileNotFoundError:
         raise ImageError("no such file") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"too large to be a digit ({error})") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, far over ours: say ours
+        raise ImageError(f"too large to be a digit (the limit is {MAX_IMAGE_PIXELS:,} pixels, "
+                         f"{MAX_JPEG_PIXELS:,} for JPEG files)") from None
     except UnidentifiedImageError:  # Pillow's words name its file object: say what it means
         raise ImageError("not a readable image (not a format Pillow reads: give a PNG, JPEG, "
                          "GIF, BMP, TIFF or WebP file)") from None
@@ -171,6 +172,8 @@ def stretched(gray: np.ndarray, black: bool = False) -> np.ndarray:
 def on_white(image: Image.Image) -> Image.Image:
     """The image with its transparent areas as white (paper, or a plain background); an opaque
     one as it is."""
+    if "a" in image.getbands():  # premultiplied alpha (La, RGBa): Pillow composites only LA, RGBA
+        image = image.convert(image.mode.upper())
     if "A" in image.getbands() or "transparency" in image.info:
         return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     return image

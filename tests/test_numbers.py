@@ -11,7 +11,7 @@ from lenetkit.environment import PRETRAINED_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.modelfile import read_model_file, save_model
 from lenetkit.multidigit import number_digits, preprocess_number
-from lenetkit.prediction import Number, Predictor, read_number
+from lenetkit.prediction import Number, Prediction, Predictor, read_number
 from lenetkit.preprocess import ImageError, preprocess_digit, without_lines
 
 import photos
@@ -149,6 +149,22 @@ def test_read_number_gives_the_digits_and_their_string():
         number.digits[0].probability * number.digits[1].probability)
     assert number.input.shape == (28, 56)
     assert str(number).startswith(f"{number.text} (")
+
+
+def test_a_numbers_note_says_which_digits_look_like_no_digit_and_which_are_unsure():
+    """Two reasons apart: a digit can be sure which of the ten it is most like and still not look
+    like a digit at all; the note must not call that low confidence."""
+    def digit(name: str, probability: float, score: float) -> Prediction:
+        return Prediction(int(name), name, probability, [(name, probability)], torch.zeros(28, 28),
+                          digit_score=score, is_digit=score >= 0.5)
+
+    assert str(Number([digit("1", 1.0, 0.9), digit("2", 1.0, 0.8)])).endswith("100.0%)")
+    refused = str(Number([digit("1", 1.0, 0.02), digit("2", 1.0, 0.9), digit("3", 1.0, 0.1)]))
+    assert refused.endswith("[digits 1, 3 do not look like digits (digit scores 2%, 10%): check "
+                            "the input]")
+    both = str(Number([digit("4", 0.5, 0.9), digit("5", 1.0, 0.3)]))
+    assert both.endswith("[digit 2 does not look like a digit (digit score 30%); low confidence "
+                         "in digit 1: check the input]")
 
 
 def test_a_prepared_tensor_is_no_image_to_read_a_number_from():

@@ -17,7 +17,7 @@ import lenetkit.prediction
 import lenetkit.preprocess
 from lenetkit.environment import PRETRAINED_MODEL_PATH
 from lenetkit.errors import UserError
-from lenetkit.prediction import Prediction, Predictor, predict
+from lenetkit.prediction import Prediction, Predictor, predict, read_number
 from lenetkit.preprocess import ImageError, preprocess_digit, read_image
 
 import photos
@@ -178,6 +178,13 @@ def test_a_prediction_prints_as_the_command_line_prints_it():
     assert "input=" not in repr(prediction) and "label=7" in repr(prediction)
 
 
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (5, 0)])
+def test_an_empty_pil_image_gets_a_clear_error_from_predict_and_read_number(size):
+    for read in (predict, read_number):
+        with pytest.raises(ImageError, match=rf"the image is empty \({size[0]}x{size[1]} pixels"):
+            read(Image.new("L", size), model=PRETRAINED_MODEL_PATH)
+
+
 def test_the_api_refuses_a_device_this_machine_lacks_and_names_the_list_item_at_fault(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="device 'cuda' is not available here"):
@@ -260,6 +267,21 @@ def test_save_input_into_a_file_is_one_line_before_any_image_is_read(tmp_path):
     assert result.stderr.splitlines()[-1].endswith(
         f"argument --out-dir: can't write {PROJECT_DIR / 'README.md'}: "
         f"{PROJECT_DIR / 'README.md'} is not a folder")
+
+
+def test_an_input_that_cant_be_saved_is_one_plain_error_line_and_the_other_images_are_read(
+        tmp_path, monkeypatch):
+    def full_disk(prediction, image_path, folder, taken):
+        raise UserError(f"can't write {folder}/x.input.png: No space left on device")
+
+    monkeypatch.setattr(lenetkit.prediction, "save_input", full_disk)
+    result = run_main("load_model.py", "--out-dir", tmp_path, SEVEN, tmp_path / "missing.png",
+                      check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"{SEVEN}: error: can't write {tmp_path}/x.input.png: No space left on device" \
+        in result.stderr.splitlines()
+    assert "UserError" not in result.stderr and f"{tmp_path / 'missing.png'}: error:" in \
+        result.stderr
 
 
 @pytest.mark.slow

@@ -142,12 +142,17 @@ function show(answer) {
 
 function showNumber(answer, digits) {
   const whole = digits.reduce((product, digit) => product * digit.probability, 1);
-  const unsure = digits.filter((digit) => !digit.confident).length;
+  // Two reasons apart: a digit sure of its class may still not look like a digit at all.
+  const refused = digits.filter((digit) => !digit.is_digit).length;
+  const unsure = digits.filter((digit) => digit.is_digit && !digit.confident).length;
+  const notes = [];
+  if (refused) notes.push(`${refused} ${refused > 1 ? "do" : "does"} not look like a digit`);
+  if (unsure) notes.push(`low confidence in ${unsure}`);
   $("digit").textContent = answer.number;
   $("probability").textContent = percent(whole);
   $("note").textContent = `${digits.length} digits: ` +
     digits.map((digit) => `${digit.name} ${percent(digit.probability)}`).join(", ") +
-    (unsure ? ` (low confidence in ${unsure}: check what the model saw)` : "");
+    (notes.length ? ` (${notes.join("; ")}: check what the model saw)` : "");
   showBars({ top: [], name: null });
   showSeen(answer, digits.length);
 }
