@@ -46,6 +46,9 @@ JPEG_DETAIL = 2
 GRAY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F")
 # Ink is darker than the paper by this much at least (0: paper, 1: black).
 MIN_INK_DARKNESS = 0.2
+# Paper, in most of the image, at most this bright beside its brightest pixel is a dark ground
+# (a dark-mode drawing, a blackboard), whatever the ink's vote said.
+DARK_PAPER = 0.25
 # The smallest mark that can be a digit, in pixels along its longer side: fewer rows than a
 # seven-segment digit needs can't tell one digit from another, and a speck of dust, a stray dot
 # or a lone extreme pixel value fits under it.
@@ -328,17 +331,22 @@ def ink_darkness(gray: np.ndarray) -> np.ndarray:
     MIN_INK_DARKNESS of its brightest, a blank page's grain and noise, holds no ink."""
     if gray.size == 0 or gray.max() - gray.min() < MIN_INK_DARKNESS * gray.max():
         return np.zeros_like(gray)
-    inverted = light_ink(stretched(gray))
-    darkness = paper_darkness(1 - gray if inverted else gray)
-    if (darkness > ink_threshold(darkness)).mean() > 0.5:
-        # Ink can't cover most of a page: thick strokes outvoted the paper.
-        darkness = paper_darkness(gray if inverted else 1 - gray)
+    seen = 1 - gray if light_ink(stretched(gray)) else gray
+    paper = paper_brightness(seen)
+    darkness = paper_darkness(seen, paper)
+    # Ink can't cover most of a page, nor can paper be as dark as DARK_PAPER: thick strokes
+    # outvoted the paper (light ink on a dark ground, which dividing by the paper's light hides).
+    dark_ground = np.median(paper[::4, ::4]) < DARK_PAPER  # a sample is enough, and far faster
+    if (darkness > ink_threshold(darkness)).mean() > 0.5 or dark_ground:
+        darkness = paper_darkness(1 - seen)
     return darkness
 
 
-def paper_darkness(gray: np.ndarray) -> np.ndarray:
-    """How much darker than the paper's brightness (paper_brightness) each pixel is, in [0, 1]."""
-    return np.clip(1 - gray / np.maximum(paper_brightness(gray), 1e-3), 0, 1)
+def paper_darkness(gray: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
+    """How much darker than the paper's brightness (`paper`, else paper_brightness's) each pixel
+    is, in [0, 1]."""
+    paper = paper_brightness(gray) if paper is None else paper
+    return np.clip(1 - gray / np.maximum(paper, 1e-3), 0, 1)
 
 
 def light_ink(gray: np.ndarray) -> bool:

@@ -11,7 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
+from lenetkit.environment import PRETRAINED_MODEL_PATH
+from lenetkit.prediction import predict
 from lenetkit.preprocess import ImageError, preprocess_digit, read_image
+
+from conftest import overlap
 
 
 def drawn_digit(ink: int = 0, paper: int = 255, size=(400, 300),
@@ -54,6 +58,20 @@ def test_light_ink_on_dark_paper_gives_the_same_digit_as_dark_ink_on_light_paper
     dark_on_light = preprocess_digit(drawn_digit(ink=0, paper=255))
     light_on_dark = preprocess_digit(drawn_digit(ink=255, paper=0))
     assert torch.allclose(dark_on_light, light_on_dark, atol=1e-4)
+
+
+@pytest.mark.parametrize("ground", [1, 20, 45])
+def test_a_thick_light_digit_on_a_dark_grey_ground_reads_as_on_black(ground):
+    """A dark-mode drawing: strokes so thick that most blocks of the image are more ink than
+    ground, on a ground a little above black."""
+    def seven(ground: int) -> Image.Image:
+        image = Image.new("L", (280, 280), ground)
+        ImageDraw.Draw(image).line([(70, 50), (210, 50), (120, 240)], fill=255, width=23)
+        return image
+
+    on_black = preprocess_digit(seven(0))
+    assert overlap(preprocess_digit(seven(ground)), on_black) > 0.95
+    assert str(predict(seven(ground), model=PRETRAINED_MODEL_PATH)).startswith("7 (")  # a digit
 
 
 def test_grey_paper_and_a_colour_photo_work_like_black_and_white():
