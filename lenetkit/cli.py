@@ -125,6 +125,15 @@ def int_in_range(text: str, low: int, high: int | None) -> int:
     return value
 
 
+# More passes than any recipe needs by far: a recipe from elsewhere can't ask to train forever.
+MAX_EPOCHS = 10_000
+
+
+def epoch_count(text: str) -> int:
+    """A number of passes over the data: 1 to MAX_EPOCHS."""
+    return int_in_range(text, 1, MAX_EPOCHS)
+
+
 def seed(text: str) -> int:
     """A random seed torch accepts: 0 to 2**64 - 1."""
     return int_in_range(text, 0, 2**64 - 1)

@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 
 from lenetkit.augmentation import AUGMENTATIONS
 from lenetkit.cli import (
+    MAX_EPOCHS,
     add_data_dir,
     add_device,
+    epoch_count,
     fraction,
     int_in_range,
     make_parser,
@@ -73,7 +75,7 @@ class TrainConfig:
         None, "model", type=positive_float,
         help="cifarnet: its logits multiplied by this (default 1); airbench's 1/9 keeps SGD's "
              "large steps from swamping the last layer")
-    epochs: int = setting(8, "optimisation", type=positive_int,
+    epochs: int = setting(8, "optimisation", type=epoch_count,
                           help="passes over the training split")
     batch_size: int = setting(256, "optimisation", type=positive_int,
                               help="images per optimizer step (under torchrun: in all)")
@@ -139,7 +141,8 @@ class TrainConfig:
                                     "answers on non-digits (letters, scribbles, textures, "
                                     "garments: negatives.py) toward uniform, so that the digit "
                                     "score refuses them; 0: off")
-    detector_epochs: int = setting(0, "optimisation", type=non_negative_int,
+    detector_epochs: int = setting(0, "optimisation", type=lambda text: int_in_range(
+                                       text, 0, MAX_EPOCHS),
                                    help="mnist lenet: after training, passes of a second LeNet "
                                         "that learns digits from non-digits (detector.py); its "
                                         "probability of a digit becomes the digit score; 0: none")
@@ -231,7 +234,8 @@ def read_recipe(path: Path) -> dict:
     """The settings in a JSON recipe (as tune.py writes), each checked as its flag's value would
     be: a recipe can only set settings (never a path or another option)."""
     try:
-        text = read_input_bytes(path, MAX_RECIPE_BYTES, "a recipe").decode()
+        # utf-8-sig: Windows' Notepad starts the file with a byte-order mark
+        text = read_input_bytes(path, MAX_RECIPE_BYTES, "a recipe").decode("utf-8-sig")
         recipe = parse_json(text, most_nesting=RECIPE_NESTING)
     except UserError as error:  # not a file, or too large: the line says which
         raise argparse.ArgumentTypeError(str(error)) from None

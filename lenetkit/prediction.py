@@ -18,8 +18,10 @@ the shipped one; the device `auto`; the top class only. Errors are UserError's s
 """
 
 import argparse
+import contextlib
 import functools
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, overload
@@ -376,7 +378,8 @@ def predict(images: "ImageLike | list[ImageLike]", model: str | Path | None = No
     """The model's prediction for an image (a file path, PIL image, numpy array or prepared tensor)
     or a list of them (or a batch tensor): see Predictor. Each model file is read once."""
     path = Path(model or default_model_path()).resolve()
-    return cached_predictor(path, str(device), top_k)(images)
+    with naming(images):
+        return cached_predictor(path, str(device), top_k)(images)
 
 
 def read_number(image: "str | Path | Image.Image | np.ndarray", model: str | Path | None = None,
@@ -384,7 +387,20 @@ def read_number(image: "str | Path | Image.Image | np.ndarray", model: str | Pat
     """The number in an image (a file path, PIL image or numpy array), its digits read left to
     right: see Predictor.read_number. Each model file is read once."""
     path = Path(model or default_model_path()).resolve()
-    return cached_predictor(path, str(device), 1).read_number(image)
+    with naming(image):
+        return cached_predictor(path, str(device), 1).read_number(image)
+
+
+@contextlib.contextmanager
+def naming(image: object) -> Iterator[None]:
+    """An ImageError about a file path names the file, as a list's errors name their item (the
+    command line puts the path before its own error lines instead)."""
+    try:
+        yield
+    except ImageError as error:
+        if not isinstance(image, (str, Path)):
+            raise
+        raise ImageError(f"{image}: {error}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,7 +20,14 @@ import statistics
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from lenetkit.cli import make_parser, positive_float, positive_int, seed
+from lenetkit.cli import (
+    epoch_count,
+    make_parser,
+    positive_float,
+    positive_int,
+    seed,
+    writable_folder,
+)
 from lenetkit.config import SETTINGS, TrainConfig, output_paths
 from lenetkit.config import parse_args as training_args
 from lenetkit.environment import PROJECT_DIR
@@ -39,12 +46,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
                         help="peak learning rates to try")
     parser.add_argument("--batch-size", type=positive_int, nargs="+", default=[128, 256],
                         help="batch sizes to try")
-    parser.add_argument("--epochs", type=positive_int, nargs="+", default=[8],
+    parser.add_argument("--epochs", type=epoch_count, nargs="+", default=[8],
                         help="epoch counts to try")
     parser.add_argument("--seed", type=seed, nargs="+", default=[0, 1], dest="seeds",
                         metavar="SEED",
                         help="seeds each combination runs with")
-    parser.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune",
+    parser.add_argument("--out-dir", type=writable_folder, default=PROJECT_DIR / "runs" / "tune",
                         help="folder for the runs, results.json, lr.png and best.json")
     args, fixed = parser.parse_known_args(argv)
     for flag in ("--out", "--resume", "--dry-run"):

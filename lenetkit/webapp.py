@@ -67,9 +67,11 @@ def create_app(model: Model, limits: Limits) -> FastAPI:
                   description="Draw a digit, or send a photo, and read it with the model.")
     app.state.model, app.state.limits, app.state.page = model, limits, page_files()
     for path in STATIC:
-        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+        app.add_api_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_api_route("/health", health, methods=["GET"],
                       summary="Which model answers, the classes it knows, the body's limit")
+    # HEAD wherever GET is (monitors and `curl -I` ask with it); the schema lists GET alone.
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
     app.add_api_route("/predict", predict, methods=["POST"], openapi_extra=PREDICT_DOC,
                       summary="Read one image: its bytes as the body, or a form with one file",
                       responses={status: {"description": text, **ERROR}

@@ -48,11 +48,22 @@ def test_a_recipe_can_only_set_settings_never_paths_or_actions(tmp_path, content
     ({"lr": [0.1]}, "lr must be a number or a string"),
     ({"arch": "transformer"}, "arch must be one of"),
     ({"label_smoothing": 2}, "must be below 1"),
+    # a recipe from elsewhere can't ask to train (nearly) forever
+    ({"epochs": 10**26}, "epochs must be a whole number from 1 to 10,000"),
+    ({"detector_epochs": 10**6}, "detector_epochs must be a whole number from 0 to 10,000"),
 ])
 def test_a_recipe_value_of_the_wrong_type_or_range_is_refused(tmp_path, content, complaint):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(content))
     assert complaint in refused("train.py", "--config", recipe, "--dry-run")
+
+
+def test_a_recipe_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """As Windows' Notepad saves it."""
+    recipe, with_mark = PROJECT_DIR / "configs" / "fast.json", tmp_path / "fast.json"
+    with_mark.write_bytes(b"\xef\xbb\xbf" + recipe.read_bytes())
+    config, _ = lenetkit.config.parse_args(["--config", str(with_mark)])
+    assert config == lenetkit.config.parse_args(["--config", str(recipe)])[0]
 
 
 @pytest.mark.parametrize("flags, complaint", [

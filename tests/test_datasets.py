@@ -59,6 +59,16 @@ def test_a_fashion_model_is_not_scored_on_digits_by_mistake(tiny_fashion):
                                      "scored on mnist")
 
 
+def test_models_of_two_datasets_are_not_scored_together(tiny_fashion, tiny_model):
+    root, model = tiny_fashion
+    result = run_main("evaluate.py", "--model", model, tiny_model, "--data-dir", root,
+                      "--no-download", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {model} is a fashion-mnist model and {tiny_model} "
+                                     "a mnist one: models scored together must have learned the "
+                                     "same dataset")
+
+
 def test_evaluate_scores_a_fashion_model_on_fashion_test_images_and_names_the_classes(tiny_fashion):
     root, model = tiny_fashion
     report = json.loads(run_main("evaluate.py", "--model", model, "--data-dir", root,

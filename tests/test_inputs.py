@@ -65,9 +65,10 @@ def test_a_named_pipe_given_as_an_image_is_one_line_not_a_wait(tmp_path):
 def test_a_folder_and_a_huge_file_given_as_images_are_refused_unread(tmp_path):
     (tmp_path / "folder.png").mkdir()
     huge = sparse_file(tmp_path / "huge.png", 12 * 2**30)
-    with pytest.raises(ImageError, match="^the file is a folder, not an image$"):
+    with pytest.raises(ImageError, match="folder.png: the file is a folder, not an image$"):
         predict(tmp_path / "folder.png", model=PRETRAINED_MODEL_PATH)
-    with pytest.raises(ImageError, match="^the file is 12,884,901,888 bytes, more than an image"):
+    with pytest.raises(ImageError, match="huge.png: the file is 12,884,901,888 bytes, more than "
+                                         "an image"):
         predict(huge, model=PRETRAINED_MODEL_PATH)
 
 

@@ -178,6 +178,15 @@ def test_a_prediction_prints_as_the_command_line_prints_it():
     assert "input=" not in repr(prediction) and "label=7" in repr(prediction)
 
 
+def test_predict_and_read_number_name_the_file_at_fault(tmp_path):
+    missing = tmp_path / "missing.png"
+    for read in (predict, read_number):
+        with pytest.raises(ImageError, match=rf"^{re.escape(str(missing))}: no such file$"):
+            read(missing, model=PRETRAINED_MODEL_PATH)
+        with pytest.raises(ImageError, match=rf"^{re.escape(str(tmp_path))}: the file is a folder"):
+            read(str(tmp_path), model=PRETRAINED_MODEL_PATH)
+
+
 @pytest.mark.parametrize("size", [(0, 0), (0, 5), (5, 0)])
 def test_an_empty_pil_image_gets_a_clear_error_from_predict_and_read_number(size):
     for read in (predict, read_number):

@@ -166,6 +166,15 @@ def test_tune_refuses_val_size_0_it_has_nothing_to_score(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tune_names_its_own_flag_when_out_dir_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_main("tune.py", "--out-dir", tmp_path / "file", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tune.py: error: argument --out-dir: can't write {tmp_path / 'file'}: "
+        f"{tmp_path / 'file'} is not a folder")
+
+
 def test_evaluate_scores_the_validation_split_with_tta_without_touching_the_test_figures(
         tiny_model, tiny_data):
     test_figure = tiny_model.with_suffix(".confusion.png")

@@ -76,7 +76,7 @@ def ask(server, method: str, path: str, body: bytes | None = None,
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
         content = response.read()
-        if response.getheader("Content-Type") == "application/json":
+        if content and response.getheader("Content-Type") == "application/json":  # HEAD: none
             content = json.loads(content)
         return response.status, response.headers, content
     finally:
@@ -133,6 +133,15 @@ def test_the_page_is_served_by_the_server_itself_with_nothing_from_elsewhere(ser
         assert status == 200 and b"http:" not in content and b"https:" not in content
     assert b"http:" not in page and b"https:" not in page  # works offline: no CDN
     assert "default-src 'self'" in headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize("path", ["/", "/app.js", "/health"])
+def test_head_answers_where_get_does_with_the_headers_and_no_body(server, path):
+    """Uptime monitors and `curl -I` ask with HEAD."""
+    get_status, get_headers, _ = ask(server, "GET", path)
+    status, headers, content = ask(server, "HEAD", path)
+    assert (status, get_status) == (200, 200) and content == b""
+    assert headers["Content-Type"] == get_headers["Content-Type"]
 
 
 def test_health_says_which_model_answers_and_the_classes_it_knows(server):
