@@ -9,7 +9,7 @@ check must not silently become the model that every tool uses.
 import os
 from pathlib import Path
 
-from lenetkit.environment import DEFAULT_MODEL_PATH
+from lenetkit.environment import DEFAULT_MODEL_PATH, PRETRAINED_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.modelfile import read_model_file
 
@@ -66,6 +66,26 @@ def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | N
         return (f"{where} a model that scored better on validation: {old:.2%}, "
                 f"this one {val_accuracy:.2%}")
     return None
+
+
+# A default model this far under the shipped one on validation is most likely a quick check.
+BELOW_SHIPPED = 0.01
+
+
+def below_shipped(path: str | Path, dataset: str, val_accuracy: float | None,
+                  val_size: int | None) -> str | None:
+    """What to know when the default model just written at `path` scored more than BELOW_SHIPPED
+    under the shipped model on as many validation images: every script now answers with it.
+    None otherwise (another path or dataset, or not validated)."""
+    if not is_default_model(path) or val_accuracy is None:
+        return None
+    shipped = read_model_file(PRETRAINED_MODEL_PATH)
+    score, size = (shipped["metadata"].get(key) for key in ("val_accuracy", "val_size"))
+    if shipped["dataset"] != dataset or size != val_size or score is None \
+            or val_accuracy >= score - BELOW_SHIPPED:
+        return None
+    return (f"{shown_path(path)} (validation {val_accuracy:.2%}) is now the model every script "
+            f"uses, in place of the shipped one ({score:.2%}); delete or rename it to go back")
 
 
 def run_path(out: Path, force: bool, resume: bool) -> Path:

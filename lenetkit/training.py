@@ -40,7 +40,13 @@ from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
 from lenetkit.model import DETECTED, CifarNet, build_model, count_parameters
-from lenetkit.modelchoice import check_replacement, replacement_conflict, run_path, shown_path
+from lenetkit.modelchoice import (
+    below_shipped,
+    check_replacement,
+    replacement_conflict,
+    run_path,
+    shown_path,
+)
 from lenetkit.modelfile import (
     build_from_record,
     model_record,
@@ -492,16 +498,18 @@ def save_best(best: dict, options: argparse.Namespace, metrics: dict) -> None:
     save_model(best, options.out)
     print(f"{kept} saved to {shown_path(options.out)}; "
           f"training took {metrics['train_seconds']:.1f}s")
-    if options.replaces is None:
-        return
-    conflict = replacement_conflict(options.replaces, best["dataset"], metrics["val_accuracy"],
-                                    best["metadata"].get("val_size"))
-    if conflict:
-        print(f"note: {conflict}, so it stays (--force replaces it)", file=sys.stderr)
-        return
-    save_model(best, options.replaces)
-    print(f"and to {shown_path(options.replaces)}, the default model, which it scores at least "
-          "as well as")
+    scores = best["dataset"], metrics["val_accuracy"], best["metadata"].get("val_size")
+    if options.replaces is not None:
+        conflict = replacement_conflict(options.replaces, *scores)
+        if conflict:
+            print(f"note: {conflict}, so it stays (--force replaces it)", file=sys.stderr)
+            return
+        save_model(best, options.replaces)
+        print(f"and to {shown_path(options.replaces)}, the default model, which it scores at "
+              "least as well as")
+    note = below_shipped(options.replaces or options.out, *scores)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def finish(config: TrainConfig, options: argparse.Namespace, history: list[dict], best: dict,

@@ -142,3 +142,17 @@ def test_the_name_of_out_says_the_format_and_a_mismatch_is_refused(tiny_model, t
         result = run_main("save_model.py", tiny_model, *arguments, check=False)
         assert result.returncode == 2 and "give --out a name that says its format" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("shipped_score, noted", [(0.99, True), (0.2, False)])
+def test_a_default_model_far_under_the_shipped_one_says_that_every_script_now_uses_it(
+        tiny_model, tiny_data, default_model, tmp_path, monkeypatch, shipped_score, noted):
+    """A quick check written as mnist_model.pth takes the shipped model's place everywhere."""
+    shipped = variant(tiny_model, tmp_path / "shipped.pth", val_accuracy=shipped_score)
+    monkeypatch.setattr(lenetkit.modelchoice, "PRETRAINED_MODEL_PATH", shipped)
+    result = run_main("train.py", "--data-dir", tiny_data, "--epochs", "1", "--out",
+                      default_model, *TINY_TRAINING)
+    score = read_model_file(default_model)["metadata"]["val_accuracy"]
+    note = (f"note: {default_model} (validation {score:.2%}) is now the model every script uses, "
+            "in place of the shipped one (99.00%); delete or rename it to go back")
+    assert (note in result.stderr.splitlines()) is noted
