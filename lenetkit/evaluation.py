@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     classes = records[0]["classes"]
     reports, all_probabilities = [], []
     for path, record, stem in zip(args.model, records, stems):
-        model = build_from_record(record, device)
+        model = build_from_record(record, device, path)
         scored = evaluate(model, normalize(images, **record["normalization"]).to(device),
                           labels.to(device), tta=args.tta, mirror=learned_mirrors(record))
         probabilities = scored.probabilities

@@ -209,12 +209,12 @@ def _check_weights(field: _Field, record: dict) -> None:
     for name, value in field.mapping("state_dict", record["state_dict"]).items():
         if not isinstance(value, Tensor) or value.is_complex() or value.dtype == torch.bool:
             raise field.fail(f"state_dict[{name!r}]", "a tensor of real numbers", value)
-    _check_fit(record)
+    _check_fit(record, field.source)
     if not all(torch.isfinite(value).all() for value in record["state_dict"].values()):
         raise ModelFileError(f"{field.source} holds NaN or infinite weights")
 
 
-def _check_fit(record: dict) -> None:
+def _check_fit(record: dict, source: str | Path) -> None:
     """The weights must have the names and shapes of the architecture, built on the meta device
     (no memory) to compare: nothing is allocated for weights that don't fit."""
     arch, model_args = record["arch"], record["model_args"]
@@ -222,8 +222,8 @@ def _check_fit(record: dict) -> None:
         with torch.device("meta"):
             skeleton = build_model(arch, **model_args)
     except Exception as error:  # a width too small for the architecture's halvings, ...
-        raise ModelFileError(f"architecture {arch!r} can't be built with {model_args} "
-                             f"({error})") from None
+        raise ModelFileError(f"{source}: architecture {arch!r} can't be built with "
+                             f"{model_args} ({error})") from None
     expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     given = {name: tuple(tensor.shape) for name, tensor in record["state_dict"].items()}
     problems = [f"missing {name}" for name in expected if name not in given]
@@ -232,8 +232,8 @@ def _check_fit(record: dict) -> None:
                  for name, shape in expected.items() if name in given and given[name] != shape]
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise ModelFileError(f"the weights do not fit architecture {arch!r} with {model_args}: "
-                             + "; ".join(problems[:3]) + more)
+        raise ModelFileError(f"{source}: the weights do not fit architecture {arch!r} with "
+                             f"{model_args}: " + "; ".join(problems[:3]) + more)
 
 
 def build_network(record: dict) -> nn.Module:
@@ -244,7 +244,8 @@ def build_network(record: dict) -> nn.Module:
 
 
 @torch.no_grad()
-def probe_outputs(model: Classifier, record: dict, device: str | torch.device = "cpu") -> None:
+def probe_outputs(model: Classifier, record: dict, device: str | torch.device = "cpu",
+                  source: str | Path = "the model") -> None:
     """Runs the model once on images at the edges of what real ones give (all black, all white,
     mid grey, seeded noise), normalized as the record says. Finite weights can still overflow to NaN
     (enormous values, a tiny std): such a model is refused here, not found out as `nan%`
@@ -256,10 +257,10 @@ def probe_outputs(model: Classifier, record: dict, device: str | torch.device = 
     logits = model(images)
     classes = len(record["classes"])
     if tuple(logits.shape) != (len(images), classes):
-        raise ModelFileError(f"the model gives outputs of shape {tuple(logits.shape)} for "
+        raise ModelFileError(f"{source} gives outputs of shape {tuple(logits.shape)} for "
                              f"{len(images)} images, but its record names {classes} classes")
     if not torch.isfinite(logits).all():
-        raise ModelFileError("the model's outputs are NaN or infinite on plain test images: "
+        raise ModelFileError(f"{source}'s outputs are NaN or infinite on plain test images: "
                              "its weights (or its normalization) are unusable")
 
 
@@ -336,7 +337,8 @@ def with_dataset(record: dict) -> dict:
     return {"dataset": "mnist", "input_shape": list(DATASETS["mnist"].shape), **record}
 
 
-def build_from_record(record: dict, device: str | torch.device = "cpu") -> "nn.Module | OnnxModel":
+def build_from_record(record: dict, device: str | torch.device = "cpu",
+                      source: str | Path = "the model") -> "nn.Module | OnnxModel":
     """The network described by a record that check_record passed (or that training made), with
     its weights, in eval mode (ONNX files run in ONNX Runtime), once it has given finite outputs
     of the right shape on a few plain images."""
@@ -344,10 +346,10 @@ def build_from_record(record: dict, device: str | torch.device = "cpu") -> "nn.M
         from lenetkit.onnxfiles import OnnxModel
 
         session = OnnxModel(record["onnx"])
-        probe_outputs(session, record, "cpu")
+        probe_outputs(session, record, "cpu", source)
         return session
     model = build_network(record).to(device).eval()
-    probe_outputs(model, record, device)
+    probe_outputs(model, record, device, source)
     return model
 
 

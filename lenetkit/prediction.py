@@ -183,7 +183,7 @@ class Predictor:
         device = pick_device(device)
         self.path = Path(model or default_model_path())
         self.record = read_model_file(self.path)
-        self.model = build_from_record(self.record, device)
+        self.model = build_from_record(self.record, device, self.path)
         self.device, self.top_k = device, top_k
         self.classes = self.record["classes"]
         self.preprocess = PREPROCESSING[self.record["dataset"]]
@@ -477,4 +477,5 @@ def load_model(path: str | Path | None = None,
     """The model stored in `path` (.pth, training checkpoint or .onnx; by default the one you
     trained, else the shipped one), in eval mode, returning logits (softmax them for
     probabilities)."""
-    return build_from_record(read_model_file(path or default_model_path()), device)
+    path = path or default_model_path()
+    return build_from_record(read_model_file(path), device, path)

@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     parser.add_argument("--out-dir", type=writable_folder, default=PROJECT_DIR / "runs" / "tune",
                         help="folder for the runs, results.json, lr.png and best.json")
     args, fixed = parser.parse_known_args(argv)
+    for name in ("lr", "batch_size", "epochs", "seeds"):  # a value given twice runs once
+        setattr(args, name, list(dict.fromkeys(getattr(args, name))))
     for flag in ("--out", "--resume", "--dry-run"):
         if any(token == flag or token.startswith(flag + "=") for token in fixed):
             parser.error(f"{flag} is not for a sweep: "

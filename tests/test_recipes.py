@@ -9,6 +9,7 @@ import torch
 
 import lenetkit.config
 import lenetkit.training
+import lenetkit.tuning
 from lenetkit.datasets import DATASETS
 from lenetkit.evaluation import evaluate, learned_mirrors, tta_views
 from lenetkit.model import LeNet
@@ -164,6 +165,12 @@ def test_tune_refuses_val_size_0_it_has_nothing_to_score(tmp_path):
         "tune.py: error: a validation size of 0 holds nothing out, and tune.py scores by "
         "validation accuracy")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tune_runs_a_value_given_twice_once():
+    args, _, _ = lenetkit.tuning.parse_args(["--lr", "0.01", "0.02", "0.01", "--batch-size", "64",
+                                             "64", "--epochs", "2", "2", "--seed", "1", "0", "1"])
+    assert (args.lr, args.batch_size, args.epochs, args.seeds) == ([0.01, 0.02], [64], [2], [1, 0])
 
 
 def test_tune_names_its_own_flag_when_out_dir_is_a_file(tmp_path):
