@@ -214,11 +214,13 @@ def check_datasets(paths: list[Path], records: list[dict], asked: str | None) ->
     """All the models must have learned `asked` (by default, the first model's dataset)."""
     wanted = asked or records[0]["dataset"]
     for path, record in zip(paths, records):
-        if record["dataset"] != wanted and asked:
+        if record["dataset"] == wanted:
+            continue
+        if asked:
             raise UserError(f"{path} is a {record['dataset']} model; it can't be scored on {asked}")
-        if record["dataset"] != wanted:  # the user named no dataset: the models disagree
-            raise UserError(f"{paths[0]} is a {wanted} model and {path} a {record['dataset']} "
-                            "one: models scored together must have learned the same dataset")
+        # the user named no dataset: the models disagree
+        raise UserError(f"{paths[0]} is a {wanted} model and {path} a {record['dataset']} one: "
+                        "models scored together must have learned the same dataset")
 
 
 def load_split(data_dir: Path, split: str, models: dict[Path, dict],
