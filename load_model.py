@@ -1,6 +1,6 @@
 """Read model files and predict the digit (or garment, or object) in image files.
 
-    python load_model.py [--model mnist_model.pth] [--top-k K] [--save-input DIR] IMAGE...
+    python load_model.py [--model mnist_model.pth] [--top-k K] [--out-dir DIR] IMAGE...
 
 From other programs, with this folder on sys.path (or the package installed, as `lenetkit`):
 

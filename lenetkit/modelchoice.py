@@ -1,8 +1,9 @@
 """Which model answers: the line naming the model file a script used, and the guard on
 mnist_model.pth, the model every script uses when none is named.
 
-A run or an export that would replace mnist_model.pth with a model of another dataset, or with
-one that scored worse on validation, leaves it as it is unless --force says otherwise: a quick
+A run or an export that would replace mnist_model.pth (or, where there is none, the shipped
+model) with a model of another dataset, or mnist_model.pth with one that scored worse on
+validation, leaves it as it is unless --force says otherwise: a quick
 check must not silently become the model that every tool uses.
 """
 
@@ -45,8 +46,13 @@ def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | N
     nothing stands in the way (another path, no readable model there, or one it scores at least
     as well as on the same validation images). Scores on validation splits of other sizes don't
     compare: one image right of one is 100%."""
-    if not is_default_model(path) or not Path(path).is_file():
+    if not is_default_model(path):
         return None
+    if not Path(path).is_file():  # every script uses the shipped model
+        shipped = read_model_file(PRETRAINED_MODEL_PATH)["dataset"]
+        return None if shipped == dataset else (
+            f"{shown_path(path)} is not there, so every script uses the shipped {shipped} model; "
+            f"this one is {dataset}")
     try:
         kept = read_model_file(path)
     except UserError:  # a damaged or foreign file holds no model to keep
@@ -72,20 +78,26 @@ def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | N
 BELOW_SHIPPED = 0.01
 
 
-def below_shipped(path: str | Path, dataset: str, val_accuracy: float | None,
-                  val_size: int | None) -> str | None:
-    """What to know when the default model just written at `path` scored more than BELOW_SHIPPED
-    under the shipped model on as many validation images: every script now answers with it.
-    None otherwise (another path or dataset, or not validated)."""
-    if not is_default_model(path) or val_accuracy is None:
-        return None
+def shipped_note(path: str | Path, record: dict, val_accuracy: float | None) -> str | None:
+    """What to know when `record`, which scored `val_accuracy` on validation, has just been
+    written as the default model at `path`, in place of the shipped model for every script:
+    that it scored more than BELOW_SHIPPED under it on as many validation images, or that,
+    unlike it, it has no digit score. None otherwise (another path or dataset)."""
     shipped = read_model_file(PRETRAINED_MODEL_PATH)
-    score, size = (shipped["metadata"].get(key) for key in ("val_accuracy", "val_size"))
-    if shipped["dataset"] != dataset or size != val_size or score is None \
-            or val_accuracy >= score - BELOW_SHIPPED:
+    if not is_default_model(path) or shipped["dataset"] != record["dataset"]:
         return None
-    return (f"{shown_path(path)} (validation {val_accuracy:.2%}) is now the model every script "
-            f"uses, in place of the shipped one ({score:.2%}); delete or rename it to go back")
+    score, size = (shipped["metadata"].get(key) for key in ("val_accuracy", "val_size"))
+    lower = (val_accuracy is not None and score is not None and val_accuracy < score - BELOW_SHIPPED
+             and size == record["metadata"].get("val_size"))
+    unscored = "digit_score" in shipped and "digit_score" not in record
+    if not lower and not unscored:
+        return None
+    scores = f" (validation {val_accuracy:.2%})" if val_accuracy is not None else ""
+    shipped_score = f" ({score:.2%})" if lower else ""
+    cost = ("; unlike it, it has no digit score, so it answers a digit for anything it is shown "
+            "(a letter, a scribble): configs/robust.json trains one that has" if unscored else "")
+    return (f"{shown_path(path)}{scores} is now the model every script uses, in place of the "
+            f"shipped one{shipped_score}{cost}; delete or rename it to go back")
 
 
 def run_path(out: Path, force: bool, resume: bool) -> Path:

@@ -41,10 +41,10 @@ from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
 from lenetkit.model import DETECTED, CifarNet, build_model, count_parameters
 from lenetkit.modelchoice import (
-    below_shipped,
     check_replacement,
     replacement_conflict,
     run_path,
+    shipped_note,
     shown_path,
 )
 from lenetkit.modelfile import (
@@ -507,7 +507,7 @@ def save_best(best: dict, options: argparse.Namespace, metrics: dict) -> None:
         save_model(best, options.replaces)
         print(f"and to {shown_path(options.replaces)}, the default model, which it scores at "
               "least as well as")
-    note = below_shipped(options.replaces or options.out, *scores)
+    note = shipped_note(options.replaces or options.out, best, metrics["val_accuracy"])
     if note:
         print(f"note: {note}", file=sys.stderr)
 

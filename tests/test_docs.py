@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import lenetkit.environment
+from lenetkit import tuning
 from lenetkit.commands import MODULES
 
 from conftest import PROJECT_DIR, run_main
@@ -95,6 +96,32 @@ def test_the_readme_sample_of_load_model_prints_what_it_shows(monkeypatch, tmp_p
     shown = block.group(2).splitlines()
     assert result.stderr.strip() == shown[0]
     assert result.stdout.splitlines() == shown[1:]
+
+
+def test_the_readmes_python_example_runs_as_written_and_gives_what_its_comments_say(
+        monkeypatch, tmp_path):
+    """Its first block, pasted into Python in the project folder, with the shipped model."""
+    monkeypatch.chdir(PROJECT_DIR)
+    monkeypatch.setattr(lenetkit.environment, "DEFAULT_MODEL_PATH", tmp_path / "mnist_model.pth")
+    block = re.search(r"```python\n(.*?)```", (PROJECT_DIR / "README.md").read_text(), re.S)
+    assert block is not None
+    names: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(block.group(1), names)
+    p, n = names["p"], names["n"]
+    assert printed.getvalue() == "7 (100.0%)\n"
+    assert (p.name, round(p.probability, 4), p.is_digit) == ("7", 0.9995, True)
+    assert n.text == "2026"
+
+
+def test_a_documented_sweep_is_as_many_runs_as_it_says():
+    sweeps = [line for _, line in commands(DOCS)
+              if "tune.py" in line and re.search(r"#.*\b\d+ runs\b", line)]
+    assert sweeps
+    for line in sweeps:
+        args = tuning.parse_args(script_argv(line)[1])[0]
+        runs = len(args.lr) * len(args.batch_size) * len(args.epochs) * len(args.seeds)
+        assert f"# {runs} runs" in line, line
 
 
 def test_every_command_in_the_readme_says_how_long_it_takes():

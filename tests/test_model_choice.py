@@ -65,6 +65,20 @@ def test_a_checkpoint_of_another_dataset_does_not_replace_the_default_model(
     assert read_model_file(default_model)["dataset"] == "fashion-mnist"
 
 
+def test_without_a_default_model_one_of_another_dataset_does_not_displace_the_shipped_one(
+        tiny_model, default_model, tmp_path):
+    """Every script answers with the shipped MNIST model until mnist_model.pth exists: a
+    Fashion-MNIST model written there would answer "Ankle boot" for a photographed digit."""
+    fashion = variant(tiny_model, tmp_path / "fashion.pth", dataset="fashion-mnist")
+    result = run_main("save_model.py", fashion, check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert (f"{default_model} is not there, so every script uses the shipped mnist model; this "
+            "one is fashion-mnist: give --out FILE to write it elsewhere") in result.stderr
+    assert not default_model.exists()
+    run_main("save_model.py", fashion, "--force")
+    assert read_model_file(default_model)["dataset"] == "fashion-mnist"
+
+
 def test_only_a_model_that_scores_at_least_as_well_replaces_the_default_model(
         tiny_model, default_model, tmp_path):
     variant(tiny_model, default_model, val_accuracy=0.9)
@@ -156,3 +170,21 @@ def test_a_default_model_far_under_the_shipped_one_says_that_every_script_now_us
     note = (f"note: {default_model} (validation {score:.2%}) is now the model every script uses, "
             "in place of the shipped one (99.00%); delete or rename it to go back")
     assert (note in result.stderr.splitlines()) is noted
+
+
+def test_a_default_model_without_the_shipped_ones_digit_score_says_what_it_gives_up(
+        tiny_model, tiny_data, default_model, tmp_path, monkeypatch):
+    """make train's default recipe trains no detector: its model answers a digit for a letter."""
+    shipped = variant(tiny_model, tmp_path / "shipped.pth", val_accuracy=0.2)
+    record = read_model_file(shipped)
+    record["digit_score"] = {"score": "msp", "threshold": 0.5, "scale": 0.1}
+    save_model(record, shipped)
+    monkeypatch.setattr(lenetkit.modelchoice, "PRETRAINED_MODEL_PATH", shipped)
+    result = run_main("train.py", "--data-dir", tiny_data, "--epochs", "1", "--out",
+                      default_model, *TINY_TRAINING)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {default_model} (validation ")
+    assert notes[0].endswith(
+        "is now the model every script uses, in place of the shipped one; unlike it, it has no "
+        "digit score, so it answers a digit for anything it is shown (a letter, a scribble): "
+        "configs/robust.json trains one that has; delete or rename it to go back")
