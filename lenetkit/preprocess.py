@@ -61,6 +61,8 @@ LINE_SHARE = 0.05
 UNCUT_SHARE = 0.1
 # Ink from edge to edge of the image that encloses more holes than this is a grid, not a digit.
 GRID_CELLS = 4
+# An image at least this transparent (by its mean opacity) is a drawing on nothing, not a page.
+MOSTLY_CLEAR = 0.5
 # Strokes narrower than this share of the digit's longer side (a fine pen's; MNIST's pen drew
 # about twice as wide) are widened to it. Wider reads more fine-pen digits, and lets more thin
 # scribbles pass for digits.
@@ -143,11 +145,11 @@ def jpeg_scan_count(file: IO[bytes], chunk: int = 2**22) -> int:
 
 
 def to_grayscale(image: Image.Image, side: int | None = None, black: bool = False) -> np.ndarray:
-    """Float32 gray levels stretched to [0, 1]; transparent areas count as white paper. With
+    """Float32 gray levels stretched to [0, 1]; transparent areas count as paper (on_ground). With
     `side`, an image larger than that is first shrunk to fit it. With `black`, the levels keep
     their black (0 stays 0) and only the brightest pixel is stretched to 1: a page's faint marks
     and its shadows stay as faint as the camera saw them."""
-    image = on_white(image)
+    image = on_ground(image)
     if image.mode not in GRAY_MODES:
         image = image.convert("L")
     elif image.mode.startswith("I;16"):
@@ -172,14 +174,22 @@ def stretched(gray: np.ndarray, black: bool = False) -> np.ndarray:
     return (gray - low) / (high - low) if high > low else np.zeros_like(gray)
 
 
-def on_white(image: Image.Image) -> Image.Image:
-    """The image with its transparent areas as white (paper, or a plain background); an opaque
-    one as it is."""
+def on_ground(image: Image.Image) -> Image.Image:
+    """The image with its transparent areas as a plain ground: white (paper, or a plain
+    background), or black where the image is mostly transparent and what is drawn on it is light
+    (a light digit saved on nothing, as drawing apps and icons save it: white would hide it); an
+    opaque one as it is."""
     if "a" in image.getbands():  # premultiplied alpha (La, RGBa): Pillow composites only LA, RGBA
         image = image.convert(image.mode.upper())
-    if "A" in image.getbands() or "transparency" in image.info:
-        return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-    return image
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return image
+    image = image.convert("RGBA")
+    opacity = np.asarray(image.getchannel("A"), dtype=np.float32)
+    ground = "white"
+    if 0 < opacity.mean() <= 255 * (1 - MOSTLY_CLEAR):
+        drawn = np.asarray(image.convert("L"), dtype=np.float32)
+        ground = "black" if (drawn * opacity).sum() / opacity.sum() > 127.5 else "white"
+    return Image.alpha_composite(Image.new("RGBA", image.size, ground), image)
 
 
 def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tensor:
@@ -651,7 +661,7 @@ def preprocess_photo(image: Image.Image, size: int = 32) -> Tensor:
 
     Returns float32 (3, size, size) in [0, 1], RGB, before normalization.
     """
-    image = on_white(image)
+    image = on_ground(image)
     if image.mode in GRAY_MODES and image.mode != "L":  # 16-bit or float gray: RGB would clip it
         image = Image.fromarray(np.round(to_grayscale(image) * 255).astype(np.uint8))
     side = min(image.size)

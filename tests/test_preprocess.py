@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from lenetkit.environment import PRETRAINED_MODEL_PATH
 from lenetkit.prediction import predict
-from lenetkit.preprocess import ImageError, preprocess_digit, read_image
+from lenetkit.preprocess import ImageError, on_ground, preprocess_digit, read_image
 
 from conftest import overlap
 
@@ -89,6 +89,18 @@ def test_dark_ink_on_a_transparent_background_reads_as_ink_on_white_paper():
     assert torch.allclose(preprocess_digit(rgba), preprocess_digit(ink), atol=0.02)
     for premultiplied in (rgba.convert("RGBa"), rgba.convert("LA").convert("La")):
         assert torch.allclose(preprocess_digit(premultiplied), preprocess_digit(ink), atol=0.02)
+
+
+def test_light_ink_on_a_transparent_background_reads_as_the_same_digit():
+    """A white digit saved on nothing (a drawing app's, an icon's): on white paper it would
+    vanish, so a mostly transparent image with light ink gets a black ground."""
+    ink = drawn_digit(ink=0, paper=255)
+    rgba = Image.new("RGBA", ink.size, (255, 255, 255, 0))
+    rgba.putalpha(Image.eval(ink, lambda value: 255 - value))  # opaque white only where the ink is
+    assert torch.allclose(preprocess_digit(rgba), preprocess_digit(ink), atol=0.02)
+    page = Image.new("RGBA", ink.size, (255, 255, 255, 255))  # an opaque page: white stays paper
+    page.paste(ink)
+    assert on_ground(page).getpixel((0, 0)) == (255, 255, 255, 255)
 
 
 def test_a_16_bit_image_works_like_an_8_bit_one():

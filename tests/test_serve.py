@@ -923,8 +923,9 @@ def test_in_a_browser_digits_drawn_with_the_pointer_and_photos_are_read(server, 
     assert browser.find_element(By.ID, "seen").get_attribute("width") == str(4 * 84)
 
 
-def drop_file(driver, path: Path) -> None:
-    """Drops the file on the canvas, as dragging it from a file manager does."""
+def drop_file(driver, path: Path, then: str = "") -> None:
+    """Drops the file on the canvas, as dragging it from a file manager does; `then`, a script
+    run at once after, before the page has loaded the file."""
     driver.execute_script("""
         const [name, data] = arguments;
         const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
@@ -932,7 +933,58 @@ def drop_file(driver, path: Path) -> None:
         transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
         document.getElementById("drop").dispatchEvent(
             new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-    """, path.name, base64.b64encode(path.read_bytes()).decode())
+    """ + then, path.name, base64.b64encode(path.read_bytes()).decode())
+
+
+@pytest.mark.slow
+@needs_browser
+@needs_real_mnist
+def test_in_a_browser_long_numbers_fit_late_photos_stay_off_and_clear_grounds_match(
+        server, browser, tmp_path):
+    """What a user saw on the page: a number's inputs and digits pushed it sideways (wider than
+    a phone), a photo that loaded after Clear was painted over the next drawing, a digit on a
+    transparent ground was previewed on black and read on white, and the focused file button
+    looked like any other."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    images, _ = load_dataset(REAL_DATA_DIR, train=False, download=False)
+    number = tmp_path / "number.png"
+    number.write_bytes(photos.encode(*photos.render(images[:9].numpy(), "redrawn", seed=0)))
+    try:
+        for width in (860, 375):  # the tests' window; a phone's
+            browser.set_window_size(width, 640)
+            open_page(browser, server)
+            drop_file(browser, number)
+            assert len(reading(browser)) == 9
+            assert browser.execute_script("return document.documentElement.scrollWidth <= "
+                                          "document.documentElement.clientWidth")
+    finally:
+        browser.set_window_size(860, 640)
+    drop_file(browser, NINE, then="document.getElementById('clear').click();")
+    time.sleep(1)  # the photo has loaded by now
+    ink = browser.execute_script("""
+        const canvas = document.getElementById("canvas");
+        const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+        return pixels.data.filter((value, i) => i % 4 !== 3 && value > 0).length;""")
+    assert ink == 0
+    glyph = Image.fromarray(images[0].numpy()).resize((140, 140))  # a 7, as its alpha
+    for colour, ground in ((0, 255), (255, 0)):  # dark ink or light, each on nothing
+        path = tmp_path / f"clear-{colour}.png"
+        drawn = Image.new("RGBA", glyph.size, (colour,) * 3 + (0,))
+        drawn.putalpha(glyph)
+        drawn.save(path)
+        drop_file(browser, path)
+        assert reading(browser) == "7"  # as the page's preview shows it: on the same ground
+        corner = browser.execute_script(
+            "return [...document.getElementById('canvas').getContext('2d')"
+            ".getImageData(2, 2, 1, 1).data.slice(0, 3)]")
+        assert corner == [ground] * 3
+    button = browser.find_element(By.CSS_SELECTOR, "label.button")
+    before = button.value_of_css_property("background-color")
+    browser.find_element(By.ID, "clear").send_keys(Keys.TAB)  # from Clear to the file chooser
+    assert browser.execute_script("return document.activeElement.id") == "photo"
+    assert button.value_of_css_property("background-color") != before
 
 
 @pytest.mark.slow

@@ -202,6 +202,24 @@ function clearAll() {
   $("result").dataset.version = String(version);
 }
 
+function ground(image) {
+  // What the server puts behind a photo's transparent areas (preprocess.on_ground): white
+  // paper, or black where the photo is mostly transparent and what is drawn on it is light.
+  const probe = document.createElement("canvas");
+  probe.width = probe.height = 64;
+  const context = probe.getContext("2d");
+  context.drawImage(image, 0, 0, probe.width, probe.height);
+  const rgba = context.getImageData(0, 0, probe.width, probe.height).data;
+  let opacity = 0;
+  let light = 0;
+  for (let i = 0; i < rgba.length; i += 4) {
+    opacity += rgba[i + 3];
+    light += rgba[i + 3] * (0.299 * rgba[i] + 0.587 * rgba[i + 1] + 0.114 * rgba[i + 2]);
+  }
+  const mostlyClear = opacity > 0 && opacity <= 255 * 0.5 * (rgba.length / 4);
+  return mostlyClear && light / opacity > 127.5 ? "#000" : "#fff";
+}
+
 function sendPhoto(file) {
   if (!file) return;
   clearAll();
@@ -209,14 +227,18 @@ function sendPhoto(file) {
   canvas.dataset.photo = file.name;
   const url = URL.createObjectURL(file);
   const preview = new Image();
+  const mine = version;
   preview.onload = () => { // the photo on the canvas, whole, as a preview
+    URL.revokeObjectURL(url);
+    if (version !== mine) return; // cleared, drawn on or replaced while it loaded
     const scale = Math.min(canvas.width / preview.width, canvas.height / preview.height);
     const [w, h] = [preview.width * scale, preview.height * scale];
+    pen.fillStyle = ground(preview);
+    pen.fillRect((canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
     pen.drawImage(preview, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
-    URL.revokeObjectURL(url);
   };
   preview.src = url;
-  predict(file, version); // the file itself: the server reads it as a photo
+  predict(file, mine); // the file itself: the server reads it as a photo
 }
 
 $("clear").addEventListener("click", clearAll);
