@@ -1,7 +1,7 @@
 """MNIST digits drawn as a person draws on serve.py's page: pen strokes along each digit's
 centre line, blown up to the canvas, for bench_serve.py and the tests.
 
-A digit is thinned to a one-pixel skeleton (Zhang and Suen's thinning), the skeleton is
+A digit is thinned to a one-pixel skeleton (photos.skeleton), the skeleton is
 walked into polylines (each one a stroke: pen down, moves, pen up), and the strokes are
 drawn with a round-capped pen as the page's canvas draws them.
 """
@@ -10,6 +10,8 @@ import io
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+import photos
 
 CANVAS_SIDE = 280  # the page's canvas, in pixels
 # The page's pen: about as thick as MNIST's strokes when a digit fills the canvas.
@@ -20,29 +22,6 @@ UPSCALE = 4  # the digit is thinned at 4 x 28 pixels: smoother centre lines than
 NEIGHBOURS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 
 Stroke = list[tuple[float, float]]  # (x, y) points on the canvas
-
-
-def thinned(mask: np.ndarray) -> np.ndarray:
-    """The one-pixel-wide skeleton of a boolean image (Zhang-Suen thinning)."""
-    image = np.pad(mask.astype(np.uint8), 1)
-    rows, cols = mask.shape
-    while True:
-        removed = False
-        for step in (0, 1):
-            p = [image[1 + dr:1 + dr + rows, 1 + dc:1 + dc + cols] for dr, dc in NEIGHBOURS]
-            count = sum(p)
-            crossings = sum((p[i] == 0) & (p[(i + 1) % 8] == 1) for i in range(8))
-            if step == 0:
-                corner = (p[0] * p[2] * p[4] == 0) & (p[2] * p[4] * p[6] == 0)
-            else:
-                corner = (p[0] * p[2] * p[6] == 0) & (p[0] * p[4] * p[6] == 0)
-            remove = (image[1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (crossings == 1)
-            remove &= corner
-            if remove.any():
-                image[1:-1, 1:-1][remove] = 0
-                removed = True
-        if not removed:
-            return image[1:-1, 1:-1].astype(bool)
 
 
 def skeleton_edges(skeleton: np.ndarray) -> dict[tuple[int, int], set[tuple[int, int]]]:
@@ -75,7 +54,7 @@ def digit_strokes(digit: np.ndarray, side: int = CANVAS_SIDE) -> list[Stroke]:
     """The pen strokes that draw `digit` (28x28 uint8, white on black) on a canvas of `side`
     pixels, as (x, y) points: its skeleton at the scale where 28 pixels fill the canvas."""
     large = Image.fromarray(digit).resize((28 * UPSCALE,) * 2, Image.Resampling.BILINEAR)
-    skeleton = thinned(np.asarray(large) > 100)
+    skeleton = photos.skeleton(np.asarray(large) > 100)
     scale = side / (28 * UPSCALE)
     return [[((c + 0.5) * scale, (r + 0.5) * scale) for r, c in stroke]
             for stroke in polylines(skeleton_edges(skeleton))]

@@ -40,28 +40,29 @@ def redrawn(digit: np.ndarray, pen: float | None = None) -> Image.Image:
 
 
 def skeleton(mask: np.ndarray) -> np.ndarray:
-    """The mask thinned to its middle lines, a pixel wide (Zhang and Suen's thinning, 1984: a
-    stroke's parts stay joined; a blob two pixels across can vanish)."""
-    image = np.pad(mask, 1).astype(np.uint8)
+    """The mask (H, W; or a batch of them, N, H, W) thinned to its middle lines, a pixel wide
+    (Zhang and Suen's thinning, 1984: a stroke's parts stay joined; a blob two pixels across can
+    vanish)."""
+    image = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]).astype(np.uint8)
     while True:
         removed = False
         for first in (True, False):
             p = image
             # The eight neighbours, clockwise from the one above.
-            around = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:], p[2:, 1:-1], p[2:, :-2],
-                      p[1:-1, :-2], p[:-2, :-2]]
+            around = [p[..., :-2, 1:-1], p[..., :-2, 2:], p[..., 1:-1, 2:], p[..., 2:, 2:],
+                      p[..., 2:, 1:-1], p[..., 2:, :-2], p[..., 1:-1, :-2], p[..., :-2, :-2]]
             up, right, down, left = around[0], around[2], around[4], around[6]
             count = sum(neighbour.astype(np.int8) for neighbour in around)
             turns = sum(((around[i] == 0) & (around[(i + 1) % 8] == 1)).astype(np.int8)
                         for i in range(8))
             side = (up * right * down == 0) & (right * down * left == 0) if first else \
                 (up * right * left == 0) & (up * down * left == 0)
-            drop = (p[1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (turns == 1) & side
+            drop = (p[..., 1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (turns == 1) & side
             if drop.any():
-                image[1:-1, 1:-1][drop] = 0
+                image[..., 1:-1, 1:-1][drop] = 0
                 removed = True
         if not removed:
-            return image[1:-1, 1:-1].astype(bool)
+            return image[..., 1:-1, 1:-1].astype(bool)
 
 
 def side_by_side(digits: np.ndarray) -> np.ndarray:

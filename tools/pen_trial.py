@@ -1,0 +1,121 @@
+"""Train the detector again beside the shipped model's reader, with fine-pen digits among its
+training digits, and write the model file for `bench.py --photos --split val --model` to weigh
+(docs/photos.md, "A fine pen"). Validation only: the shipped model is not touched.
+
+    python tools/pen_trial.py --share 0.1 --out runs/pen-0.1.pth
+
+On a random `--share` of each batch, digits and non-digits alike (so that the pen's width does
+not tell them apart), the strokes are thinned to their middle lines (photos.skeleton, at twice
+the resolution) and drawn again with a pen of `--pen` pixels at 28x28: a fine pen's digit as
+the preprocessing frames it. The rest is the shipped recipe's detector training (detector.py).
+"""
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lenetkit.augmentation import on_share, uniform_between
+from lenetkit.cli import (
+    add_data_dir,
+    epoch_count,
+    make_parser,
+    positive_float,
+    run_cli,
+    writable_file,
+)
+from lenetkit.config import TrainConfig, read_recipe
+from lenetkit.datasets import DATASETS, black
+from lenetkit.detector import detected, train_detector
+from lenetkit.environment import PRETRAINED_MODEL_PATH, PROJECT_DIR
+from lenetkit.model import DETECTED
+from lenetkit.modelfile import model_record, read_model_file, save_model
+from lenetkit.threads import use_threads
+from lenetkit.training import calibrated_score, load_negatives, load_splits, setup_training
+
+import photos
+
+RECIPE = PROJECT_DIR / "configs" / "robust.json"  # the shipped model's
+
+
+def fine_pen(images: Tensor, widths: Tensor, background: float) -> Tensor:
+    """Each image (N, 1, H, W; bright ink on `background`) redrawn along its strokes' middle
+    lines with a pen of its `widths` (N,) pixels, drawn at twice the resolution and averaged
+    back down, at the image's own brightest level."""
+    top = images.amax(dim=(1, 2, 3), keepdim=True)
+    ink = (images - background) / (top - background).clamp_min(1e-6)
+    big = F.interpolate(ink, scale_factor=2, mode="bilinear", align_corners=False)
+    middle = torch.from_numpy(photos.skeleton((big[:, 0] > 0.5).cpu().numpy()))
+    middle = middle.unsqueeze(1).to(images.device, images.dtype)
+    half = widths.to(images.device, images.dtype).view(-1, 1, 1, 1)  # half its width at 2x
+    reach = math.ceil(float(widths.max()) + 0.5)
+    padded = F.pad(middle, (reach,) * 4)
+    height, width = middle.shape[-2:]
+    pen = torch.zeros_like(middle)
+    for dy in range(-reach, reach + 1):  # a round pen, its edge a pixel soft
+        for dx in range(-reach, reach + 1):
+            shifted = padded[..., reach + dy:reach + dy + height, reach + dx:reach + dx + width]
+            pen = torch.maximum(pen, shifted * (half + 0.5 - math.hypot(dy, dx)).clamp(0, 1))
+    small = F.avg_pool2d(pen, 2)
+    small = small / small.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    return background + small * (top - background)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = make_parser(__doc__.split("\n\n")[0])
+    add_data_dir(parser)
+    parser.add_argument("--share", type=float, default=0.1,
+                        help="share of each batch redrawn with a fine pen (0: none)")
+    parser.add_argument("--pen", type=positive_float, nargs=2, default=[0.7, 1.3],
+                        metavar=("THINNEST", "WIDEST"), help="pen widths at 28x28, in pixels")
+    parser.add_argument("--epochs", type=epoch_count, default=None,
+                        help="detector epochs (default: the recipe's)")
+    parser.add_argument("--out", type=writable_file, required=True, help="model file to write")
+    args = parser.parse_args(argv)
+    if not 0 <= args.share <= 1:
+        parser.error(f"argument --share: {args.share} is not in [0, 1]")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    use_threads(None)
+    config = TrainConfig(**read_recipe(RECIPE))
+    options = argparse.Namespace(data_dir=args.data_dir, download=False, dry_run=False,
+                                 channels_last=True)
+    device = torch.device("cpu")
+    x_train, _, x_val, _ = load_splits(config, options, device)
+    training = setup_training(config, 1, device, images=x_train)
+    negatives = load_negatives(config, options, device)
+    background, generator = float(black(DATASETS["mnist"]).flatten()[0]), training.generator
+    assert training.distort is not None, "the shipped recipe augments"
+    recipe_distort = training.distort
+
+    def pen(batch: Tensor) -> Tensor:
+        return fine_pen(batch, uniform_between(len(batch), generator, *args.pen).float(),
+                        background)
+
+    def distort(batch: Tensor) -> Tensor:
+        return on_share(recipe_distort(batch), generator, pen, args.share)
+
+    shipped = read_model_file(PRETRAINED_MODEL_PATH)
+    reader = {name.removeprefix("reader."): weights
+              for name, weights in shipped["state_dict"].items() if name.startswith("reader.")}
+    started = time.perf_counter()
+    detector = train_detector(x_train, negatives, args.epochs or config.detector_epochs,
+                              config.batch_size, generator, distort)
+    print(f"detector: {time.perf_counter() - started:.1f}s")
+    record = {**shipped, **model_record(detected(reader, shipped["model_args"], detector),
+                                        DETECTED, shipped["model_args"], shipped["dataset"],
+                                        shipped["normalization"], shipped["classes"],
+                                        shipped["metadata"])}
+    record["digit_score"] = calibrated_score(record, x_val, args.data_dir, device)
+    save_model(record, args.out)
+    print(f"digit score: {record['digit_score']}; written to {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
