@@ -939,12 +939,13 @@ def drop_file(driver, path: Path, then: str = "") -> None:
 @pytest.mark.slow
 @needs_browser
 @needs_real_mnist
-def test_in_a_browser_long_numbers_fit_late_photos_stay_off_and_clear_grounds_match(
+def test_in_a_browser_what_a_strangers_pass_found_on_the_page_is_mended(
         server, browser, tmp_path):
     """What a user saw on the page: a number's inputs and digits pushed it sideways (wider than
     a phone), a photo that loaded after Clear was painted over the next drawing, a digit on a
-    transparent ground was previewed on black and read on white, and the focused file button
-    looked like any other."""
+    transparent ground was previewed on black and read on white, a digit drawn small (its
+    strokes a blob) was read as a confident 8, and the focused file button looked like any
+    other."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -980,6 +981,12 @@ def test_in_a_browser_long_numbers_fit_late_photos_stay_off_and_clear_grounds_ma
             "return [...document.getElementById('canvas').getContext('2d')"
             ".getImageData(2, 2, 1, 1).data.slice(0, 3)]")
         assert corner == [ground] * 3
+    browser.find_element(By.ID, "clear").click()  # a 7 a fifth of the canvas tall: a blob
+    corners = [(116, 129), (140, 129), (124, 165)]
+    draw(browser, [[(a[0] + (b[0] - a[0]) * t / 12, a[1] + (b[1] - a[1]) * t / 12)
+                    for a, b in zip(corners, corners[1:]) for t in range(13)]])
+    assert reading(browser) == "?"
+    assert browser.find_element(By.ID, "note").text == "too small to read: draw the digit larger"
     button = browser.find_element(By.CSS_SELECTOR, "label.button")
     before = button.value_of_css_property("background-color")
     browser.find_element(By.ID, "clear").send_keys(Keys.TAB)  # from Clear to the file chooser

@@ -9,6 +9,9 @@ const $ = (id) => document.getElementById(id);
 const SENT_SIDE = canvas.width / 4;
 // While the pen moves, a prediction waits for this pause, so that requests don't pile up.
 const DEBOUNCE_MS = 120;
+// A drawing less than this many pen widths across is mostly stroke: the model sees a blob and
+// answers with confidence (an 8), so the page answers that it is too small to read.
+const SMALLEST_DRAWING = 3.5;
 
 let classes = [];
 let canDraw = false;
@@ -18,8 +21,10 @@ let stroke = null; // the pointer drawing now, and its last point
 let timer = null;
 let sending = false;
 let again = false;
+let extent = null; // the box of the pen's path on the canvas: [left, top, right, bottom]
 
 function blank() {
+  extent = null;
   pen.fillStyle = "#000";
   pen.fillRect(0, 0, canvas.width, canvas.height);
 }
@@ -45,6 +50,10 @@ function point(event) {
 }
 
 function line(from, to) {
+  const [xs, ys] = [[from[0], to[0]], [from[1], to[1]]];
+  const [left, top, right, bottom] = extent || [Infinity, Infinity, -Infinity, -Infinity];
+  extent = [Math.min(left, ...xs), Math.min(top, ...ys), Math.max(right, ...xs),
+            Math.max(bottom, ...ys)];
   pen.beginPath();
   pen.moveTo(from[0], from[1]);
   pen.lineTo(to[0], to[1]);
@@ -131,11 +140,15 @@ function show(answer) {
     showNumber(answer, digits);
     return;
   }
-  $("digit").textContent = answer.is_digit ? answer.name : "?";
-  $("probability").textContent = answer.is_digit ? percent(answer.probability) : "";
-  $("note").textContent = !answer.is_digit
-    ? `no digit: this does not look like one (digit score ${percent(answer.digit_score)})`
-    : answer.confident ? "" : "low confidence: check what the model saw";
+  const tiny = !canvas.dataset.photo && extent && pen.lineWidth + Math.max(
+    extent[2] - extent[0], extent[3] - extent[1]) < SMALLEST_DRAWING * pen.lineWidth;
+  const read = answer.is_digit && !tiny;
+  $("digit").textContent = read ? answer.name : "?";
+  $("probability").textContent = read ? percent(answer.probability) : "";
+  $("note").textContent = tiny ? "too small to read: draw the digit larger"
+    : !answer.is_digit
+      ? `no digit: this does not look like one (digit score ${percent(answer.digit_score)})`
+      : answer.confident ? "" : "low confidence: check what the model saw";
   showBars(answer);
   showSeen(answer, 1);
 }
