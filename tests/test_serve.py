@@ -944,8 +944,8 @@ def test_in_a_browser_what_a_strangers_pass_found_on_the_page_is_mended(
     """What a user saw on the page: a number's inputs and digits pushed it sideways (wider than
     a phone), a photo that loaded after Clear was painted over the next drawing, a digit on a
     transparent ground was previewed on black and read on white, a digit drawn small (its
-    strokes a blob) was read as a confident 8, and the focused file button looked like any
-    other."""
+    strokes a blob) was read as a confident 8 (and "no digit" kept a green top bar), a tap left
+    no dot, and the focused file button looked like any other."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -958,6 +958,7 @@ def test_in_a_browser_what_a_strangers_pass_found_on_the_page_is_mended(
             open_page(browser, server)
             drop_file(browser, number)
             assert len(reading(browser)) == 9
+            assert not browser.find_element(By.ID, "bars").is_displayed()  # a digit's classes
             assert browser.execute_script("return document.documentElement.scrollWidth <= "
                                           "document.documentElement.clientWidth")
     finally:
@@ -987,6 +988,12 @@ def test_in_a_browser_what_a_strangers_pass_found_on_the_page_is_mended(
                     for a, b in zip(corners, corners[1:]) for t in range(13)]])
     assert reading(browser) == "?"
     assert browser.find_element(By.ID, "note").text == "too small to read: draw the digit larger"
+    assert browser.find_elements(By.CSS_SELECTOR, "#bars li.top") == []  # no answer: no top bar
+    browser.find_element(By.ID, "clear").click()
+    draw(browser, [[(140, 140)]])  # a tap leaves a dot, as a pen's touch does
+    assert browser.execute_script(
+        "return document.getElementById('canvas').getContext('2d')"
+        ".getImageData(140, 140, 1, 1).data[0]") == 255
     button = browser.find_element(By.CSS_SELECTOR, "label.button")
     before = button.value_of_css_property("background-color")
     browser.find_element(By.ID, "clear").send_keys(Keys.TAB)  # from Clear to the file chooser

@@ -55,6 +55,12 @@ function line(from, to) {
   extent = [Math.min(left, ...xs), Math.min(top, ...ys), Math.max(right, ...xs),
             Math.max(bottom, ...ys)];
   pen.beginPath();
+  if (from[0] === to[0] && from[1] === to[1]) { // a tap: a dot, which a line of no length isn't
+    pen.fillStyle = pen.strokeStyle;
+    pen.arc(from[0], from[1], pen.lineWidth / 2, 0, 2 * Math.PI);
+    pen.fill();
+    return;
+  }
   pen.moveTo(from[0], from[1]);
   pen.lineTo(to[0], to[1]);
   pen.stroke();
@@ -149,7 +155,7 @@ function show(answer) {
     : !answer.is_digit
       ? `no digit: this does not look like one (digit score ${percent(answer.digit_score)})`
       : answer.confident ? "" : "low confidence: check what the model saw";
-  showBars(answer);
+  showBars({ top: answer.top, name: read ? answer.name : null }); // no answer, no top bar
   showSeen(answer, 1);
 }
 
@@ -166,11 +172,12 @@ function showNumber(answer, digits) {
   $("note").textContent = `${digits.length} digits: ` +
     digits.map((digit) => `${digit.name} ${percent(digit.probability)}`).join(", ") +
     (notes.length ? ` (${notes.join("; ")}: check what the model saw)` : "");
-  showBars({ top: [], name: null });
+  $("bars").hidden = true; // ten bars of one digit's classes say nothing of a number
   showSeen(answer, digits.length);
 }
 
 function showBars(answer) {
+  $("bars").hidden = false;
   const probabilities = new Map(answer.top.map((entry) => [entry.name, entry.probability]));
   for (const row of $("bars").children) {
     const p = probabilities.get(row.dataset.name) || 0;
@@ -195,6 +202,7 @@ function reset(withError) {
   $("probability").textContent = "";
   $("note").textContent = "";
   if (withError) $("error").textContent = "";
+  $("bars").hidden = false;
   for (const row of $("bars").children) {
     row.querySelector(".fill").style.width = "0";
     row.querySelector(".value").textContent = "";
