@@ -43,16 +43,18 @@ def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | N
                          val_size: int | None = None) -> str | None:
     """Why a model of `dataset` that scored `val_accuracy` (None: not validated) on `val_size`
     validation images should not replace the default model at `path` without --force; None when
-    nothing stands in the way (another path, no readable model there, or one it scores at least
-    as well as on the same validation images). Scores on validation splits of other sizes don't
-    compare: one image right of one is 100%."""
+    nothing stands in the way (another path; no model there and the shipped one of `dataset`, or
+    unreadable; a damaged file there; or a model it scores at least as well as on the same
+    validation images). Scores on validation splits of other sizes don't compare: one image
+    right of one is 100%."""
     if not is_default_model(path):
         return None
     if not Path(path).is_file():  # every script uses the shipped model
-        shipped = read_model_file(PRETRAINED_MODEL_PATH)["dataset"]
-        return None if shipped == dataset else (
-            f"{shown_path(path)} is not there, so every script uses the shipped {shipped} model; "
-            f"this one is {dataset}")
+        shipped = shipped_record()
+        if shipped is None or shipped["dataset"] == dataset:
+            return None
+        return (f"{shown_path(path)} is not there, so every script uses the shipped "
+                f"{shipped['dataset']} model; this one is {dataset}")
     try:
         kept = read_model_file(path)
     except UserError:  # a damaged or foreign file holds no model to keep
@@ -74,6 +76,15 @@ def replacement_conflict(path: str | Path, dataset: str, val_accuracy: float | N
     return None
 
 
+def shipped_record() -> dict | None:
+    """The shipped model's record, or None where it can't be read (the notes and checks that
+    compare with it then stand aside: a run's results matter more)."""
+    try:
+        return read_model_file(PRETRAINED_MODEL_PATH)
+    except UserError:
+        return None
+
+
 # A default model this far under the shipped one on validation is most likely a quick check.
 BELOW_SHIPPED = 0.01
 
@@ -83,8 +94,8 @@ def shipped_note(path: str | Path, record: dict, val_accuracy: float | None) -> 
     written as the default model at `path`, in place of the shipped model for every script:
     that it scored more than BELOW_SHIPPED under it on as many validation images, or that,
     unlike it, it has no digit score. None otherwise (another path or dataset)."""
-    shipped = read_model_file(PRETRAINED_MODEL_PATH)
-    if not is_default_model(path) or shipped["dataset"] != record["dataset"]:
+    shipped = shipped_record() if is_default_model(path) else None
+    if shipped is None or shipped["dataset"] != record["dataset"]:
         return None
     score, size = (shipped["metadata"].get(key) for key in ("val_accuracy", "val_size"))
     lower = (val_accuracy is not None and score is not None and val_accuracy < score - BELOW_SHIPPED

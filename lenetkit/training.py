@@ -355,7 +355,9 @@ def run(config: TrainConfig, options: argparse.Namespace, rank: int, world: int,
         raise UserError(f"--batch-size {config.batch_size} is the global batch: it must divide "
                         f"evenly among {world} processes")
     config = replace(config, epochs=1) if options.dry_run else config
-    if not options.dry_run:  # its score is not known yet: the dataset, and whether it will have one
+    # its score is not known yet: the dataset, and whether it will have one. A resumed run with
+    # no model at --out yet passed this check when it started, --force or not.
+    if not options.dry_run and not (options.resume and not options.out.is_file()):
         check_replacement(options.out, config.dataset, 1.0 if config.val_size else None,
                           options.force, config.val_size)
     out = options.out if options.dry_run else run_path(options.out, options.force, options.resume)

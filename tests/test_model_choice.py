@@ -3,6 +3,7 @@ every script uses when none is named) is replaced only by a model of its dataset
 least as well on validation, unless --force says so."""
 
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,11 @@ import lenetkit.config
 import lenetkit.environment
 import lenetkit.export
 import lenetkit.modelchoice
+import lenetkit.training
 from lenetkit.datasets import DATASETS
 from lenetkit.modelfile import read_model_file, save_model
 
-from conftest import PROJECT_DIR, TINY_TRAINING, run_main
+from conftest import PROJECT_DIR, TINY_TRAINING, ctrl_c_in_epoch, run_main
 
 
 @pytest.fixture
@@ -77,6 +79,26 @@ def test_without_a_default_model_one_of_another_dataset_does_not_displace_the_sh
     assert not default_model.exists()
     run_main("save_model.py", fashion, "--force")
     assert read_model_file(default_model)["dataset"] == "fashion-mnist"
+
+
+def test_a_forced_run_in_the_shipped_models_place_resumes_without_force(
+        tiny_model, tiny_data, default_model, tmp_path, monkeypatch):
+    """Ctrl-C says `--resume --out mnist_model.pth`; that command carries on, although the run
+    (an MNIST one, beside a shipped model of another dataset here) needed --force to start."""
+    shipped = variant(tiny_model, tmp_path / "shipped.pth", dataset="fashion-mnist")
+    monkeypatch.setattr(lenetkit.modelchoice, "PRETRAINED_MODEL_PATH", shipped)
+    settings = ["--data-dir", str(tiny_data), "--epochs", "2", *TINY_TRAINING]
+    refused = run_main("train.py", *settings, "--out", default_model, check=False)
+    assert refused.returncode == 1 and "is not there, so every script uses" in refused.stderr
+    with monkeypatch.context() as interrupt:
+        ctrl_c_in_epoch(interrupt, 2)
+        interrupt.setattr(sys, "argv", ["train.py", *settings, "--force", "--out",
+                                         str(default_model)])
+        with pytest.raises(KeyboardInterrupt):
+            lenetkit.training.main()
+    result = run_main("train.py", "--resume", "--data-dir", tiny_data, "--out", default_model,
+                      "--no-download")
+    assert "resuming" in result.stdout and read_model_file(default_model)["dataset"] == "mnist"
 
 
 def test_only_a_model_that_scores_at_least_as_well_replaces_the_default_model(

@@ -27,14 +27,16 @@ def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, re.S)
 
 
-def test_the_readmes_plain_pytorch_reading_gives_load_models_logits(monkeypatch):
-    block = next(code for code in python_blocks((PROJECT_DIR / "README.md").read_text())
+def test_the_documented_plain_pytorch_reading_gives_load_models_logits(monkeypatch):
+    """docs/deployment.md's: a model file read with torch.load and build_model alone."""
+    block = next(code for code in python_blocks(
+                     (PROJECT_DIR / "docs" / "deployment.md").read_text())
                  if "torch.load(" in code)
     monkeypatch.chdir(PROJECT_DIR)
     images = preprocess_digit(Image.open(SEVEN))[None, None]  # 1 x 1 x 28 x 28, white on black
     names = {"images": images}
     with torch.no_grad():
-        exec(block, names)  # the README's own lines, as a reader would paste them
+        exec(block, names)  # the doc's own lines, as a reader would paste them
         expected = load_model(PRETRAINED_MODEL_PATH)(
             (images - 0.1307) / 0.3081)  # the shipped file's constants
     assert torch.allclose(names["logits"], expected) and names["logits"].argmax().item() == 7
