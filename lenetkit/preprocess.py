@@ -61,8 +61,9 @@ LINE_SHARE = 0.05
 UNCUT_SHARE = 0.1
 # Ink from edge to edge of the image that encloses more holes than this is a grid, not a digit.
 GRID_CELLS = 4
-# An image at least this transparent (by its mean opacity) is a drawing on nothing, not a page.
-MOSTLY_CLEAR = 0.5
+# An image at least this transparent (by its mean opacity) is a drawing on nothing, not a page;
+# with fewer than this share of its drawn pixels dark, all of it is light ink.
+MOSTLY_CLEAR, DARK_ON_CLEAR = 0.5, 0.05
 # Strokes narrower than this share of the digit's longer side (a fine pen's; MNIST's pen drew
 # about twice as wide) are widened to it. Wider reads more fine-pen digits, and lets more thin
 # scribbles pass for digits.
@@ -176,19 +177,23 @@ def stretched(gray: np.ndarray, black: bool = False) -> np.ndarray:
 
 def on_ground(image: Image.Image) -> Image.Image:
     """The image with its transparent areas as a plain ground: white (paper, or a plain
-    background), or black where the image is mostly transparent and what is drawn on it is light
-    (a light digit saved on nothing, as drawing apps and icons save it: white would hide it); an
-    opaque one as it is."""
+    background), or black where the image is mostly transparent and all that is drawn on it is
+    light (a light digit saved on nothing, as drawing apps and icons save it: white would hide
+    it; a card with dark writing on it keeps white); an opaque one as it is."""
     if "a" in image.getbands():  # premultiplied alpha (La, RGBa): Pillow composites only LA, RGBA
         image = image.convert(image.mode.upper())
     if "A" not in image.getbands() and "transparency" not in image.info:
         return image
     image = image.convert("RGBA")
-    opacity = np.asarray(image.getchannel("A"), dtype=np.float32)
+    # The vote, on a copy the size the digit is looked for at: averaged with its alpha, so that
+    # a thin stroke's colour survives and the clear pixels' hidden colour does not mix in.
+    step = max(1, max(image.size) // WORK_SIDE)
+    sample = image.convert("RGBa").reduce(step).convert("RGBA") if step > 1 else image
+    opacity = np.asarray(sample.getchannel("A"), dtype=np.float32) / 255
     ground = "white"
-    if 0 < opacity.mean() <= 255 * (1 - MOSTLY_CLEAR):
-        drawn = np.asarray(image.convert("L"), dtype=np.float32)
-        ground = "black" if (drawn * opacity).sum() / opacity.sum() > 127.5 else "white"
+    if 0 < opacity.mean() <= 1 - MOSTLY_CLEAR:
+        drawn = np.asarray(sample.convert("L"))[opacity > 0]
+        ground = "black" if (drawn < 128).mean() < DARK_ON_CLEAR else "white"
     return Image.alpha_composite(Image.new("RGBA", image.size, ground), image)
 
 

@@ -101,6 +101,12 @@ def test_light_ink_on_a_transparent_background_reads_as_the_same_digit():
     page = Image.new("RGBA", ink.size, (255, 255, 255, 255))  # an opaque page: white stays paper
     page.paste(ink)
     assert on_ground(page).getpixel((0, 0)) == (255, 255, 255, 255)
+    # A white card with a 7 written on it, a third of a clear image: dark writing, so white paper.
+    card = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    ImageDraw.Draw(card).rectangle((40, 40, 159, 159), fill=(255, 255, 255, 255))
+    ImageDraw.Draw(card).line([(65, 60), (135, 60), (90, 145)], fill=(0, 0, 0, 255), width=10)
+    answer = predict(card, model=PRETRAINED_MODEL_PATH)
+    assert (answer.name, answer.is_digit) == ("7", True)
 
 
 def test_a_16_bit_image_works_like_an_8_bit_one():

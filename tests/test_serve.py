@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import lenetkit.server
 from lenetkit.datasets import DATASETS, load_dataset
@@ -971,10 +971,14 @@ def test_in_a_browser_what_a_strangers_pass_found_on_the_page_is_mended(
         return pixels.data.filter((value, i) => i % 4 !== 3 && value > 0).length;""")
     assert ink == 0
     glyph = Image.fromarray(images[0].numpy()).resize((140, 140))  # a 7, as its alpha
-    for colour, ground in ((0, 255), (255, 0)):  # dark ink or light, each on nothing
+    card = Image.new("RGBA", (200, 200), (0, 0, 0, 0))  # a white card with a 7, on nothing
+    ImageDraw.Draw(card).rectangle((40, 40, 159, 159), fill=(255, 255, 255, 255))
+    ImageDraw.Draw(card).line([(65, 60), (135, 60), (90, 145)], fill=(0, 0, 0, 255), width=10)
+    for colour, ground in ((0, 255), (255, 0), ("card", 255)):  # dark ink or light on nothing
         path = tmp_path / f"clear-{colour}.png"
-        drawn = Image.new("RGBA", glyph.size, (colour,) * 3 + (0,))
-        drawn.putalpha(glyph)
+        drawn = card if colour == "card" else Image.new("RGBA", glyph.size, (colour,) * 3 + (0,))
+        if colour != "card":
+            drawn.putalpha(glyph)
         drawn.save(path)
         drop_file(browser, path)
         assert reading(browser) == "7"  # as the page's preview shows it: on the same ground

@@ -111,14 +111,15 @@ function sendDrawing() {
   context.imageSmoothingQuality = "high";
   context.drawImage(canvas, 0, 0, SENT_SIDE, SENT_SIDE);
   const sent = version;
+  const box = extent && [...extent]; // the drawing's box as sent, for its answer
   sending = true;
-  small.toBlob((blob) => predict(blob, sent).finally(() => {
+  small.toBlob((blob) => predict(blob, sent, box).finally(() => {
     sending = false;
     if (again) { again = false; sendDrawing(); }
   }), "image/png");
 }
 
-async function predict(file, sent) {
+async function predict(file, sent, box = null) {
   let answer;
   try {
     const response = await fetch("predict", {
@@ -131,11 +132,11 @@ async function predict(file, sent) {
   }
   if (sent < shown) return; // an answer for an image cleared or replaced since
   shown = sent;
-  show(answer);
+  show(answer, box);
   $("result").dataset.version = String(sent);
 }
 
-function show(answer) {
+function show(answer, box) {
   $("error").textContent = answer.error || "";
   if (answer.error) {
     reset(false);
@@ -146,8 +147,8 @@ function show(answer) {
     showNumber(answer, digits);
     return;
   }
-  const tiny = !canvas.dataset.photo && extent && pen.lineWidth + Math.max(
-    extent[2] - extent[0], extent[3] - extent[1]) < SMALLEST_DRAWING * pen.lineWidth;
+  const tiny = box !== null && pen.lineWidth + Math.max(box[2] - box[0], box[3] - box[1])
+    < SMALLEST_DRAWING * pen.lineWidth;
   const read = answer.is_digit && !tiny;
   $("digit").textContent = read ? answer.name : "?";
   $("probability").textContent = read ? percent(answer.probability) : "";
@@ -225,20 +226,24 @@ function clearAll() {
 
 function ground(image) {
   // What the server puts behind a photo's transparent areas (preprocess.on_ground): white
-  // paper, or black where the photo is mostly transparent and what is drawn on it is light.
+  // paper, or black where the photo is mostly transparent and all that is drawn on it is light.
   const probe = document.createElement("canvas");
   probe.width = probe.height = 64;
   const context = probe.getContext("2d");
+  context.imageSmoothingQuality = "high"; // averaged: a thin stroke's colour survives
   context.drawImage(image, 0, 0, probe.width, probe.height);
   const rgba = context.getImageData(0, 0, probe.width, probe.height).data;
   let opacity = 0;
-  let light = 0;
+  let drawn = 0;
+  let dark = 0;
   for (let i = 0; i < rgba.length; i += 4) {
-    opacity += rgba[i + 3];
-    light += rgba[i + 3] * (0.299 * rgba[i] + 0.587 * rgba[i + 1] + 0.114 * rgba[i + 2]);
+    opacity += rgba[i + 3] / 255;
+    if (rgba[i + 3] === 0) continue;
+    drawn += 1;
+    dark += 0.299 * rgba[i] + 0.587 * rgba[i + 1] + 0.114 * rgba[i + 2] < 128;
   }
-  const mostlyClear = opacity > 0 && opacity <= 255 * 0.5 * (rgba.length / 4);
-  return mostlyClear && light / opacity > 127.5 ? "#000" : "#fff";
+  const mostlyClear = opacity > 0 && opacity <= 0.5 * (rgba.length / 4); // MOSTLY_CLEAR
+  return mostlyClear && dark < 0.05 * drawn ? "#000" : "#fff"; // DARK_ON_CLEAR
 }
 
 function sendPhoto(file) {
