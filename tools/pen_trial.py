@@ -32,6 +32,7 @@ from lenetkit.datasets import DATASETS, black
 from lenetkit.detector import detected, train_detector
 from lenetkit.environment import PRETRAINED_MODEL_PATH, PROJECT_DIR
 from lenetkit.model import DETECTED
+from lenetkit.modelchoice import is_default_model
 from lenetkit.modelfile import model_record, read_model_file, save_model
 from lenetkit.threads import use_threads
 from lenetkit.training import calibrated_score, load_negatives, load_splits, setup_training
@@ -77,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.share <= 1:
         parser.error(f"argument --share: {args.share} is not in [0, 1]")
+    if args.pen[0] > args.pen[1]:
+        parser.error(f"argument --pen: the thinnest, {args.pen[0]}, is wider than the widest")
+    if is_default_model(args.out):
+        parser.error("argument --out: a trial is weighed, not used: give it a name of its own")
     return args
 
 
@@ -105,13 +110,14 @@ def main() -> None:
     reader = {name.removeprefix("reader."): weights
               for name, weights in shipped["state_dict"].items() if name.startswith("reader.")}
     started = time.perf_counter()
-    detector = train_detector(x_train, negatives, args.epochs or config.detector_epochs,
-                              config.batch_size, generator, distort)
+    epochs = args.epochs or config.detector_epochs
+    detector = train_detector(x_train, negatives, epochs, config.batch_size, generator, distort)
     print(f"detector: {time.perf_counter() - started:.1f}s")
+    trial = {"pen_trial": {"share": args.share, "pen": args.pen, "epochs": epochs}}
     record = {**shipped, **model_record(detected(reader, shipped["model_args"], detector),
                                         DETECTED, shipped["model_args"], shipped["dataset"],
                                         shipped["normalization"], shipped["classes"],
-                                        shipped["metadata"])}
+                                        {**shipped["metadata"], **trial})}
     record["digit_score"] = calibrated_score(record, x_val, args.data_dir, device)
     save_model(record, args.out)
     print(f"digit score: {record['digit_score']}; written to {args.out}")
