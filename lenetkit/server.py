@@ -41,6 +41,7 @@ import logging
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,19 @@ from lenetkit.webapp import create_app
 from lenetkit.workers import Model
 
 __all__ = ["Limits", "Model", "Server", "main", "start_server"]
+
+
+class ReadyServer(uvicorn.Server):
+    """uvicorn's server, calling `ready` (when set) once it serves: from then on it handles
+    Ctrl-C itself. A Ctrl-C while its event loop was still being built left a half-made loop,
+    whose clean-up printed a traceback after `interrupted`."""
+
+    ready: Callable[[], None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.ready is not None and not self.should_exit:
+            self.ready()
 
 
 class Server:
@@ -75,12 +89,13 @@ class Server:
             self.socket.close()
             raise
         self.server_address: tuple = self.socket.getsockname()
-        self.uvicorn = uvicorn.Server(uvicorn_config(create_app(model, limits), limits))
+        self.uvicorn = ReadyServer(uvicorn_config(create_app(model, limits), limits))
         self.stopped = threading.Event()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
         """Serves until shutdown(), or Ctrl-C or SIGTERM in the main thread (which uvicorn
-        raises again once it has stopped serving)."""
+        raises again once it has stopped serving); `ready` is called once it serves."""
+        self.uvicorn.ready = ready
         try:
             self.uvicorn.run(sockets=[self.socket])
         finally:
@@ -165,12 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     log_to_terminal()
     with Model(args.model, args.workers) as model:
         server = start_server(model, args.host, args.port)
-        print(f"serving at {address_url(server)}; "
-              f"{model_line(model.path, model.predictor.record)}", flush=True)
-        if not is_loopback(server.server_address[0]):
-            print(f"note: listening on {args.host}: other machines can reach it (no TLS, no "
-                  "password)", file=sys.stderr, flush=True)
+
+        def ready() -> None:
+            print(f"serving at {address_url(server)}; "
+                  f"{model_line(model.path, model.predictor.record)}", flush=True)
+            if not is_loopback(server.server_address[0]):
+                print(f"note: listening on {args.host}: other machines can reach it (no TLS, no "
+                      "password)", file=sys.stderr, flush=True)
+
         try:
-            server.serve_forever()
+            server.serve_forever(ready)
         finally:
             server.server_close()
