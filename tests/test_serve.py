@@ -645,22 +645,28 @@ def still_running(pids: list[int], seconds: float = 10) -> list[int]:
         time.sleep(0.1)
 
 
+def serve_process(workers: int) -> subprocess.Popen:
+    """serve.py in a session of its own (as a terminal's job), once it says it serves."""
+    # A child would inherit an ignored Ctrl-C (as from a shell's background job).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, str(PROJECT_DIR / "serve.py"), "--port", "0", "--workers",
+             str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert process.stdout.readline().startswith("serving ")
+    return process
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
 @pytest.mark.parametrize("stop", ["Ctrl-C", "kill -9"])
 def test_no_worker_process_outlives_the_server(stop):
     """Ctrl-C, which the terminal sends to every process of the server, stops it with one line and
     no traceback; and even a killed server leaves no worker behind."""
-    # A child would inherit an ignored Ctrl-C (as from a shell's background job).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        process = subprocess.Popen(
-            [sys.executable, str(PROJECT_DIR / "serve.py"), "--port", "0", "--workers", "2"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert process.stdout.readline().startswith("serving ")
+    process = serve_process(workers=2)
     workers = children(process.pid)
     assert len(workers) >= 2
     if stop == "Ctrl-C":
@@ -671,6 +677,16 @@ def test_no_worker_process_outlives_the_server(stop):
     if stop == "Ctrl-C":
         assert process.returncode == 130 and stderr.splitlines() == ["interrupted"], stderr
     assert still_running(workers) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_soon_as_the_server_says_it_serves_stops_it_with_one_line():
+    """The line comes once it serves: a Ctrl-C before its event loop was built printed a
+    traceback after `interrupted`."""
+    process = serve_process(workers=0)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr.splitlines() == ["interrupted"], stderr
 
 
 def test_the_number_of_workers_is_checked_before_anything_is_loaded(capsys):
