@@ -11,9 +11,9 @@ the preprocessing frames it. The rest is the shipped recipe's detector training 
 """
 
 import argparse
-import math
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -49,17 +49,10 @@ def fine_pen(images: Tensor, widths: Tensor, background: float) -> Tensor:
     top = images.amax(dim=(1, 2, 3), keepdim=True)
     ink = (images - background) / (top - background).clamp_min(1e-6)
     big = F.interpolate(ink, scale_factor=2, mode="bilinear", align_corners=False)
-    middle = torch.from_numpy(photos.skeleton((big[:, 0] > 0.5).cpu().numpy()))
-    middle = middle.unsqueeze(1).to(images.device, images.dtype)
-    half = widths.to(images.device, images.dtype).view(-1, 1, 1, 1)  # half its width at 2x
-    reach = math.ceil(float(widths.max()) + 0.5)
-    padded = F.pad(middle, (reach,) * 4)
-    height, width = middle.shape[-2:]
-    pen = torch.zeros_like(middle)
-    for dy in range(-reach, reach + 1):  # a round pen, its edge a pixel soft
-        for dx in range(-reach, reach + 1):
-            shifted = padded[..., reach + dy:reach + dy + height, reach + dx:reach + dx + width]
-            pen = torch.maximum(pen, shifted * (half + 0.5 - math.hypot(dy, dx)).clamp(0, 1))
+    middle = photos.skeleton((big[:, 0] > 0.5).cpu().numpy())
+    drawn = np.stack([photos.drawn_along(lines, 2 * float(width), np.float32)  # width at 2x
+                      for lines, width in zip(middle, widths)])
+    pen = torch.from_numpy(drawn).unsqueeze(1).to(images.device, images.dtype)
     small = F.avg_pool2d(pen, 2)
     small = small / small.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
     return background + small * (top - background)

@@ -32,8 +32,7 @@ def redrawn(digit: np.ndarray, pen: float | None = None) -> Image.Image:
     width = digit.shape[1] * 10
     glyphs = np.asarray(Image.fromarray(digit).resize((width, 280), Image.Resampling.BICUBIC))
     if pen is not None:
-        distance = ndimage.distance_transform_edt(~skeleton(glyphs > 127))
-        glyphs = (255 * np.clip(pen / 2 + 0.5 - distance, 0, 1)).astype(np.uint8)
+        glyphs = (255 * drawn_along(skeleton(glyphs > 127), pen)).astype(np.uint8)
     page = Image.new("L", (width + 120, 360), 255)
     page.paste(Image.fromarray(255 - glyphs), (10, 70))
     return page
@@ -63,6 +62,15 @@ def skeleton(mask: np.ndarray) -> np.ndarray:
                 removed = True
         if not removed:
             return image[..., 1:-1, 1:-1].astype(bool)
+
+
+def drawn_along(middle: np.ndarray, pen: float, dtype: type = np.float64) -> np.ndarray:
+    """A round pen `pen` pixels wide drawn along the `middle` lines (a mask, H x W), its edge a
+    pixel soft: ink in [0, 1], computed in `dtype`."""
+    if not middle.any():
+        return np.zeros(middle.shape, dtype)
+    distance = ndimage.distance_transform_edt(~middle).astype(dtype)
+    return np.clip(dtype(pen / 2 + 0.5) - distance, 0, 1)
 
 
 def side_by_side(digits: np.ndarray) -> np.ndarray:
