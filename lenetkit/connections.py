@@ -57,16 +57,26 @@ def uvicorn_config(app: Any, limits: Limits) -> uvicorn.Config:
 class Protocol(H11Protocol):
     """One connection: HTTP/1.1 keep-alive, so that the page and scripts reuse it; refused at
     once past the bound of connections; closed when a request's head takes longer than its
-    deadline (uvicorn has none: a client sending a byte every few seconds would hold it)."""
+    deadline (uvicorn has none: a client sending a byte every few seconds would hold it); a
+    refused request's body drained before the close (Lingering)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.limits: Limits = self.config.limits  # type: ignore[attr-defined]
         self.head_timer: asyncio.TimerHandle | None = None
         self.over_limit = len(self.connections) > self.limits.max_connections
+        self.linger = Lingering(transport, self)
+        self.transport = self.linger  # type: ignore[assignment]  # uvicorn's closes too
         self.watch_head()
 
+    def body_may_come(self) -> bool:
+        """Whether the client may still be sending its request: its body, unread, or (past the
+        bound of connections) all of it."""
+        return self.over_limit or self.conn.their_state is h11.SEND_BODY
+
     def data_received(self, data: bytes) -> None:
+        if self.linger.lingering:
+            return  # a refused request's body: dropped
         if self.over_limit:
             # Answered once its request has arrived: a reply written before it, then a close
             # with the request unread, can be lost to a reset.
@@ -115,12 +125,19 @@ class Protocol(H11Protocol):
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
+        self.linger.stop_lingering()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        self.linger.stop_lingering()  # the server stops: no waiting for a refused body
+        super().shutdown()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's: a bool
         """The client has sent all it will (a half-close). A request whose body is still due can
         never be read, and is refused; one that is whole is answered, then the connection
         closed."""
+        if self.linger.lingering:
+            return None  # the refused body has all come: the transport closes
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
             return None  # nothing to answer: the transport closes
@@ -148,3 +165,44 @@ class Protocol(H11Protocol):
 
     def client_name(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+
+
+class Lingering:
+    """A connection's transport whose close() first drains a refused request's body.
+
+    A close with bytes of the request unread makes the client's system answer the next ones it
+    sends with a reset, and a reset drops the refusal sent before it: a client that sends a whole
+    body before it reads (Python's urllib and http.client) never sees its 413. So while the body
+    may still come, close() sends what was written and then the connection's end (write_eof), and
+    drops what arrives until the client closes its side or the body's deadline passes."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: Protocol) -> None:
+        self.transport, self.protocol = transport, protocol
+        self.lingering = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:  # write, pause_reading, get_extra_info, ...
+        return getattr(self.transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if not (self.protocol.body_may_come() and self.transport.can_write_eof()):
+            self.transport.close()
+            return
+        self.lingering = True
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self.timer = self.protocol.loop.call_later(self.protocol.limits.body_deadline,
+                                                   self.stop_lingering)
+
+    def stop_lingering(self) -> None:
+        """Closes a lingering connection now (the deadline passed, or the server stops)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.lingering:
+            self.transport.close()

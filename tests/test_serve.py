@@ -246,6 +246,14 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
     assert ask(server, "GET", "/health")[0] == 200
 
 
+def test_a_client_that_sends_the_whole_oversized_body_before_reading_gets_the_413(server):
+    # As Python's urllib and http.client send: the server drains the body it refused, so that
+    # the client's system has no bytes left to answer with a reset that would drop the answer.
+    too_large = bytes(lenetkit.server.Limits.max_body_bytes + 1)
+    for _ in range(3):
+        assert "over the limit" in refusal(server, "POST", "/predict", too_large, expected=413)
+
+
 def test_a_body_without_a_content_length_is_refused(server):
     answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 411 ") and b"no Content-Length" in answer
@@ -551,11 +559,12 @@ def test_a_body_that_trickles_in_too_slowly_gets_408(shipped):
     with running(shipped, client_timeout=5, body_deadline=0.5) as server:
         with socket.create_connection(server.server_address[:2], timeout=10) as slow:
             slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-            # A byte every 0.1 s, stopping before the deadline: a byte that arrives after the
-            # server has answered and closed is answered by a reset, which can drop the answer.
-            for _ in range(3):
+            # A byte every 0.1 s, on past the deadline: the server drains what comes after its
+            # answer, as a reset for bytes it left unread would drop the answer.
+            for _ in range(10):
                 slow.sendall(b"x")
                 time.sleep(0.1)
+            slow.shutdown(socket.SHUT_WR)
             answer = received(slow)
         assert answer.startswith(b"HTTP/1.1 408 ") and b"too slowly" in answer
 
