@@ -182,6 +182,8 @@ def on_ground(image: Image.Image) -> Image.Image:
     it; a card with dark writing on it keeps white); an opaque one as it is."""
     if "a" in image.getbands():  # premultiplied alpha (La, RGBa): Pillow composites only LA, RGBA
         image = image.convert(image.mode.upper())
+    if image.mode in GRAY_MODES and image.mode != "L" and "transparency" in image.info:
+        image = deep_gray_with_alpha(image)
     if "A" not in image.getbands() and "transparency" not in image.info:
         return image
     image = image.convert("RGBA")
@@ -195,6 +197,20 @@ def on_ground(image: Image.Image) -> Image.Image:
         drawn = np.asarray(sample.convert("L"))[opacity > 0]
         ground = "black" if (drawn < 128).mean() < DARK_ON_CLEAR else "white"
     return Image.alpha_composite(Image.new("RGBA", image.size, ground), image)
+
+
+def deep_gray_with_alpha(image: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit) gray image with one level transparent (a PNG's tRNS) as 8-bit LA,
+    its levels scaled from its brightest opaque one: Pillow's RGBA clips them at 255, which would
+    paint it white. A transparency that is no one level is ignored (the image is opaque)."""
+    levels = np.asarray(image, dtype=np.float64)
+    transparent = image.info["transparency"]
+    clear = (levels == transparent if type(transparent) in (int, float)
+             else np.zeros(levels.shape, bool))
+    top = levels[~clear].max() if not clear.all() else 1.0
+    gray = np.clip(np.round(levels / max(top, 1e-12) * 255), 0, 255).astype(np.uint8)
+    alpha = np.where(clear, 0, 255).astype(np.uint8)
+    return Image.merge("LA", [Image.fromarray(gray), Image.fromarray(alpha)])
 
 
 def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tensor:

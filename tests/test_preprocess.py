@@ -116,6 +116,17 @@ def test_a_16_bit_image_works_like_an_8_bit_one():
     assert torch.allclose(preprocess_digit(sixteen_bit), preprocess_digit(eight_bit), atol=1e-3)
 
 
+def test_a_16_bit_png_with_a_transparent_level_reads_as_the_same_digit(tmp_path):
+    """A PNG's tRNS makes one gray level clear; Pillow's RGBA would clip 16-bit levels to white."""
+    eight_bit = drawn_digit(ink=40, paper=220)  # over 255 in 16 bits, the ink too
+    levels = np.asarray(eight_bit).astype(np.uint16) * 257
+    levels[:4, :4] = 1234  # a corner of the paper, clear
+    Image.fromarray(levels).save(tmp_path / "clear.png", transparency=1234)
+    sixteen_bit = read_image(tmp_path / "clear.png")
+    assert sixteen_bit.mode.startswith("I;16") and sixteen_bit.info["transparency"] == 1234
+    assert torch.allclose(preprocess_digit(sixteen_bit), preprocess_digit(eight_bit), atol=0.02)
+
+
 def test_a_small_digit_is_scaled_up_to_fill_the_20_pixel_box():
     digit = preprocess_digit(drawn_digit(size=(30, 30), box=(3, 3, 12, 18)))
     assert max(ink_extent(digit)) in (20, 21)
