@@ -997,11 +997,36 @@ def test_in_a_browser_a_photo_cleared_while_it_loads_stays_off_the_canvas(server
         "URL.revokeObjectURL = (url) => { window.revoked += 1; revoke(url); };")
     drop_file(browser, NINE, then="document.getElementById('clear').click();")
     wait_for(browser, "return window.revoked > 0")
-    ink = browser.execute_script("""
+    assert canvas_ink(browser) == 0
+
+
+def canvas_ink(driver) -> int:
+    """How many colour values on the page's canvas are not black."""
+    return driver.execute_script("""
         const canvas = document.getElementById("canvas");
         const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
         return pixels.data.filter((value, i) => i % 4 !== 3 && value > 0).length;""")
-    assert ink == 0
+
+
+@pytest.mark.slow
+@needs_browser
+def test_in_a_browser_a_right_button_drag_draws_nothing(server, browser):
+    """The right button opens the browser's menu; it drew a stroke too."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server)
+    canvas = browser.find_element(By.ID, "canvas")
+    actions = ActionBuilder(browser, mouse=PointerInput(interaction.POINTER_MOUSE, "mouse"),
+                            duration=0)
+    actions.pointer_action.move_to(canvas, -60, 0).pointer_down(button=2)
+    actions.pointer_action.move_to(canvas, 60, 0).pointer_up(button=2)
+    actions.perform()
+    assert canvas_ink(browser) == 0
+    draw(browser, [[(80, 140), (200, 140)]])  # the left button draws
+    assert canvas_ink(browser) > 0
 
 
 @pytest.mark.slow

@@ -67,7 +67,8 @@ function line(from, to) {
 }
 
 canvas.addEventListener("pointerdown", (event) => {
-  if (!canDraw || stroke) return;
+  // The main button (a mouse's left, a finger's or a pen's touch) draws; the others open menus.
+  if (!canDraw || stroke || event.button !== 0) return;
   event.preventDefault();
   if (canvas.dataset.photo) { clearAll(); }
   canvas.setPointerCapture(event.pointerId);
