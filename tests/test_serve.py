@@ -920,6 +920,8 @@ def test_in_a_browser_digits_drawn_with_the_pointer_and_photos_are_read(server, 
     from selenium.webdriver.common.by import By
 
     open_page(browser, server)
+    caption = browser.find_element(By.CSS_SELECTOR, "#result figcaption")
+    assert not caption.is_displayed()  # "what the model saw", before it has seen anything
     browser.execute_script(  # which pointers the page saw
         "window.pointerTypes = new Set(); document.getElementById('canvas')."
         "addEventListener('pointerdown', (e) => pointerTypes.add(e.pointerType))")
@@ -933,6 +935,7 @@ def test_in_a_browser_digits_drawn_with_the_pointer_and_photos_are_read(server, 
     bars = browser.find_elements(By.CSS_SELECTOR, "#bars li")
     assert [bar.get_attribute("data-name") for bar in bars] == [str(k) for k in range(10)]
     assert browser.find_element(By.ID, "seen").get_attribute("src").startswith("data:image/png")
+    assert caption.is_displayed()
     path = screenshot_path(tmp_path)
     write_atomic(path, lambda file: file.write(browser.get_screenshot_as_png()))
     assert Image.open(path).size[0] > 0
