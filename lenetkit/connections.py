@@ -23,6 +23,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 BUSY = "the server is busy: try again in a moment"
+# A refused body that stops coming for this long is not waited for (as Apache's lingering close).
+LINGER_IDLE = 2.0
 log = logging.getLogger("lenetkit.server")
 
 
@@ -46,7 +48,7 @@ def uvicorn_config(app: Any, limits: Limits) -> uvicorn.Config:
     """uvicorn's settings for serving `app` within `limits`: h11, whose limits are set here, and
     the Protocol below; the server's own log lines, only those that say of a problem."""
     config = uvicorn.Config(
-        app, http=Protocol, lifespan="off", log_config=None, log_level="warning",
+        app, http=Protocol, ws="none", lifespan="off", log_config=None, log_level="warning",
         access_log=False, server_header=False, date_header=False,
         h11_max_incomplete_event_size=limits.max_head_bytes,
         timeout_keep_alive=math.ceil(limits.client_timeout), timeout_graceful_shutdown=5)
@@ -65,18 +67,20 @@ class Protocol(H11Protocol):
         self.limits: Limits = self.config.limits  # type: ignore[attr-defined]
         self.head_timer: asyncio.TimerHandle | None = None
         self.over_limit = len(self.connections) > self.limits.max_connections
+        self.stopping = False
         self.linger = Lingering(transport, self)
         self.transport = self.linger  # type: ignore[assignment]  # uvicorn's closes too
         self.watch_head()
 
     def body_may_come(self) -> bool:
-        """Whether the client may still be sending its request: its body, unread, or (past the
-        bound of connections) all of it."""
-        return self.over_limit or self.conn.their_state is h11.SEND_BODY
+        """Whether the client may still be sending the body of a request that was answered
+        before it was read (a refusal), and the server goes on serving."""
+        return not self.stopping and self.conn.their_state in (h11.SEND_BODY, h11.ERROR)
 
     def data_received(self, data: bytes) -> None:
         if self.linger.lingering:
-            return  # a refused request's body: dropped
+            self.linger.heard()  # a refused request's body: dropped
+            return
         if self.over_limit:
             # Answered once its request has arrived: a reply written before it, then a close
             # with the request unread, can be lost to a reset.
@@ -129,7 +133,8 @@ class Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
-        self.linger.stop_lingering()  # the server stops: no waiting for a refused body
+        self.stopping = True  # the server stops: no waiting for a refused body
+        self.linger.stop_lingering()
         super().shutdown()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's: a bool
@@ -174,12 +179,13 @@ class Lingering:
     sends with a reset, and a reset drops the refusal sent before it: a client that sends a whole
     body before it reads (Python's urllib and http.client) never sees its 413. So while the body
     may still come, close() sends what was written and then the connection's end (write_eof), and
-    drops what arrives until the client closes its side or the body's deadline passes."""
+    drops what arrives until the client closes its side, sends nothing for LINGER_IDLE seconds,
+    or the body's deadline passes."""
 
     def __init__(self, transport: asyncio.Transport, protocol: Protocol) -> None:
         self.transport, self.protocol = transport, protocol
         self.lingering = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timers: list[asyncio.TimerHandle] = []
 
     def __getattr__(self, name: str) -> Any:  # write, pause_reading, get_extra_info, ...
         return getattr(self.transport, name)
@@ -196,13 +202,20 @@ class Lingering:
         self.lingering = True
         self.transport.write_eof()
         self.transport.resume_reading()
-        self.timer = self.protocol.loop.call_later(self.protocol.limits.body_deadline,
-                                                   self.stop_lingering)
+        loop = self.protocol.loop
+        self.timers = [loop.call_later(self.protocol.limits.body_deadline, self.stop_lingering),
+                       loop.call_later(LINGER_IDLE, self.stop_lingering)]
+
+    def heard(self) -> None:
+        """More of the refused body came: the idle wait starts again."""
+        if len(self.timers) == 2:  # not stopped
+            self.timers[1].cancel()
+            self.timers[1] = self.protocol.loop.call_later(LINGER_IDLE, self.stop_lingering)
 
     def stop_lingering(self) -> None:
-        """Closes a lingering connection now (the deadline passed, or the server stops)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """Closes a lingering connection now (a wait is over, or the server stops)."""
+        for timer in self.timers:
+            timer.cancel()
+        self.timers = []
         if self.lingering:
             self.transport.close()

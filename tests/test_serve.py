@@ -559,11 +559,13 @@ def test_a_body_that_trickles_in_too_slowly_gets_408(shipped):
     with running(shipped, client_timeout=5, body_deadline=0.5) as server:
         with socket.create_connection(server.server_address[:2], timeout=10) as slow:
             slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-            # A byte every 0.1 s, on past the deadline: the server drains what comes after its
-            # answer, as a reset for bytes it left unread would drop the answer.
-            for _ in range(10):
+            # A byte every 0.1 s until the answer comes, and more after it: the server drains
+            # them, as a reset for bytes it left unread would drop the answer.
+            for _ in range(30):
                 slow.sendall(b"x")
-                time.sleep(0.1)
+                if select.select([slow], [], [], 0.1)[0]:
+                    break
+            slow.sendall(b"xx")
             slow.shutdown(socket.SHUT_WR)
             answer = received(slow)
         assert answer.startswith(b"HTTP/1.1 408 ") and b"too slowly" in answer
