@@ -183,7 +183,7 @@ def on_ground(image: Image.Image) -> Image.Image:
     if "a" in image.getbands():  # premultiplied alpha (La, RGBa): Pillow composites only LA, RGBA
         image = image.convert(image.mode.upper())
     if image.mode in GRAY_MODES and image.mode != "L" and "transparency" in image.info:
-        image = deep_gray_with_alpha(image)
+        return deep_gray_on_ground(image)
     if "A" not in image.getbands() and "transparency" not in image.info:
         return image
     image = image.convert("RGBA")
@@ -192,25 +192,38 @@ def on_ground(image: Image.Image) -> Image.Image:
     step = max(1, max(image.size) // WORK_SIDE)
     sample = image.convert("RGBa").reduce(step).convert("RGBA") if step > 1 else image
     opacity = np.asarray(sample.getchannel("A"), dtype=np.float32) / 255
-    ground = "white"
-    if 0 < opacity.mean() <= 1 - MOSTLY_CLEAR:
-        drawn = np.asarray(sample.convert("L"))[opacity > 0]
-        ground = "black" if (drawn < 128).mean() < DARK_ON_CLEAR else "white"
-    return Image.alpha_composite(Image.new("RGBA", image.size, ground), image)
+    black = light_on_clear(opacity, lambda: np.asarray(sample.convert("L"), np.float32) / 255)
+    return Image.alpha_composite(Image.new("RGBA", image.size, "black" if black else "white"),
+                                 image)
 
 
-def deep_gray_with_alpha(image: Image.Image) -> Image.Image:
-    """A 16-bit (or 32-bit) gray image with one level transparent (a PNG's tRNS) as 8-bit LA,
-    its levels scaled from its brightest opaque one: Pillow's RGBA clips them at 255, which would
-    paint it white. A transparency that is no one level is ignored (the image is opaque)."""
-    levels = np.asarray(image, dtype=np.float64)
+def light_on_clear(opacity: np.ndarray, levels: Callable[[], np.ndarray]) -> bool:
+    """Whether an image of `opacity` (0 or False: clear, up to 1 or True: opaque) is mostly
+    clear, and under DARK_ON_CLEAR of what is drawn on it is dark by its `levels` (0: black,
+    1: white; asked for only then): light ink on nothing, which wants a black ground."""
+    if not 0 < opacity.mean() <= 1 - MOSTLY_CLEAR:
+        return False
+    return float((levels()[opacity > 0] < 0.5).mean()) < DARK_ON_CLEAR
+
+
+def deep_gray_on_ground(image: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit, or float) gray image with one level transparent (a PNG's tRNS) on
+    its ground (on_ground's rule), as float levels: Pillow's RGBA would clip its levels at 255
+    and paint it white. White and black are 16-bit's own for a 16-bit image, else its brightest
+    and darkest (0 unless below). A transparency that is no one level is ignored."""
+    levels = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(levels).all():
+        raise ImageError("the image holds NaN or infinite pixel values")
     transparent = image.info["transparency"]
-    clear = (levels == transparent if type(transparent) in (int, float)
-             else np.zeros(levels.shape, bool))
-    top = levels[~clear].max() if not clear.all() else 1.0
-    gray = np.clip(np.round(levels / max(top, 1e-12) * 255), 0, 255).astype(np.uint8)
-    alpha = np.where(clear, 0, 255).astype(np.uint8)
-    return Image.merge("LA", [Image.fromarray(gray), Image.fromarray(alpha)])
+    if type(transparent) not in (int, float) or not (clear := levels == transparent).any():
+        return image
+    opaque = ~clear if not clear.all() else True  # min and max over these, without a copy
+    low, high = ((0.0, 65535.0) if image.mode.startswith("I;16")
+                 else (min(float(levels.min(initial=np.inf, where=opaque)), 0.0),
+                       float(levels.max(initial=-np.inf, where=opaque))))
+    black = light_on_clear(~clear, lambda: (levels - low) / max(high - low, 1e-12))
+    levels[clear] = low if black else high
+    return Image.fromarray(levels)
 
 
 def preprocess_digit(image: Image.Image, box: int = 20, size: int = 28) -> Tensor:
