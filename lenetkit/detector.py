@@ -25,11 +25,11 @@ HYP = {
 
 def train_detector(digits: Tensor, negatives: Tensor, epochs: int, batch_size: int,
                    generator: torch.Generator,
-                   distort: Callable[[Tensor], Tensor] | None = None) -> nn.Module:
-    """A LeNet of one logit (a digit: positive), trained for `epochs` passes over `digits`
-    (normalized, N x 1 x 28 x 28) against `negatives` (normalized likewise), each batch through
-    `distort`; its batches and negatives are drawn by `generator`."""
-    detector = LeNet(num_classes=1).to(digits.device)
+                   distort: Callable[[Tensor], Tensor] | None = None, scale: int = 1) -> nn.Module:
+    """A LeNet of one logit (a digit: positive) and `scale` times LeNet-5's channels, trained for
+    `epochs` passes over `digits` (normalized, N x 1 x 28 x 28) against `negatives` (normalized
+    likewise), each batch through `distort`; its batches and negatives are drawn by `generator`."""
+    detector = LeNet(num_classes=1, scale=scale).to(digits.device)
     starts = range(0, max(len(digits) - batch_size, 0) + 1, batch_size)  # whole batches only
     optimizer = torch.optim.AdamW(detector.parameters(), lr=HYP["lr"],
                                   weight_decay=HYP["weight_decay"])
@@ -56,9 +56,15 @@ def train_detector(digits: Tensor, negatives: Tensor, epochs: int, batch_size: i
 
 def detected(reader_state: dict[str, Tensor], model_args: dict,
              detector: nn.Module) -> DetectedLeNet:
-    """The one network of a trained LeNet (its `reader_state` and `model_args`, as a model record
-    holds them) and its trained `detector`."""
+    """The one network of a trained LeNet (its `reader_state`) and its trained `detector`, built
+    with `model_args` (DetectedLeNet's: the reader's, and the detector's scale where not 1)."""
     model = DetectedLeNet(**model_args)
     model.reader.load_state_dict(reader_state)
     model.detector.load_state_dict(detector.state_dict())
     return model.eval()
+
+
+def detector_args(scale: int) -> dict:
+    """DetectedLeNet's arguments beyond the reader's for a detector of `scale`: none for LeNet-5's
+    own widths, as model files held before detectors could be wider."""
+    return {"detector_scale": scale} if scale != 1 else {}

@@ -22,7 +22,8 @@ MIN_WIDTH, MAX_WIDTH = 4, 128
 
 
 class LeNet(nn.Module):
-    """LeNet-5 as in LeCun et al. (1998), with ReLU: 61,706 parameters for 10 classes.
+    """LeNet-5 as in LeCun et al. (1998), with ReLU: 61,706 parameters for 10 classes; with
+    `scale`, that many times its channels and units in every layer.
 
     Input (N, 1, 28, 28); the 2-pixel padding of the first convolution stands in
     for the original 32x32 input. Returns logits; apply softmax for probabilities.
@@ -30,23 +31,24 @@ class LeNet(nn.Module):
 
     input_shape = (1, 28, 28)
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, scale: int = 1) -> None:
         super().__init__()
+        first, second, hidden, last = (scale * size for size in (6, 16, 120, 84))
         self.features = nn.Sequential(
-            nn.Conv2d(1, 6, kernel_size=5, padding=2),  # 6 x 28 x 28
+            nn.Conv2d(1, first, kernel_size=5, padding=2),  # 6 x 28 x 28
             nn.ReLU(),
             nn.AvgPool2d(2),  # 6 x 14 x 14
-            nn.Conv2d(6, 16, kernel_size=5),  # 16 x 10 x 10
+            nn.Conv2d(first, second, kernel_size=5),  # 16 x 10 x 10
             nn.ReLU(),
             nn.AvgPool2d(2),  # 16 x 5 x 5
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120),
+            nn.Linear(second * 5 * 5, hidden),
             nn.ReLU(),
-            nn.Linear(120, 84),
+            nn.Linear(hidden, last),
             nn.ReLU(),
-            nn.Linear(84, num_classes),
+            nn.Linear(last, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -61,14 +63,15 @@ class DetectedLeNet(nn.Module):
     as one network of 10 outputs: log p(class | a digit) + log p(a digit). Their softmax is the
     reader's own probabilities, since adding one number to every output changes none, and their
     logsumexp (the energy score, digitscore.py) is log p(a digit): everything that takes logits
-    takes these. The reader trains first, then the detector (detector.py)."""
+    takes these. The reader trains first, then the detector (detector.py), a LeNet of
+    `detector_scale` times the channels."""
 
     input_shape = LeNet.input_shape
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, detector_scale: int = 1) -> None:
         super().__init__()
         self.reader = LeNet(num_classes)
-        self.detector = LeNet(1)  # one logit: a digit or not
+        self.detector = LeNet(1, detector_scale)  # one logit: a digit or not
 
     def forward(self, x: Tensor) -> Tensor:
         return F.log_softmax(self.reader(x), dim=1) + F.logsigmoid(self.detector(x))

@@ -209,6 +209,12 @@ def _check_weights(field: _Field, record: dict) -> None:
     for name, value in field.mapping("state_dict", record["state_dict"]).items():
         if not isinstance(value, Tensor) or value.is_complex() or value.dtype == torch.bool:
             raise field.fail(f"state_dict[{name!r}]", "a tensor of real numbers", value)
+        # A tensor whose numbers are repeated by its strides (an expanded one) stores fewer than
+        # it holds: a small file could build a network of any size. torch.save stores them all.
+        if value.untyped_storage().nbytes() < value.numel() * value.element_size():
+            raise ModelFileError(f"{field.source}: state_dict[{name!r}] stores fewer numbers "
+                                 f"than its shape {tuple(value.shape)} holds (its strides repeat "
+                                 "them); refusing to load it")
     _check_fit(record, field.source)
     if not all(torch.isfinite(value).all() for value in record["state_dict"].values()):
         raise ModelFileError(f"{field.source} holds NaN or infinite weights")

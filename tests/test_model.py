@@ -41,6 +41,21 @@ def test_a_detected_lenet_gives_its_readers_probabilities_and_its_chance_of_a_di
                                torch.sigmoid(model.detector(images)).log().squeeze(1))
 
 
+def test_a_scaled_lenet_has_that_many_times_the_channels_and_units_in_every_layer():
+    widths = lambda model: [layer.weight.shape[0] for layer in model.modules()  # noqa: E731
+                            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert widths(LeNet(num_classes=1)) == [6, 16, 120, 84, 1]
+    assert widths(LeNet(num_classes=1, scale=2)) == [12, 32, 240, 168, 1]
+    assert LeNet(scale=3)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_detected_lenets_detector_can_be_wider_than_its_reader():
+    model = DetectedLeNet(detector_scale=2)
+    assert count_parameters(model.reader) == 61_706
+    assert count_parameters(model.detector) == count_parameters(LeNet(1, scale=2))
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
 def test_build_model_rejects_an_unknown_architecture_by_name():
     with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):
         build_model("resnet9000")

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import lenetkit.export
 import lenetkit.modelfile
-from lenetkit.model import CifarNet, LeNet
+from lenetkit.detector import detected, detector_args
+from lenetkit.model import DETECTED, CifarNet, LeNet
 from lenetkit.modelfile import (
     MODEL_KEYS,
     ModelFileError,
@@ -52,6 +53,20 @@ def test_a_saved_model_loads_in_eval_mode_and_gives_identical_outputs(tmp_path):
     assert not loaded.training
     images = torch.randn(16, 1, 28, 28)
     assert torch.equal(loaded(images), original(images))
+
+
+def test_a_model_with_a_wider_detector_names_its_scale_and_reads_back_as_saved(tmp_path):
+    torch.manual_seed(0)
+    reader, detector = LeNet().state_dict(), LeNet(1, scale=2).eval()
+    args = {"num_classes": 10, **detector_args(2)}
+    model = detected(reader, args, detector)
+    path = tmp_path / "wide.pth"
+    save_model(model_record(model, DETECTED, args, "mnist", NORMALIZATION, CLASSES, {}), path)
+    assert read_model_file(path)["model_args"] == {"num_classes": 10, "detector_scale": 2}
+    images = torch.randn(4, 1, 28, 28)
+    assert torch.equal(load_model(path)(images), model(images))
+    # LeNet-5's own widths are named by nothing, as files written before wider detectors
+    assert detector_args(1) == {}
 
 
 def test_a_model_file_carries_its_description_and_metadata(model_file):
@@ -292,7 +307,8 @@ WRONG_FIELDS = {
     "model_args a list": (setting("model_args", [10]),
                           r"model_args must be a dict with text keys, not list"),
     "model_args with an unknown key": (setting("model_args", {"num_classes": 10, "depth": 3}),
-                                       r"model_args must be a dict of num_classes, not dict"),
+                                       r"model_args must be a dict of num_classes, scale, "
+                                       r"not dict"),
     "model_args a string count": (setting("model_args.num_classes", "10"),
                                   r"model_args.num_classes must be a positive whole number"),
     "model_args an overflowing count": (setting("model_args.num_classes", 10 ** 30),
@@ -414,6 +430,20 @@ def test_an_unused_large_tensor_stored_plainly_is_refused_before_the_network_is_
     with pytest.raises(ModelFileError, match="unexpected junk"):
         load_model(tmp_path / "padded.pth")
     assert devices == ["meta"]  # compared on the meta device: nothing allocated for the network
+
+
+def test_weights_whose_strides_repeat_a_few_stored_numbers_are_refused(tmp_path):
+    """An expanded tensor stores one number for its whole shape: with a wide network's shape, a
+    file of a few KB would fill memory once the network is built."""
+    scale = 64
+    record = model_record(LeNet(scale=scale), "lenet", {"num_classes": 10, "scale": scale},
+                          "mnist", NORMALIZATION, CLASSES, {})
+    record["state_dict"] = {name: torch.zeros(1).expand(weights.shape)
+                            for name, weights in record["state_dict"].items()}
+    save_model(record, tmp_path / "expanded.pth")
+    assert (tmp_path / "expanded.pth").stat().st_size < 20_000
+    with pytest.raises(ModelFileError, match=r"stores fewer numbers than its shape \(384, 1, 5"):
+        load_model(tmp_path / "expanded.pth")
 
 
 def test_a_deflated_copy_of_a_real_model_file_is_refused_too(model_file, tmp_path):

@@ -3,11 +3,13 @@ training digits, and write the model file for `bench.py --photos --split val --m
 (docs/photos.md, "A fine pen"). Validation only: the shipped model is not touched.
 
     python tools/pen_trial.py --share 0.1 --out runs/pen-0.1.pth
+    python tools/pen_trial.py --share 0.25 --detector-scale 2 --out runs/pen-s2-0.25.pth
 
 On a random `--share` of each batch, digits and non-digits alike (so that the pen's width does
 not tell them apart), the strokes are thinned to their middle lines (photos.skeleton, at twice
 the resolution) and drawn again with a pen of `--pen` pixels at 28x28: a fine pen's digit as
-the preprocessing frames it. The rest is the shipped recipe's detector training (detector.py).
+the preprocessing frames it. `--detector-scale` widens the detector (its channels and units,
+model.LeNet's `scale`). The rest is the shipped recipe's detector training (detector.py).
 """
 
 import argparse
@@ -29,7 +31,7 @@ from lenetkit.cli import (
 )
 from lenetkit.config import TrainConfig, read_recipe
 from lenetkit.datasets import DATASETS, black
-from lenetkit.detector import detected, train_detector
+from lenetkit.detector import detected, detector_args, train_detector
 from lenetkit.environment import PRETRAINED_MODEL_PATH, PROJECT_DIR
 from lenetkit.model import DETECTED
 from lenetkit.modelchoice import is_default_model
@@ -65,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of each batch redrawn with a fine pen (0: none)")
     parser.add_argument("--pen", type=positive_float, nargs=2, default=[0.7, 1.3],
                         metavar=("THINNEST", "WIDEST"), help="pen widths at 28x28, in pixels")
+    parser.add_argument("--detector-scale", type=int, choices=range(1, 5), default=1,
+                        metavar="1-4", help="the detector's channels, in times LeNet-5's")
     parser.add_argument("--epochs", type=epoch_count, default=None,
                         help="detector epochs (default: the recipe's)")
     parser.add_argument("--out", type=writable_file, required=True, help="model file to write")
@@ -104,11 +108,16 @@ def main() -> None:
               for name, weights in shipped["state_dict"].items() if name.startswith("reader.")}
     started = time.perf_counter()
     epochs = args.epochs or config.detector_epochs
-    detector = train_detector(x_train, negatives, epochs, config.batch_size, generator, distort)
+    detector = train_detector(x_train, negatives, epochs, config.batch_size, generator, distort,
+                              scale=args.detector_scale)
     print(f"detector: {time.perf_counter() - started:.1f}s")
-    trial = {"pen_trial": {"share": args.share, "pen": args.pen, "epochs": epochs}}
-    record = {**shipped, **model_record(detected(reader, shipped["model_args"], detector),
-                                        DETECTED, shipped["model_args"], shipped["dataset"],
+    trial = {"pen_trial": {"share": args.share, "pen": args.pen, "epochs": epochs,
+                           "detector_scale": args.detector_scale}}
+    reader_args = {name: value for name, value in shipped["model_args"].items()
+                   if name != "detector_scale"}
+    model_args = {**reader_args, **detector_args(args.detector_scale)}
+    record = {**shipped, **model_record(detected(reader, model_args, detector),
+                                        DETECTED, model_args, shipped["dataset"],
                                         shipped["normalization"], shipped["classes"],
                                         {**shipped["metadata"], **trial})}
     record["digit_score"] = calibrated_score(record, x_val, args.data_dir, device)
