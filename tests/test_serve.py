@@ -1015,6 +1015,27 @@ def canvas_ink(driver) -> int:
 
 @pytest.mark.slow
 @needs_browser
+@needs_real_mnist
+def test_in_a_browser_a_photo_over_the_servers_limit_is_shrunk_and_read(shipped, browser,
+                                                                        tmp_path):
+    """A 48 MP phone's JPEG can be over the 8 MiB a body may hold: the page sends it smaller
+    (here the limit is lowered, so that a small photo is over it)."""
+    images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
+    photo, _ = photos.render(images[0].numpy(), "phone photo", seed=0)
+    grain = np.random.default_rng(0).normal(0, 12, (2400, 3200, 1))
+    large = np.asarray(photo.convert("RGB").resize((3200, 2400)), np.float32) + grain
+    path = tmp_path / "large.jpg"
+    Image.fromarray(large.clip(0, 255).astype(np.uint8)).save(path, quality=95)
+    limit = 1_000_000
+    assert path.stat().st_size > limit
+    with running(shipped, max_body_bytes=limit) as server:
+        open_page(browser, server)
+        drop_file(browser, path)
+        assert reading(browser) == str(int(labels[0]))
+
+
+@pytest.mark.slow
+@needs_browser
 def test_in_a_browser_a_right_button_drag_draws_nothing(server, browser):
     """The right button opens the browser's menu; it drew a stroke too."""
     from selenium.webdriver.common.actions import interaction

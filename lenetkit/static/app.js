@@ -12,6 +12,9 @@ const DEBOUNCE_MS = 120;
 // A drawing less than this many pen widths across is mostly stroke: the model sees a blob and
 // answers with confidence (an 8), so the page answers that it is too small to read.
 const SMALLEST_DRAWING = 3.5;
+// A photo over the server's limit on a body (a 48 or 50 MP phone's JPEG) is sent as a JPEG of
+// at most this many pixels a side, a 12 MP phone's, smaller again until it fits.
+const SHRUNK_SIDE = 4000;
 
 let classes = [];
 let canDraw = false;
@@ -22,6 +25,7 @@ let timer = null;
 let sending = false;
 let again = false;
 let extent = null; // the box of the pen's path on the canvas: [left, top, right, bottom]
+let maxBody = Infinity; // the server's limit on a body, from /health
 
 function blank() {
   extent = null;
@@ -255,6 +259,7 @@ function sendPhoto(file) {
   const url = URL.createObjectURL(file);
   const preview = new Image();
   const mine = version;
+  const tooLarge = file.size > maxBody;
   preview.onload = () => { // the photo on the canvas, whole, as a preview
     URL.revokeObjectURL(url);
     if (version !== mine) return; // cleared, drawn on or replaced while it loaded
@@ -263,9 +268,33 @@ function sendPhoto(file) {
     pen.fillStyle = ground(preview);
     pen.fillRect((canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
     pen.drawImage(preview, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+    if (tooLarge) sendShrunk(preview, file, mine, SHRUNK_SIDE);
   };
+  // One the browser can't decode goes as it is: the server says what is wrong with it.
+  preview.onerror = () => { if (tooLarge) predict(file, mine); };
   preview.src = url;
-  predict(file, mine); // the file itself: the server reads it as a photo
+  if (!tooLarge) predict(file, mine); // the file itself: the server reads it as a photo
+}
+
+function sendShrunk(image, file, mine, side) {
+  // The photo as a JPEG of at most `side` pixels a side, on the ground the server would give
+  // it; smaller again while it is over the server's limit (down to a quarter of SHRUNK_SIDE).
+  const scale = Math.min(1, side / Math.max(image.naturalWidth, image.naturalHeight));
+  const small = document.createElement("canvas");
+  small.width = Math.max(1, Math.round(image.naturalWidth * scale));
+  small.height = Math.max(1, Math.round(image.naturalHeight * scale));
+  const context = small.getContext("2d");
+  context.fillStyle = ground(image);
+  context.fillRect(0, 0, small.width, small.height);
+  context.imageSmoothingQuality = "high";
+  context.drawImage(image, 0, 0, small.width, small.height);
+  small.toBlob((blob) => {
+    if (blob && blob.size > maxBody && side > SHRUNK_SIDE / 4) {
+      sendShrunk(image, file, mine, side * 0.7);
+    } else {
+      predict(blob || file, mine);
+    }
+  }, "image/jpeg", 0.92);
 }
 
 $("clear").addEventListener("click", clearAll);
@@ -288,6 +317,7 @@ drop.addEventListener("drop", (event) => {
 
 function describe(model) {
   classes = model.classes;
+  maxBody = model.max_body_bytes || Infinity;
   canDraw = model.dataset === "mnist";
   canvas.classList.toggle("photo-only", !canDraw);
   if (canDraw) {
