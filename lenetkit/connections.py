@@ -154,6 +154,10 @@ class Protocol(H11Protocol):
         cycle.keep_alive = False
         return True
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """A request to upgrade (to WebSocket, say) is answered as HTTP, as any other: uvicorn's
+        two lines advising a WebSocket library are not for a server that serves none."""
+
     def send_400_response(self, msg: str) -> None:
         """h11 refused the request (uvicorn logs one line): not HTTP/1.1 as h11 reads it."""
         self.refuse(400, "not a valid HTTP/1.1 request", logged=True)

@@ -254,6 +254,16 @@ def test_a_client_that_sends_the_whole_oversized_body_before_reading_gets_the_41
         assert "over the limit" in refusal(server, "POST", "/predict", too_large, expected=413)
 
 
+def test_a_websocket_upgrade_is_answered_as_http_without_advice_to_install_one(server, caplog):
+    request = (b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"
+               b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    answer = raw_exchange(server, request, wait=5)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"status": "ok"' in answer
+    assert not [record for record in caplog.records if "upgrade" in record.getMessage().lower()
+                or "WebSocket" in record.getMessage()]
+
+
 def test_a_body_without_a_content_length_is_refused(server):
     answer = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 411 ") and b"no Content-Length" in answer
