@@ -1030,6 +1030,8 @@ def test_in_a_browser_a_photo_over_the_servers_limit_is_shrunk_and_read(shipped,
                                                                         tmp_path):
     """A 48 MP phone's JPEG can be over the 8 MiB a body may hold: the page sends it smaller
     (here the limit is lowered, so that a small photo is over it)."""
+    from selenium.webdriver.common.by import By
+
     images, labels = load_dataset(REAL_DATA_DIR, train=False, download=False)
     photo, _ = photos.render(images[0].numpy(), "phone photo", seed=0)
     grain = np.random.default_rng(0).normal(0, 12, (2400, 3200, 1))
@@ -1042,6 +1044,12 @@ def test_in_a_browser_a_photo_over_the_servers_limit_is_shrunk_and_read(shipped,
         open_page(browser, server)
         drop_file(browser, path)
         assert reading(browser) == str(int(labels[0]))
+        junk = tmp_path / "photo.heic"  # a format the browser can't decode: not sent at all
+        junk.write_bytes(bytes(limit + 1))
+        drop_file(browser, junk)
+        assert reading(browser) == "?"
+        error = browser.find_element(By.ID, "error").text
+        assert error.startswith("not an image this browser can read, and over the server's")
 
 
 @pytest.mark.slow

@@ -135,6 +135,10 @@ async function predict(file, sent, box = null) {
   } catch (error) {
     answer = { error: `no answer from the server (${error.message})` };
   }
+  answered(answer, sent, box);
+}
+
+function answered(answer, sent, box = null) {
   if (sent < shown) return; // an answer for an image cleared or replaced since
   shown = sent;
   show(answer, box);
@@ -270,15 +274,24 @@ function sendPhoto(file) {
     pen.drawImage(preview, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
     if (tooLarge) sendShrunk(preview, file, mine, SHRUNK_SIDE);
   };
-  // One the browser can't decode goes as it is: the server says what is wrong with it.
-  preview.onerror = () => { if (tooLarge) predict(file, mine); };
+  preview.onerror = () => {
+    URL.revokeObjectURL(url);
+    // Under the limit, the file is on its way: the server says what is wrong with it.
+    if (tooLarge) {
+      const megabytes = (maxBody / 2 ** 20).toFixed(0);
+      answered({ error: `not an image this browser can read, and over the server's limit of ` +
+                        `${megabytes} MiB: send a PNG or a JPEG` }, mine);
+    }
+  };
   preview.src = url;
   if (!tooLarge) predict(file, mine); // the file itself: the server reads it as a photo
 }
 
 function sendShrunk(image, file, mine, side) {
   // The photo as a JPEG of at most `side` pixels a side, on the ground the server would give
-  // it; smaller again while it is over the server's limit (down to a quarter of SHRUNK_SIDE).
+  // it; smaller again while it is over the server's limit (down to about a quarter of
+  // SHRUNK_SIDE), unless the image has been cleared or replaced meanwhile.
+  if (version !== mine) return;
   const scale = Math.min(1, side / Math.max(image.naturalWidth, image.naturalHeight));
   const small = document.createElement("canvas");
   small.width = Math.max(1, Math.round(image.naturalWidth * scale));
@@ -289,6 +302,7 @@ function sendShrunk(image, file, mine, side) {
   context.imageSmoothingQuality = "high";
   context.drawImage(image, 0, 0, small.width, small.height);
   small.toBlob((blob) => {
+    if (version !== mine) return;
     if (blob && blob.size > maxBody && side > SHRUNK_SIDE / 4) {
       sendShrunk(image, file, mine, side * 0.7);
     } else {
