@@ -182,10 +182,9 @@ class Lingering:
     A close with bytes of the request unread makes the server's system answer the client's next
     ones with a reset, and the client's system, getting it, drops the refusal sent before it: a
     client that sends a whole body before it reads (Python's urllib and http.client) never sees
-    its 413. So while the body
-    may still come, close() sends what was written and then the connection's end (write_eof), and
-    drops what arrives until the client closes its side, sends nothing for LINGER_IDLE seconds,
-    or the body's deadline passes."""
+    its 413. So while the body may still come, close() sends what was written and then the
+    connection's end (write_eof), and drops what arrives until the client closes its side, sends
+    nothing for LINGER_IDLE seconds, or the body's deadline passes."""
 
     def __init__(self, transport: asyncio.Transport, protocol: Protocol) -> None:
         self.transport, self.protocol = transport, protocol
