@@ -161,10 +161,15 @@ def to_grayscale(image: Image.Image, side: int | None = None, black: bool = Fals
         scale = side / max(image.size)
         fit = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.convert("F").resize(fit, Image.Resampling.BOX)
-    gray = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(gray).all():
+    return stretched(pixel_levels(image), black)
+
+
+def pixel_levels(image: Image.Image) -> np.ndarray:
+    """The image's levels as float32, every one a number (else an ImageError)."""
+    levels = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(levels).all():
         raise ImageError("the image holds NaN or infinite pixel values")
-    return stretched(gray, black)
+    return levels
 
 
 def stretched(gray: np.ndarray, black: bool = False) -> np.ndarray:
@@ -211,9 +216,7 @@ def deep_gray_on_ground(image: Image.Image) -> Image.Image:
     its ground (on_ground's rule), as float levels: Pillow's RGBA would clip its levels at 255
     and paint it white. White and black are 16-bit's own for a 16-bit image, else its brightest
     and darkest (0 unless below). A transparency that is no one level is ignored."""
-    levels = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(levels).all():
-        raise ImageError("the image holds NaN or infinite pixel values")
+    levels = pixel_levels(image)
     transparent = image.info["transparency"]
     if type(transparent) not in (int, float) or not (clear := levels == transparent).any():
         return image
