@@ -225,6 +225,8 @@ def deep_gray_on_ground(image: Image.Image) -> Image.Image:
                  else (min(float(levels.min(initial=np.inf, where=opaque)), 0.0),
                        float(levels.max(initial=-np.inf, where=opaque))))
     black = light_on_clear(~clear, lambda: (levels - low) / max(high - low, 1e-12))
+    if not levels.flags.writeable:  # a float image's levels are Pillow's own (16-bit's a copy)
+        levels = levels.copy()
     levels[clear] = low if black else high
     return Image.fromarray(levels)
 

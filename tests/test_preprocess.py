@@ -125,6 +125,9 @@ def test_a_16_bit_png_with_a_transparent_level_reads_as_the_same_digit(tmp_path)
     sixteen_bit = read_image(tmp_path / "clear.png")
     assert sixteen_bit.mode.startswith("I;16") and sixteen_bit.info["transparency"] == 1234
     assert torch.allclose(preprocess_digit(sixteen_bit), preprocess_digit(eight_bit), atol=0.02)
+    floats = Image.fromarray(levels.astype(np.float32) / 65535)  # the Python API's float image
+    floats.info["transparency"] = 1234 / 65535
+    assert torch.allclose(preprocess_digit(floats), preprocess_digit(eight_bit), atol=0.02)
 
 
 def test_a_small_digit_is_scaled_up_to_fill_the_20_pixel_box():
