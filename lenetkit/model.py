@@ -33,6 +33,7 @@ class LeNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, scale: int = 1) -> None:
         super().__init__()
+        # The shapes noted below are scale 1's; each count of channels or units is scale times it.
         first, second, hidden, last = (scale * size for size in (6, 16, 120, 84))
         self.features = nn.Sequential(
             nn.Conv2d(1, first, kernel_size=5, padding=2),  # 6 x 28 x 28
