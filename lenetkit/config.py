@@ -146,6 +146,14 @@ class TrainConfig:
                                    help="mnist lenet: after training, passes of a second LeNet "
                                         "that learns digits from non-digits (detector.py); its "
                                         "probability of a digit becomes the digit score; 0: none")
+    detector_scale: int = setting(1, "model", type=lambda text: int_in_range(text, 1, 4),
+                                  help="mnist lenet: the detector's channels and units, in times "
+                                       "LeNet-5's")
+    detector_pen: float = setting(0.0, "optimisation", type=fraction,
+                                  help="mnist lenet: share of the detector's training images, "
+                                       "digits and non-digits alike, whose strokes are drawn "
+                                       "again with a fine pen (strokes.py), as a ballpoint's "
+                                       "digit is framed; 0: none")
 
 
 SETTINGS = tuple(entry.name for entry in fields(TrainConfig))
@@ -316,6 +324,10 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if config.detector_epochs and (config.dataset, config.arch) != ("mnist", "lenet"):
         parser.error(f"argument --detector-epochs: the detector is for mnist's lenet, not "
                      f"{config.dataset}'s {config.arch}")
+    for name in ("detector_scale", "detector_pen"):
+        if getattr(config, name) != getattr(TrainConfig, name) and not config.detector_epochs:
+            parser.error(f"argument {flag_of(name)}: there is no detector without "
+                         "--detector-epochs")
     if config.detector_epochs and not config.val_size:
         parser.error("argument --detector-epochs: its digit score is calibrated on the validation "
                      "split: --val-size 0 leaves none")

@@ -1,8 +1,9 @@
 """The digit detector of a trained MNIST LeNet (model.DetectedLeNet): a second LeNet, of one
 logit, that learns the training digits from the training split's non-digits (negatives.py).
 
-It sees both through the reader's own augmentation, so that no distortion tells the two apart,
-half as many non-digits as digits in each batch. The reader's weights are left exactly as trained:
+It sees both through the reader's own augmentation, and a share of both drawn again with a fine
+pen (TrainConfig.detector_pen), so that no distortion tells the two apart; half as many
+non-digits as digits in each batch. The reader's weights are left exactly as trained:
 unlike outlier exposure (TrainConfig.negatives), a detector costs no accuracy. Its probability
 of a digit is the digit score that training then calibrates (digitscore.py).
 """
@@ -14,13 +15,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from lenetkit.augmentation import on_share, uniform_between
 from lenetkit.model import DetectedLeNet, LeNet
+from lenetkit.strokes import fine_pen
 
 HYP = {
     "lr": 3e-3,  # AdamW's peak rate in a one-cycle schedule, as first tried: not tuned
     "weight_decay": 1e-4,  # a light hold on the weights; the augmentation does most regularizing
     "negative_share": 0.5,  # non-digits in a batch per digit, as outlier exposure has them
 }
+# A fine pen's widths at 28x28, in pixels (TrainConfig.detector_pen): a ballpoint's line as the
+# preprocessing frames it, once widened to preprocess.MIN_PEN_SHARE of the digit.
+FRAMED_PEN = (0.7, 1.3)
 
 
 def train_detector(digits: Tensor, negatives: Tensor, epochs: int, batch_size: int,
@@ -52,6 +58,21 @@ def train_detector(digits: Tensor, negatives: Tensor, epochs: int, batch_size: i
             optimizer.step()
             schedule.step()
     return detector.eval()
+
+
+def with_fine_pen(distort: Callable[[Tensor], Tensor] | None, share: float,
+                  generator: torch.Generator, background: float) -> Callable[[Tensor], Tensor]:
+    """`distort` (or nothing), then a random `share` of each batch, digits and non-digits alike
+    (so that the pen's width does not tell them apart), redrawn with a fine pen (FRAMED_PEN) on
+    the images' `background` level."""
+    def pen(batch: Tensor) -> Tensor:
+        widths = uniform_between(len(batch), generator, *FRAMED_PEN).float()
+        return fine_pen(batch, widths, background)
+
+    def distorted(batch: Tensor) -> Tensor:
+        return on_share(distort(batch) if distort is not None else batch, generator, pen, share)
+
+    return distorted
 
 
 def detected(reader_state: dict[str, Tensor], model_args: dict,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_model_file import lenet_record
 
+import lenetkit.detector
 import lenetkit.training
 from lenetkit.digitscore import KEEP_DIGITS, calibrate, check_digit_score, judge
 from lenetkit.environment import PRETRAINED_MODEL_PATH, default_model_path
@@ -197,6 +198,28 @@ def test_a_detector_adds_a_digit_score_and_leaves_the_reader_as_trained(tiny_dat
                for name, weights in record["state_dict"].items())
 
 
+def test_a_recipe_can_widen_its_detector_and_show_it_digits_drawn_with_a_fine_pen(
+        tiny_data, tmp_path, monkeypatch):
+    few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
+    monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
+    redrawn, fine_pen = [], lenetkit.detector.fine_pen
+
+    def counted(images, *args):
+        redrawn.append(len(images))
+        return fine_pen(images, *args)
+
+    monkeypatch.setattr(lenetkit.detector, "fine_pen", counted)
+    out = tmp_path / "model.pth"
+    run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1", "--seed", "3",
+             "--detector-epochs", "1", "--detector-scale", "2", "--detector-pen", "0.5",
+             *TINY_TRAINING)
+    record = read_model_file(out)
+    assert record["model_args"]["detector_scale"] == 2
+    assert record["state_dict"]["detector.features.0.weight"].shape[0] == 2 * 6
+    assert record["state_dict"]["reader.features.0.weight"].shape[0] == 6
+    assert sum(redrawn) > 0  # a share of the detector's training images, fine-penned
+
+
 def test_a_run_stopped_while_its_detector_trains_says_how_to_resume_and_resumes_to_one(
         tiny_data, tmp_path, monkeypatch):
     few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
@@ -224,6 +247,10 @@ def test_a_detector_is_for_the_digits_lenet_and_needs_a_validation_split(tiny_da
     result = run_main("train.py", "--data-dir", tiny_data, "--val-size", "0",
                       "--detector-epochs", "1", "--out", tmp_path / "model.pth", check=False)
     assert result.returncode == 2 and "--val-size 0 leaves none" in result.stderr
+    for flag, value in (("--detector-scale", "2"), ("--detector-pen", "0.2")):
+        result = run_main("train.py", "--data-dir", tiny_data, flag, value,
+                          "--out", tmp_path / "model.pth", check=False)
+        assert result.returncode == 2 and f"{flag}: there is no detector without" in result.stderr
 
 
 def test_negatives_are_for_digit_models_only(tiny_data, tmp_path):

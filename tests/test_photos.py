@@ -19,6 +19,7 @@ from lenetkit.environment import PRETRAINED_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.prediction import Prediction, Predictor, predict, read_number
 from lenetkit.preprocess import ImageError, preprocess_digit, read_image
+from lenetkit.strokes import fine_pen, skeleton
 
 import photos
 from conftest import PROJECT_DIR, needs_real_mnist, overlap, run_main
@@ -399,7 +400,7 @@ def test_only_strokes_narrower_than_the_pen_share_of_the_digit_are_widened():
 def test_the_fine_pen_condition_thins_a_digits_strokes_to_a_line_as_wide_as_its_pen():
     mask = np.zeros((60, 60), bool)
     mask[10:50, 20:32] = True  # a bar 12 pixels wide
-    middle = photos.skeleton(mask)
+    middle = skeleton(mask)
     assert middle.sum(axis=1)[15:45].max() == 1  # one pixel wide along its length
     assert middle[:, 20:32].any(axis=1).sum() >= 28  # and about as long
     drawn = np.asarray(photos.render(four(), "fine pen", seed=0)[0]) < 128
@@ -407,23 +408,21 @@ def test_the_fine_pen_condition_thins_a_digits_strokes_to_a_line_as_wide_as_its_
 
 
 def test_a_batch_thins_as_its_images_do_one_by_one():
-    """photos.skeleton takes a batch (N, H, W) too: pen_trial.py thins detector batches."""
+    """strokes.skeleton takes a batch (N, H, W) too: a detector's batches are thinned so."""
     masks = np.stack([four() > 127, np.rot90(four() > 127), np.zeros((28, 28), bool)])
-    assert np.array_equal(photos.skeleton(masks), np.stack([photos.skeleton(m) for m in masks]))
+    assert np.array_equal(skeleton(masks), np.stack([skeleton(m) for m in masks]))
 
 
-def test_the_detector_trials_fine_pen_redraws_a_stroke_as_a_line_about_as_wide_as_its_pen():
-    """pen_trial.fine_pen: a bar 4 pixels wide (normalized, on a dark ground) becomes a line a
+def test_a_fine_pen_redraws_a_batch_s_stroke_as_a_line_about_as_wide_as_its_pen():
+    """strokes.fine_pen: a bar 4 pixels wide (normalized, on a dark ground) becomes a line a
     pixel or a little more wide (at its brightest, as the preprocessing frames a digit), wider
     for a wider pen, as bright as the bar and as long; the ground stays as it was."""
-    import pen_trial
-
     ground, ink = -0.42, 2.8
     bar = torch.full((1, 1, 28, 28), ground)
     bar[..., 4:24, 12:16] = ink
     widths = []
     for pen in (0.7, 1.0, 1.3):
-        drawn = pen_trial.fine_pen(bar, torch.tensor([pen]), ground)[0, 0]
+        drawn = fine_pen(bar, torch.tensor([pen]), ground)[0, 0]
         across = (drawn[8:20] - ground).sum(dim=1) / (ink - ground)
         assert torch.allclose(across, across[0]) and 1 <= across[0] <= pen + 0.5
         widths.append(across[0])

@@ -1,7 +1,7 @@
 """MNIST digits drawn as a person draws on serve.py's page: pen strokes along each digit's
 centre line, blown up to the canvas, for bench_serve.py and the tests.
 
-A digit is thinned to a one-pixel skeleton (photos.skeleton), the skeleton is
+A digit is thinned to a one-pixel skeleton (lenetkit.strokes.skeleton), the skeleton is
 walked into polylines (each one a stroke: pen down, moves, pen up), and the strokes are
 drawn with a round-capped pen as the page's canvas draws them.
 """
@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-import photos
+from lenetkit.strokes import skeleton
 
 CANVAS_SIDE = 280  # the page's canvas, in pixels
 # The page's pen: about as thick as MNIST's strokes when a digit fills the canvas.
@@ -54,10 +54,10 @@ def digit_strokes(digit: np.ndarray, side: int = CANVAS_SIDE) -> list[Stroke]:
     """The pen strokes that draw `digit` (28x28 uint8, white on black) on a canvas of `side`
     pixels, as (x, y) points: its skeleton at the scale where 28 pixels fill the canvas."""
     large = Image.fromarray(digit).resize((28 * UPSCALE,) * 2, Image.Resampling.BILINEAR)
-    skeleton = photos.skeleton(np.asarray(large) > 100)
+    middle = skeleton(np.asarray(large) > 100)
     scale = side / (28 * UPSCALE)
     return [[((c + 0.5) * scale, (r + 0.5) * scale) for r, c in stroke]
-            for stroke in polylines(skeleton_edges(skeleton))]
+            for stroke in polylines(skeleton_edges(middle))]
 
 
 def drawing(strokes: list[Stroke], side: int = CANVAS_SIDE, pen: float = PEN_WIDTH) -> Image.Image:

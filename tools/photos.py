@@ -9,7 +9,8 @@ import io
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+
+from lenetkit.strokes import drawn_along, skeleton
 
 # One condition each, then everything at once ("phone photo"); the first rows are clean images.
 CLEAN_CONDITIONS = ("mnist 28x28", "redrawn", "fine pen", "scan")
@@ -36,41 +37,6 @@ def redrawn(digit: np.ndarray, pen: float | None = None) -> Image.Image:
     page = Image.new("L", (width + 120, 360), 255)
     page.paste(Image.fromarray(255 - glyphs), (10, 70))
     return page
-
-
-def skeleton(mask: np.ndarray) -> np.ndarray:
-    """The mask (H, W; or a batch of them, N, H, W) thinned to its middle lines, a pixel wide
-    (Zhang and Suen's thinning, 1984: a stroke's parts stay joined; a blob two pixels across can
-    vanish)."""
-    image = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]).astype(np.uint8)
-    while True:
-        removed = False
-        for first in (True, False):
-            p = image
-            # The eight neighbours, clockwise from the one above.
-            around = [p[..., :-2, 1:-1], p[..., :-2, 2:], p[..., 1:-1, 2:], p[..., 2:, 2:],
-                      p[..., 2:, 1:-1], p[..., 2:, :-2], p[..., 1:-1, :-2], p[..., :-2, :-2]]
-            up, right, down, left = around[0], around[2], around[4], around[6]
-            count = sum(neighbour.astype(np.int8) for neighbour in around)
-            turns = sum(((around[i] == 0) & (around[(i + 1) % 8] == 1)).astype(np.int8)
-                        for i in range(8))
-            side = (up * right * down == 0) & (right * down * left == 0) if first else \
-                (up * right * left == 0) & (up * down * left == 0)
-            drop = (p[..., 1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (turns == 1) & side
-            if drop.any():
-                image[..., 1:-1, 1:-1][drop] = 0
-                removed = True
-        if not removed:
-            return image[..., 1:-1, 1:-1].astype(bool)
-
-
-def drawn_along(middle: np.ndarray, pen: float, dtype: type = np.float64) -> np.ndarray:
-    """A round pen `pen` pixels wide drawn along the `middle` lines (a mask, H x W), its edge a
-    pixel soft: ink in [0, 1], computed in `dtype`."""
-    if not middle.any():
-        return np.zeros(middle.shape, dtype)
-    distance = ndimage.distance_transform_edt(~middle).astype(dtype)
-    return np.clip(dtype(pen / 2 + 0.5) - distance, 0, 1)
 
 
 def side_by_side(digits: np.ndarray) -> np.ndarray:
