@@ -71,6 +71,11 @@ MIN_PEN_SHARE = 0.05
 # The digit is the largest mark whose darkest pixel is at least this share of the darkest
 # mark's: a pen's stroke, not a shadow's edge.
 PEN_SHARE = 0.6
+# A hole in the ink is ink too where its level is within this share of the way from its ring's
+# ink to white: a blot, not a loop around paper.
+BLOT_LEVELS = 0.05
+# ... and the ring around it at least this dark on average (a pen's ink, not a grid's line).
+MIN_BLOT_DARKNESS = 0.5
 
 
 class ImageError(UserError):
@@ -387,8 +392,28 @@ def ink_darkness(gray: np.ndarray) -> np.ndarray:
     # outvoted the paper (light ink on a dark ground, which dividing by the paper's light hides).
     dark_ground = np.median(paper[::4, ::4]) < DARK_PAPER  # a sample is enough, and far faster
     if (darkness > ink_threshold(darkness)).mean() > 0.5 or dark_ground:
-        darkness = paper_darkness(1 - seen)
-    return darkness
+        seen = 1 - seen
+        darkness = paper_darkness(seen)
+    return with_blots_filled(seen, darkness)
+
+
+def with_blots_filled(gray: np.ndarray, darkness: np.ndarray) -> np.ndarray:
+    """`darkness` with each hole in the ink filled where `gray` there is no lighter than the ink
+    around it: a blot wider than the paper's closing is taken for paper in shadow, all but its
+    edge, and a ring is a fine pen's 0. A loop's hole holds paper, lighter than its ink."""
+    ink = darkness > ink_threshold(darkness)
+    holes, count = ndimage.label(ndimage.binary_fill_holes(ink) & ~ink)
+    if not count:
+        return darkness
+    index = np.arange(1, count + 1)
+    rings = np.where(ink, ndimage.grey_dilation(holes, size=3), 0)  # the ink along each hole
+    inside = ndimage.mean(gray, holes, index)
+    edge = ndimage.mean(gray, rings, index)
+    # A faint ring (a grid's cell on a page in shadow) is no pen's blot.
+    inked = ndimage.mean(darkness, rings, index) >= MIN_BLOT_DARKNESS
+    solid = inked & (inside <= edge + BLOT_LEVELS * (1 - edge))
+    fill = np.concatenate([[0.0], np.where(solid, ndimage.maximum(darkness, rings, index), 0)])
+    return np.maximum(darkness, fill[holes]).astype(darkness.dtype, copy=False)
 
 
 def paper_darkness(gray: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:

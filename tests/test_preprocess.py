@@ -74,6 +74,13 @@ def test_a_thick_light_digit_on_a_dark_grey_ground_reads_as_on_black(ground):
     assert str(predict(seven(ground), model=PRETRAINED_MODEL_PATH)).startswith("7 (")  # a digit
 
 
+def test_a_blot_wider_than_the_paper_s_light_stays_solid_where_a_0_keeps_its_hole():
+    blot = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(blot).ellipse((50, 50, 230, 230), fill=30)  # a felt pen's dot, or a stain
+    assert preprocess_digit(blot)[14, 14] > 0.5  # not its edge alone: a fine pen's 0
+    assert preprocess_digit(drawn_digit())[14, 14] < 0.1
+
+
 def test_grey_paper_and_a_colour_photo_work_like_black_and_white():
     reference = preprocess_digit(drawn_digit())
     grey = preprocess_digit(drawn_digit(ink=40, paper=200))
