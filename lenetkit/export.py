@@ -8,7 +8,8 @@ turns a training checkpoint (or a model file) into a lean model file: the best
 weights and their description, without optimizer state or history. train.py
 calls the same `save_model` at the end of every run. The ONNX formats (for ONNX
 Runtime; `pip install -r requirements-deploy.txt`) carry the same description in
-the file's metadata; INT8 is static quantization calibrated on training images.
+the file's metadata; INT8 is static quantization calibrated on training images (and
+non-digits, for a model that refuses them).
 """
 
 import argparse
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lenetkit.cli import add_data_dir, make_parser, positive_int, writable_file
 from lenetkit.datasets import load_dataset, normalize, training_indices
@@ -23,6 +25,8 @@ from lenetkit.environment import DEFAULT_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.modelchoice import check_replacement
 from lenetkit.modelfile import MODEL_SUFFIXES, read_model_file, save_model
+from lenetkit.negatives import KINDS as NEGATIVE_KINDS
+from lenetkit.negatives import TRAIN_SIZE, negative_inputs
 from lenetkit.onnxfiles import export_onnx
 
 # Each format's file name ending: the suffix of --out says the format when --format doesn't.
@@ -31,10 +35,17 @@ SUFFIXES = {"pth": MODEL_SUFFIXES, "onnx": (".onnx",), "onnx-int8": (".onnx",)}
 
 
 def calibration_images(record: dict, data_dir: Path, count: int) -> np.ndarray:
-    """`count` normalized images from the training split (never validation or test images)."""
+    """`count` normalized images from the training split (never validation or test images), and
+    for a model with a digit score half as many of the training split's non-digits: calibrated
+    on digits alone, the ranges clip the low scores that refuse a non-digit, and refuse none."""
     images, _ = load_dataset(data_dir, train=True, dataset=record["dataset"])
-    train_indices = training_indices(len(images))
-    return normalize(images[train_indices[:count]], **record["normalization"]).numpy()
+    chosen = images[training_indices(len(images))[:count]]
+    if "digit_score" in record:
+        each = max(1, count // (2 * len(NEGATIVE_KINDS)))
+        others = negative_inputs(dict.fromkeys(NEGATIVE_KINDS, each), "train", data_dir,
+                                 TRAIN_SIZE)
+        chosen = torch.cat([chosen, (others * 255).round().to(torch.uint8)])
+    return normalize(chosen, **record["normalization"]).numpy()
 
 
 def output_format(out: Path, asked: str | None) -> str:

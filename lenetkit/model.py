@@ -75,7 +75,11 @@ class DetectedLeNet(nn.Module):
         self.detector = LeNet(1, detector_scale)  # one logit: a digit or not
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.log_softmax(self.reader(x), dim=1) + F.logsigmoid(self.detector(x))
+        # log sigmoid(d), written out: ONNX has no LogSigmoid, and its Log(Sigmoid(d)) is log 0,
+        # -inf, for a clear non-digit, which the INT8 export can't calibrate.
+        d = self.detector(x)
+        return F.log_softmax(self.reader(x), dim=1) + d.clamp(max=0) - torch.log1p(
+            torch.exp(-d.abs()))
 
 
 def conv_bn(inputs: int, outputs: int, stride: int = 1) -> list[nn.Module]:

@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_model_file import CLASSES, NORMALIZATION
 
 from lenetkit.datasets import DATASETS, load_dataset, normalize
+from lenetkit.detector import detected
 from lenetkit.environment import PRETRAINED_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.evaluation import evaluate
-from lenetkit.modelfile import ModelFileError, read_model_file
+from lenetkit.model import DETECTED, LeNet
+from lenetkit.modelfile import ModelFileError, model_record, read_model_file
 from lenetkit.negatives import HELD_OUT_FONTS, letter_image
+from lenetkit.onnxfiles import export_onnx
 from lenetkit.prediction import Predictor, load_model
 
 from conftest import PROJECT_DIR, REAL_DATA_DIR, TINY_TRAINING, needs_real_mnist, run_main
@@ -116,6 +120,23 @@ def test_an_onnx_file_cannot_be_turned_back_into_a_pth(exported, tmp_path):
 
 @pytest.mark.slow
 @needs_real_mnist
+def test_a_detected_lenet_sure_of_no_digit_gives_finite_outputs_in_onnx_as_in_pytorch(tmp_path):
+    """ONNX has no LogSigmoid: log(sigmoid(d)) was -inf for a clear non-digit, which the INT8
+    export can't calibrate (its ranges became NaN)."""
+    torch.manual_seed(0)
+    detector = LeNet(1).eval()
+    with torch.no_grad():
+        detector.classifier[-1].bias.fill_(-200.0)  # no digit, whatever it is shown
+    model = detected(LeNet().state_dict(), {"num_classes": 10}, detector)
+    path = tmp_path / "sure.onnx"
+    export_onnx(model_record(model, DETECTED, {"num_classes": 10}, "mnist", NORMALIZATION,
+                             CLASSES, {}), path)
+    images = torch.randn(4, 1, 28, 28)
+    outputs = load_model(path)(images)
+    assert torch.isfinite(outputs).all()
+    assert torch.allclose(outputs, model(images), atol=1e-3)
+
+
 def test_on_real_mnist_onnx_matches_pytorch_and_int8_keeps_the_accuracy_and_digit_score(tmp_path):
     fp32, int8 = tmp_path / "mnist_model.onnx", tmp_path / "mnist_model.int8.onnx"
     run_main("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx", "--out", fp32)
