@@ -2,8 +2,8 @@
 logit, that learns the training digits from the training split's non-digits (negatives.py).
 
 It sees both through the reader's own augmentation, and a share of both drawn again with a fine
-pen (TrainConfig.detector_pen), so that no distortion tells the two apart; half as many
-non-digits as digits in each batch. The reader's weights are left exactly as trained:
+pen (TrainConfig.detector_pen), so that no distortion tells the two apart; as many non-digits as
+digits in each batch. The reader's weights are left exactly as trained:
 unlike outlier exposure (TrainConfig.negatives), a detector costs no accuracy. Its probability
 of a digit is the digit score that training then calibrates (digitscore.py).
 """
@@ -22,7 +22,9 @@ from lenetkit.strokes import fine_pen
 HYP = {
     "lr": 3e-3,  # AdamW's peak rate in a one-cycle schedule, as first tried: not tuned
     "weight_decay": 1e-4,  # a light hold on the weights; the augmentation does most regularizing
-    "negative_share": 0.5,  # non-digits in a batch per digit, as outlier exposure has them
+    # non-digits in a batch per digit: as many, where half as many let more fine-pen scribbles
+    # pass for digits (chosen on validation, docs/photos.md)
+    "negative_share": 1.0,
 }
 # A fine pen's widths at 28x28, in pixels (TrainConfig.detector_pen): a ballpoint's line as the
 # preprocessing frames it, once widened to preprocess.MIN_PEN_SHARE of the digit.
