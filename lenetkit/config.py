@@ -146,7 +146,8 @@ class TrainConfig:
                                    help="mnist lenet: after training, passes of a second LeNet "
                                         "that learns digits from non-digits (detector.py); its "
                                         "probability of a digit becomes the digit score; 0: none")
-    detector_scale: int = setting(1, "model", type=lambda text: int_in_range(text, 1, 4),
+    detector_scale: int = setting(1, "optimisation", type=lambda text: int_in_range(text, 1, 4),
+                                  metavar="1-4",
                                   help="mnist lenet: the detector's channels and units, in times "
                                        "LeNet-5's")
     detector_pen: float = setting(0.0, "optimisation", type=fraction,
@@ -217,6 +218,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     if "optimizer" in named:  # flags win: the recipe's settings of another optimizer go
         recipe = {name: value for name, value in recipe.items()
                   if name not in foreign_settings(named["optimizer"])}
+    if named.get("detector_epochs") == 0:  # no detector: the recipe's settings of one go
+        recipe = {name: value for name, value in recipe.items() if name not in DETECTOR_SETTINGS}
     settings = recipe | named
     dataset = DATASETS[settings.get("dataset", TrainConfig.dataset)]
     arguments: dict[str, Any] = {"arch": dataset.arch} | settings
@@ -286,6 +289,7 @@ OPTIMIZER_SETTINGS = {"adamw": {"beta1", "beta2"}, "sgd": {"momentum"}}  # each 
 
 
 MODEL_SETTINGS = ("width", "logit_scale")  # passed to the networks that take them
+DETECTOR_SETTINGS = ("detector_scale", "detector_pen")  # the detector's, beyond its epochs
 
 
 def foreign_settings(optimizer: str) -> set[str]:
@@ -324,7 +328,7 @@ def check_settings(parser: argparse.ArgumentParser, config: TrainConfig,
     if config.detector_epochs and (config.dataset, config.arch) != ("mnist", "lenet"):
         parser.error(f"argument --detector-epochs: the detector is for mnist's lenet, not "
                      f"{config.dataset}'s {config.arch}")
-    for name in ("detector_scale", "detector_pen"):
+    for name in DETECTOR_SETTINGS:
         if getattr(config, name) != getattr(TrainConfig, name) and not config.detector_epochs:
             parser.error(f"argument {flag_of(name)}: there is no detector without "
                          "--detector-epochs")

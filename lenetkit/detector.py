@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lenetkit.augmentation import on_share, uniform_between
+from lenetkit.config import TrainConfig
+from lenetkit.datasets import DATASETS, black
 from lenetkit.model import DetectedLeNet, LeNet
 from lenetkit.strokes import fine_pen
 
@@ -75,6 +77,18 @@ def with_fine_pen(distort: Callable[[Tensor], Tensor] | None, share: float,
         return on_share(distort(batch) if distort is not None else batch, generator, pen, share)
 
     return distorted
+
+
+def recipe_detector(digits: Tensor, negatives: Tensor, config: TrainConfig,
+                    generator: torch.Generator,
+                    distort: Callable[[Tensor], Tensor] | None = None) -> nn.Module:
+    """The detector that `config` asks for (its detector_epochs, _scale and _pen), trained as
+    train_detector trains one, a share of its batches drawn with a fine pen after `distort`."""
+    if config.detector_pen:
+        background = float(black(DATASETS[config.dataset]).flatten()[0])
+        distort = with_fine_pen(distort, config.detector_pen, generator, background)
+    return train_detector(digits, negatives, config.detector_epochs, config.batch_size,
+                          generator, distort, scale=config.detector_scale)
 
 
 def detected(reader_state: dict[str, Tensor], model_args: dict,

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from lenetkit.augmentation import augment
 from lenetkit.config import MODEL_SETTINGS, SETTINGS, TrainConfig, output_paths, parse_args
 from lenetkit.datasets import DATASETS, black, load_dataset, normalize, split_indices, standardize
-from lenetkit.detector import detected, detector_args, train_detector, with_fine_pen
+from lenetkit.detector import detected, detector_args, recipe_detector
 from lenetkit.digitscore import DEFAULT_SCORE, calibrate
 from lenetkit.environment import has_native_bf16, pick_device
 from lenetkit.errors import UserError
@@ -212,13 +212,8 @@ def scored(best: dict, config: TrainConfig, training: Training, x_train: Tensor,
     if config.detector_epochs and best["arch"] != DETECTED:
         started = time.perf_counter()
         assert training.negatives is not None, "run loads them for a detector"
-        distort = training.distort
-        if config.detector_pen:
-            background = float(black(DATASETS[config.dataset]).flatten()[0])
-            distort = with_fine_pen(distort, config.detector_pen, training.generator, background)
-        detector = train_detector(x_train, training.negatives, config.detector_epochs,
-                                  config.batch_size, training.generator, distort,
-                                  scale=config.detector_scale)
+        detector = recipe_detector(x_train, training.negatives, config, training.generator,
+                                   training.distort)
         model_args = {**best["model_args"], **detector_args(config.detector_scale)}
         model = detected(best["state_dict"], model_args, detector)
         best = {**best, **model_record(model, DETECTED, model_args, best["dataset"],

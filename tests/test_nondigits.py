@@ -224,18 +224,18 @@ def test_a_run_stopped_while_its_detector_trains_says_how_to_resume_and_resumes_
         tiny_data, tmp_path, monkeypatch):
     few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
     monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
-    train_detector = lenetkit.training.train_detector
+    recipe_detector = lenetkit.training.recipe_detector
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lenetkit.training, "train_detector", ctrl_c)
+    monkeypatch.setattr(lenetkit.training, "recipe_detector", ctrl_c)
     out = tmp_path / "model.pth"
     flags = ("--data-dir", tiny_data, "--out", out, "--epochs", "1", "--detector-epochs", "1",
              *TINY_TRAINING)
     stopped = run_main("train.py", *flags, check=False)
     assert stopped.returncode == 130 and "continue with: python train.py --resume" in stopped.stderr
-    monkeypatch.setattr(lenetkit.training, "train_detector", train_detector)
+    monkeypatch.setattr(lenetkit.training, "recipe_detector", recipe_detector)
     run_main("train.py", "--resume", *flags)
     assert read_model_file(out)["arch"] == "lenet+detector"
 
@@ -251,6 +251,10 @@ def test_a_detector_is_for_the_digits_lenet_and_needs_a_validation_split(tiny_da
         result = run_main("train.py", "--data-dir", tiny_data, flag, value,
                           "--out", tmp_path / "model.pth", check=False)
         assert result.returncode == 2 and f"{flag}: there is no detector without" in result.stderr
+    # a recipe's detector settings go with its detector when the flag turns it off
+    run_main("train.py", "--data-dir", tiny_data, "--config", PROJECT_DIR / "configs" /
+             "robust.json", "--detector-epochs", "0", "--dry-run", "--out", tmp_path / "m.pth",
+             *TINY_TRAINING)
 
 
 def test_negatives_are_for_digit_models_only(tiny_data, tmp_path):

@@ -118,8 +118,6 @@ def test_an_onnx_file_cannot_be_turned_back_into_a_pth(exported, tmp_path):
     assert result.returncode == 1 and "is an ONNX file" in result.stderr
 
 
-@pytest.mark.slow
-@needs_real_mnist
 def test_a_detected_lenet_sure_of_no_digit_gives_finite_outputs_in_onnx_as_in_pytorch(tmp_path):
     """ONNX has no LogSigmoid: log(sigmoid(d)) was -inf for a clear non-digit, which the INT8
     export can't calibrate (its ranges became NaN)."""
@@ -137,6 +135,8 @@ def test_a_detected_lenet_sure_of_no_digit_gives_finite_outputs_in_onnx_as_in_py
     assert torch.allclose(outputs, model(images), atol=1e-3)
 
 
+@pytest.mark.slow
+@needs_real_mnist
 def test_on_real_mnist_onnx_matches_pytorch_and_int8_keeps_the_accuracy_and_digit_score(tmp_path):
     fp32, int8 = tmp_path / "mnist_model.onnx", tmp_path / "mnist_model.int8.onnx"
     run_main("save_model.py", PRETRAINED_MODEL_PATH, "--format", "onnx", "--out", fp32)
