@@ -28,7 +28,7 @@ from lenetkit.datasets import DATASETS, DEFAULT_VAL_SIZE
 from lenetkit.environment import DEFAULT_MODEL_PATH
 from lenetkit.errors import UserError
 from lenetkit.inputs import parse_json, read_input_bytes
-from lenetkit.model import ARCHITECTURES, MAX_WIDTH, MIN_WIDTH, TRAINABLE
+from lenetkit.model import ARCHITECTURES, MAX_SCALE, MAX_WIDTH, MIN_WIDTH, TRAINABLE
 from lenetkit.modelfile import MODEL_SUFFIXES, read_checkpoint, shape_mismatch
 from lenetkit.outputs import check_output_file
 
@@ -146,8 +146,8 @@ class TrainConfig:
                                    help="mnist lenet: after training, passes of a second LeNet "
                                         "that learns digits from non-digits (detector.py); its "
                                         "probability of a digit becomes the digit score; 0: none")
-    detector_scale: int = setting(1, "optimisation", type=lambda text: int_in_range(text, 1, 4),
-                                  metavar="1-4",
+    detector_scale: int = setting(1, "optimisation", metavar=f"1-{MAX_SCALE}",
+                                  type=lambda text: int_in_range(text, 1, MAX_SCALE),
                                   help="mnist lenet: the detector's channels and units, in times "
                                        "LeNet-5's")
     detector_pen: float = setting(0.0, "optimisation", type=fraction,

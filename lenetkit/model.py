@@ -19,6 +19,9 @@ from torch.nn import functional as F
 # pass is one call that Ctrl-C can't interrupt: the widest ResNet a batch of 256 can take on a
 # small CPU still stops within seconds of a Ctrl-C (the networks' own widths are 16 to 64).
 MIN_WIDTH, MAX_WIDTH = 4, 128
+# The widest LeNet a recipe may ask for, in times LeNet-5's (a detector's: three bought nothing
+# over two on validation, docs/photos.md).
+MAX_SCALE = 4
 
 
 class LeNet(nn.Module):

@@ -214,10 +214,7 @@ def scored(best: dict, config: TrainConfig, training: Training, x_train: Tensor,
         assert training.negatives is not None, "run loads them for a detector"
         detector = recipe_detector(x_train, training.negatives, config, training.generator,
                                    training.distort)
-        model_args = {**best["model_args"], **detector_args(config.detector_scale)}
-        model = detected(best["state_dict"], model_args, detector)
-        best = {**best, **model_record(model, DETECTED, model_args, best["dataset"],
-                                       best["normalization"], best["classes"], best["metadata"])}
+        best = with_detector(best, best["state_dict"], detector, config.detector_scale)
         seconds = time.perf_counter() - started
         best["metadata"] = {**best["metadata"], "detector_seconds": seconds}
         log(f"detector: {config.detector_epochs} epoch{'s' * (config.detector_epochs > 1)} in "
@@ -226,6 +223,18 @@ def scored(best: dict, config: TrainConfig, training: Training, x_train: Tensor,
     log("digit score: {score}, refusing below {threshold:.4g} (spread {scale:.3g})".format(
         **best["digit_score"]))
     return best
+
+
+def with_detector(record: dict, reader: dict[str, Tensor], detector: nn.Module,
+                  scale: int) -> dict:
+    """`record` as one network (DetectedLeNet) of its LeNet's weights `reader` and `detector`, of
+    `scale` times LeNet-5's channels, in place of any detector it had."""
+    model_args = {name: value for name, value in record["model_args"].items()
+                  if name != "detector_scale"} | detector_args(scale)
+    model = detected(reader, model_args, detector)
+    return {**record, **model_record(model, DETECTED, model_args, record["dataset"],
+                                     record["normalization"], record["classes"],
+                                     record["metadata"])}
 
 
 @torch.no_grad()

@@ -156,11 +156,16 @@ def test_the_uniform_loss_is_lowest_when_every_class_is_as_likely():
     assert uniform_loss(peaked(4)) > uniform_loss(torch.zeros(4, 10))
 
 
-def test_training_with_negatives_writes_a_calibrated_digit_score(tiny_data, tmp_path,
-                                                                monkeypatch):
-    # a few scribbles in place of the full set, which takes a minute to frame
+@pytest.fixture
+def few_negatives(monkeypatch):
+    """Training runs take a few scribbles as their non-digits, in place of the full set, which
+    takes a minute to frame."""
     few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
     monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
+
+
+def test_training_with_negatives_writes_a_calibrated_digit_score(tiny_data, tmp_path,
+                                                                few_negatives):
     out = tmp_path / "model.pth"
     result = run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1",
              "--negatives", "0.5", *TINY_TRAINING)
@@ -174,9 +179,7 @@ def test_training_with_negatives_writes_a_calibrated_digit_score(tiny_data, tmp_
 
 
 def test_a_detector_adds_a_digit_score_and_leaves_the_reader_as_trained(tiny_data, tmp_path,
-                                                                       monkeypatch):
-    few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
-    monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
+                                                                       few_negatives):
     plain, detected = tmp_path / "plain.pth", tmp_path / "detected.pth"
     for out, extra in ((plain, ()), (detected, ("--detector-epochs", "1"))):
         result = run_main("train.py", "--data-dir", tiny_data, "--out", out, "--epochs", "1",
@@ -199,9 +202,7 @@ def test_a_detector_adds_a_digit_score_and_leaves_the_reader_as_trained(tiny_dat
 
 
 def test_a_recipe_can_widen_its_detector_and_show_it_digits_drawn_with_a_fine_pen(
-        tiny_data, tmp_path, monkeypatch):
-    few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
-    monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
+        tiny_data, tmp_path, few_negatives, monkeypatch):
     redrawn, fine_pen = [], lenetkit.detector.fine_pen
 
     def counted(images, *args):
@@ -221,9 +222,7 @@ def test_a_recipe_can_widen_its_detector_and_show_it_digits_drawn_with_a_fine_pe
 
 
 def test_a_run_stopped_while_its_detector_trains_says_how_to_resume_and_resumes_to_one(
-        tiny_data, tmp_path, monkeypatch):
-    few = (negative_inputs({"scribbles": 40}, "train", size=112) * 255).to(torch.uint8)
-    monkeypatch.setattr(lenetkit.training, "training_negatives", lambda data_dir: few)
+        tiny_data, tmp_path, few_negatives, monkeypatch):
     recipe_detector = lenetkit.training.recipe_detector
 
     def ctrl_c(*args, **kwargs):

@@ -29,14 +29,20 @@ from lenetkit.cli import (
     writable_file,
 )
 from lenetkit.config import DETECTOR_SETTINGS, TrainConfig, read_recipe
-from lenetkit.detector import detected, detector_args, recipe_detector
+from lenetkit.detector import recipe_detector
 from lenetkit.environment import PRETRAINED_MODEL_PATH, PROJECT_DIR
-from lenetkit.model import DETECTED
+from lenetkit.model import MAX_SCALE
 from lenetkit.modelchoice import is_default_model
-from lenetkit.modelfile import model_record, read_model_file, save_model
+from lenetkit.modelfile import read_model_file, save_model
 from lenetkit.outputs import run_metadata
 from lenetkit.threads import use_threads
-from lenetkit.training import calibrated_score, load_negatives, load_splits, setup_training
+from lenetkit.training import (
+    calibrated_score,
+    load_negatives,
+    load_splits,
+    setup_training,
+    with_detector,
+)
 
 RECIPE = PROJECT_DIR / "configs" / "robust.json"  # the shipped model's
 
@@ -47,8 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", type=fraction, default=None,
                         help="share of each batch redrawn with a fine pen (0: none; default: "
                              "the recipe's detector_pen)")
-    parser.add_argument("--detector-scale", default=None, metavar="1-4",
-                        type=lambda text: int_in_range(text, 1, 4),
+    parser.add_argument("--detector-scale", default=None, metavar=f"1-{MAX_SCALE}",
+                        type=lambda text: int_in_range(text, 1, MAX_SCALE),
                         help="the detector's channels, in times LeNet-5's (default: the recipe's)")
     parser.add_argument("--epochs", type=epoch_count, default=None,
                         help="detector epochs (default: the recipe's)")
@@ -83,14 +89,8 @@ def main() -> None:
     # The reader's run as it was; the detector's own settings, time and command beside it.
     run = {name: getattr(config, name) for name in ("detector_epochs", *DETECTOR_SETTINGS)}
     run |= {"detector_seconds": seconds, "detector_run": run_metadata()}
-    reader_args = {name: value for name, value in shipped["model_args"].items()
-                   if name != "detector_scale"}
-    model_args = {**reader_args, **detector_args(config.detector_scale)}
-    metadata = {name: value for name, value in shipped["metadata"].items()
-                if name != "pen_trial"} | run
-    record = {**shipped, **model_record(detected(reader, model_args, detector),
-                                        DETECTED, model_args, shipped["dataset"],
-                                        shipped["normalization"], shipped["classes"], metadata)}
+    record = with_detector({**shipped, "metadata": shipped["metadata"] | run}, reader, detector,
+                           config.detector_scale)
     record["digit_score"] = calibrated_score(record, x_val, args.data_dir, device)
     save_model(record, args.out)
     print(f"digit score: {record['digit_score']}; written to {args.out}")
