@@ -61,6 +61,8 @@ LINE_SHARE = 0.05
 UNCUT_SHARE = 0.1
 # Ink from edge to edge of the image that encloses more holes than this is a grid, not a digit.
 GRID_CELLS = 4
+# A row or a column of the image at least this share inked is a line from edge to edge.
+LINE_FILL = 0.9
 # An image at least this transparent (by its mean opacity) is a drawing on nothing, not a page;
 # with fewer than this share of its drawn pixels dark, all of it is light ink.
 MOSTLY_CLEAR, DARK_ON_CLEAR = 0.5, 0.05
@@ -615,12 +617,24 @@ def edges_reached(rows: slice, cols: slice, shape: tuple[int, ...]) -> int:
 def grid(piece: np.ndarray) -> bool:
     """Whether a piece of ink that reaches all four edges of the image (its mask) is a squared
     page's grid: it encloses more than GRID_CELLS holes of a digit's size at least (an 8
-    encloses two)."""
+    encloses two), or it is a few of a grid's lines seen close up (only_lines)."""
     holes, count = ndimage.label(~piece)
     sizes = np.bincount(holes.ravel(), minlength=count + 1)
     sizes[border(holes)] = 0  # open to an edge
     sizes[0] = 0
-    return int((sizes >= MIN_DIGIT_SIDE ** 2).sum()) > GRID_CELLS
+    return int((sizes >= MIN_DIGIT_SIDE ** 2).sum()) > GRID_CELLS or only_lines(piece)
+
+
+def only_lines(piece: np.ndarray) -> bool:
+    """Whether a piece of ink (its mask) is nothing but straight lines across the image and down
+    it: rows and columns at least LINE_FILL inked, with a pixel either side for their soft edges,
+    hold all of it but less than a digit's smallest mark (MIN_DIGIT_SIDE squared), and cover less
+    than half the image each way (lines, not a block of ink)."""
+    rows = ndimage.binary_dilation(piece.mean(axis=1) >= LINE_FILL)
+    cols = ndimage.binary_dilation(piece.mean(axis=0) >= LINE_FILL)
+    rest = piece & ~(rows[:, None] | cols[None, :])
+    return 2 * rows.sum() < piece.shape[0] and 2 * cols.sum() < piece.shape[1] \
+        and int(rest.sum()) < MIN_DIGIT_SIDE ** 2
 
 
 def depth(mask: np.ndarray) -> np.ndarray:

@@ -353,6 +353,28 @@ def test_a_blank_squared_page_is_no_digit_but_a_digit_on_one_is_read():
     assert preprocess_digit(eight).shape == (28, 28)
 
 
+def test_a_few_of_a_grids_lines_close_up_are_no_digit_but_a_digit_on_them_is_read():
+    """Close up, as a photo's small mark is looked at, a grid's lines enclose no cell: a line
+    across and two down, an H framed, or a 4."""
+    close = Image.new("L", (82, 68), 235)
+    draw = ImageDraw.Draw(close)
+    for col in (20, 61):
+        draw.line([(col, 0), (col, 67)], fill=150, width=2)
+    draw.line([(0, 40), (81, 40)], fill=150, width=2)
+    with pytest.raises(ImageError, match="only lines across the whole image"):
+        preprocess_digit(close)
+    written = close.copy()
+    ImageDraw.Draw(written).line([(30, 12), (52, 12), (38, 58)], fill=20, width=4)  # a 7
+    seven = Image.new("L", (82, 68), 235)
+    ImageDraw.Draw(seven).line([(30, 12), (52, 12), (38, 58)], fill=20, width=4)
+    assert overlap(preprocess_digit(written), preprocess_digit(seven)) >= 0.8
+    # A photographed blank squared page whose faint lines break at the work scale: a piece of
+    # one was looked at closer, and its neighbours read as a 4.
+    page = photos.photo(np.zeros((28, 28), np.uint8), "squared", 28)
+    with pytest.raises(ImageError, match="no digit found"):
+        predict(page, model=PRETRAINED_MODEL_PATH)
+
+
 def test_a_faint_pencil_digit_is_read_as_a_dark_one():
     dark = Image.fromarray(255 - four()).resize((112, 112), Image.Resampling.BICUBIC)
     faint = Image.fromarray((200 - (200 - np.asarray(dark, np.float32)) * 60 / 255).astype(
