@@ -622,19 +622,26 @@ def grid(piece: np.ndarray) -> bool:
     sizes = np.bincount(holes.ravel(), minlength=count + 1)
     sizes[border(holes)] = 0  # open to an edge
     sizes[0] = 0
-    return int((sizes >= MIN_DIGIT_SIDE ** 2).sum()) > GRID_CELLS or only_lines(piece)
+    return bool((sizes >= MIN_DIGIT_SIDE ** 2).sum() > GRID_CELLS) or only_lines(piece)
 
 
 def only_lines(piece: np.ndarray) -> bool:
-    """Whether a piece of ink (its mask) is nothing but straight lines across the image and down
-    it: rows and columns at least LINE_FILL inked, with a pixel either side for their soft edges,
-    hold all of it but less than a digit's smallest mark (MIN_DIGIT_SIDE squared), and cover less
-    than half the image each way (lines, not a block of ink)."""
-    rows = ndimage.binary_dilation(piece.mean(axis=1) >= LINE_FILL)
-    cols = ndimage.binary_dilation(piece.mean(axis=0) >= LINE_FILL)
-    rest = piece & ~(rows[:, None] | cols[None, :])
-    return 2 * rows.sum() < piece.shape[0] and 2 * cols.sum() < piece.shape[1] \
-        and int(rest.sum()) < MIN_DIGIT_SIDE ** 2
+    """Whether a piece of ink (its mask) is nothing but level lines across the image and down it,
+    a few of a grid's seen close up: rows and columns at least LINE_FILL inked, at least one run
+    of them each way and each run thinner than LINE_SHARE of the image's side across it (a line,
+    not a stroke of a digit cropped to its ink), hold all of it, with a pixel either side for their
+    soft edges, but less than a digit's smallest mark (MIN_DIGIT_SIDE squared)."""
+    rows, cols = piece.mean(axis=1) >= LINE_FILL, piece.mean(axis=0) >= LINE_FILL
+    if not (thin_runs(rows, LINE_SHARE * len(rows)) and thin_runs(cols, LINE_SHARE * len(cols))):
+        return False
+    lines = ndimage.binary_dilation(rows)[:, None] | ndimage.binary_dilation(cols)[None, :]
+    return int((piece & ~lines).sum()) < MIN_DIGIT_SIDE ** 2
+
+
+def thin_runs(full: np.ndarray, most: float) -> bool:
+    """Whether a row of flags holds a run of them, and every run is shorter than `most`."""
+    runs, count = ndimage.label(full)
+    return count > 0 and int(np.bincount(runs)[1:].max()) < most
 
 
 def depth(mask: np.ndarray) -> np.ndarray:

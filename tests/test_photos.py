@@ -354,8 +354,8 @@ def test_a_blank_squared_page_is_no_digit_but_a_digit_on_one_is_read():
 
 
 def test_a_few_of_a_grids_lines_close_up_are_no_digit_but_a_digit_on_them_is_read():
-    """Close up, as a photo's small mark is looked at, a grid's lines enclose no cell: a line
-    across and two down, an H framed, or a 4."""
+    """Close up, as a photo's small mark is looked at, a grid's lines (here one across and two
+    down) enclose no cell; framed, they were an H, read as a 4."""
     close = Image.new("L", (82, 68), 235)
     draw = ImageDraw.Draw(close)
     for col in (20, 61):
@@ -373,6 +373,19 @@ def test_a_few_of_a_grids_lines_close_up_are_no_digit_but_a_digit_on_them_is_rea
     page = photos.photo(np.zeros((28, 28), np.uint8), "squared", 28)
     with pytest.raises(ImageError, match="no digit found"):
         predict(page, model=PRETRAINED_MODEL_PATH)
+
+
+def test_a_digit_cropped_to_its_ink_is_no_grids_lines():
+    """A 7 of a bar and a stem, or a small 4, cropped to its ink reaches every edge, and its
+    strokes fill whole rows and columns: but they are as wide as a pen's are in so small an
+    image, where a grid's lines are a few pixels across a close-up."""
+    seven = Image.new("L", (64, 64), 255)
+    ImageDraw.Draw(seven).line([(0, 1), (62, 1), (62, 63)], fill=0, width=4)
+    four = Image.new("L", (13, 18), 255)
+    ImageDraw.Draw(four).line([(9, 0), (0, 12), (12, 12)], fill=0, width=2)
+    ImageDraw.Draw(four).line([(9, 0), (9, 17)], fill=0, width=2)
+    assert predict(seven, model=PRETRAINED_MODEL_PATH).label == 7
+    assert predict(four, model=PRETRAINED_MODEL_PATH).label == 4
 
 
 def test_a_faint_pencil_digit_is_read_as_a_dark_one():
